@@ -1,0 +1,329 @@
+"""Typed run configuration: dataclasses loaded from YAML with dotted `key=value` overrides.
+
+Every field has a default, so an empty YAML file is a valid config. Any mistake (an unknown
+key, a wrong type, a value out of range) raises `ConfigError` with one line naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file, an override or a command-line flag."""
+
+
+@dataclass
+class UNetConfig:
+    """ADM-style UNet (Dhariwal & Nichol 2021); see `genkit.nets.unet`."""
+
+    channels: int = 64  # width of the first level
+    channel_mult: tuple[int, ...] = (1, 2, 2)  # width multiplier per resolution level
+    num_res_blocks: int = 2  # residual blocks per level on the way down
+    attention_resolutions: tuple[int, ...] = (8,)  # feature-map sizes that get self-attention
+    head_channels: int = 32  # channels per attention head
+    dropout: float = 0.0
+
+
+@dataclass
+class DiTConfig:
+    """Diffusion Transformer (Peebles & Xie 2023); see `genkit.nets.dit`."""
+
+    patch_size: int = 2
+    hidden_size: int = 256
+    depth: int = 6
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"  # unet | dit
+    num_classes: int = 10  # 0 for an unconditional model; class id `num_classes` is the null class
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
+
+
+@dataclass
+class DataConfig:
+    path: str = "data/mnist"  # local parquet/imagefolder directory or a hub id
+    split: str = "train"
+    image_column: str = "image"
+    label_column: str = "label"  # "" for an unlabelled data set
+    image_size: int = 32
+    channels: int = 1
+    fit: str = "pad"  # pad (centre, with black) | resize (shorter side, then centre crop)
+    hflip: bool = False
+
+
+@dataclass
+class MethodConfig:
+    name: str = "ddpm"
+    num_timesteps: int = 1000
+    beta_schedule: str = "linear"  # linear | scaled_linear | cosine | sigmoid
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    prediction: str = "eps"  # eps | x0 | v
+    p_uncond: float = 0.1  # probability of dropping the label (classifier-free guidance)
+
+
+@dataclass
+class SampleConfig:
+    sampler: str = "ddim"
+    steps: int = 50
+    guidance: float = 1.0  # classifier-free guidance weight; 1 = plain conditional model
+    num: int = 64
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 3000
+    batch_size: int = 128  # global batch, split over processes and accumulation steps
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    grad_clip: float = 1.0  # 0 disables clipping
+    mixed_precision: str = "bf16"  # no | bf16
+    ema_decay: float = 0.999
+    seed: int = 0
+    log_every: int = 20
+    sample_every: int = 1000  # 0 disables periodic sample grids
+    checkpoint_every: int = 1000  # 0 saves only at the end
+    checkpoints_keep: int = 3
+    max_bad_steps: int = 20  # stop after this many consecutive non-finite steps
+    resume: str = ""  # "", a checkpoint directory, or "latest"
+
+
+@dataclass
+class Config:
+    output_dir: str = "runs/default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+CHOICES = {
+    "model.name": ("unet", "dit"),
+    "data.fit": ("pad", "resize"),
+    "method.name": ("ddpm",),
+    "method.beta_schedule": ("linear", "scaled_linear", "cosine", "sigmoid"),
+    "method.prediction": ("eps", "x0", "v"),
+    "train.mixed_precision": ("no", "bf16"),
+}
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Build a `Config` from an optional YAML file and `key=value` overrides, then validate it."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        _set_dotted(raw, key.strip(), _parse_scalar(text))
+    cfg = from_dict(Config, raw)
+    validate(cfg)
+    return cfg
+
+
+def from_dict(cls, raw: dict, prefix: str = ""):
+    """Recursively build dataclass `cls` from a plain dict, checking keys and types."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            raise ConfigError(_unknown_key(prefix + str(key), [prefix + n for n in _all_keys(cls)]))
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            kwargs[key] = from_dict(kind, value, prefix + key + ".")
+        else:
+            kwargs[key] = _coerce(value, kind, prefix + key)
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    """The config as plain YAML-safe data (tuples become lists)."""
+    return yaml.safe_load(yaml.safe_dump(_plain(dataclasses.asdict(cfg))))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def validate(cfg: Config) -> None:
+    """Check value ranges and cross-field constraints; raise `ConfigError` on the first problem."""
+    for key, allowed in CHOICES.items():
+        value = _get_dotted(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+    positive = [
+        "train.max_steps", "train.batch_size", "train.grad_accum", "train.lr", "train.log_every",
+        "train.max_bad_steps", "data.image_size", "data.channels", "method.num_timesteps",
+        "sample.steps", "sample.num", "model.unet.channels", "model.unet.num_res_blocks",
+        "model.unet.head_channels", "model.dit.patch_size", "model.dit.hidden_size",
+        "model.dit.depth", "model.dit.num_heads", "model.dit.mlp_ratio",
+    ]
+    for key in positive:
+        if not _get_dotted(cfg, key) > 0:
+            raise ConfigError(f"{key}: must be positive, got {_get_dotted(cfg, key)}")
+    non_negative = [
+        "train.weight_decay", "train.warmup_steps", "train.grad_clip", "train.sample_every",
+        "train.checkpoint_every", "train.checkpoints_keep", "model.num_classes",
+        "model.unet.dropout",
+    ]
+    for key in non_negative:
+        if _get_dotted(cfg, key) < 0:
+            raise ConfigError(f"{key}: must not be negative, got {_get_dotted(cfg, key)}")
+    for key in ["train.ema_decay", "method.p_uncond", "model.unet.dropout"]:
+        if not 0 <= _get_dotted(cfg, key) < 1:
+            raise ConfigError(f"{key}: must lie in [0, 1), got {_get_dotted(cfg, key)}")
+    if not 0 < cfg.method.beta_start < cfg.method.beta_end < 1:
+        raise ConfigError("method.beta_start, method.beta_end: need 0 < beta_start < beta_end < 1")
+    if cfg.sample.guidance < 0:
+        raise ConfigError(f"sample.guidance: must not be negative, got {cfg.sample.guidance}")
+    unet, dit, size = cfg.model.unet, cfg.model.dit, cfg.data.image_size
+    if not unet.channel_mult or min(unet.channel_mult) <= 0:
+        raise ConfigError(f"model.unet.channel_mult: needs positive entries, got {list(unet.channel_mult)}")
+    if cfg.model.name == "unet":
+        levels = len(unet.channel_mult) - 1
+        if size % 2**levels:
+            raise ConfigError(
+                f"data.image_size: {size} is not divisible by 2**{levels} "
+                f"(model.unet.channel_mult has {levels + 1} levels)")
+        for mult in unet.channel_mult:
+            if (unet.channels * mult) % unet.head_channels or (unet.channels * mult) % 32:
+                raise ConfigError(
+                    f"model.unet.channels: {unet.channels} x {mult} must be a multiple of 32 "
+                    f"(GroupNorm) and of model.unet.head_channels ({unet.head_channels})")
+    if cfg.model.name == "dit":
+        if size % dit.patch_size:
+            raise ConfigError(f"model.dit.patch_size: {dit.patch_size} does not divide data.image_size {size}")
+        if dit.hidden_size % dit.num_heads:
+            raise ConfigError(
+                f"model.dit.num_heads: {dit.num_heads} does not divide model.dit.hidden_size {dit.hidden_size}")
+        if (dit.hidden_size // dit.num_heads) % 2 or dit.hidden_size % 4:
+            raise ConfigError("model.dit.hidden_size: needs hidden_size % 4 == 0 and an even head width")
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _all_keys(cls, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        kind = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(kind):
+            keys += _all_keys(kind, prefix + f.name + ".")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def all_keys() -> list[str]:
+    """Every dotted key a config accepts."""
+    return _all_keys(Config)
+
+
+def _unknown_key(key: str, candidates: list[str]) -> str:
+    pool = candidates or all_keys()
+    close = difflib.get_close_matches(key, pool, n=1, cutoff=0.5)
+    if not close:  # compare the last component too: `train.max_step` vs `max_steps`
+        tails = {c.rsplit(".", 1)[-1]: c for c in all_keys()}
+        hit = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(tails), n=1, cutoff=0.6)
+        close = [tails[hit[0]]] if hit else []
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown config key '{key}'{hint}"
+
+
+def _parse_scalar(text: str):
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(raw: dict, key: str, value) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _get_dotted(cfg, key: str):
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _coerce(value, kind, key: str):
+    """Return `value` as type `kind` or raise a one-line `ConfigError`."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        kind = next(k for k in options if k is not type(None))
+        origin = typing.get_origin(kind)
+    if origin is tuple:
+        item = typing.get_args(kind)[0]
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(v, item, key) for v in value)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if kind is str:
+        if value is None:
+            return ""
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {kind}")  # a bug in this module, not the user's
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,113 @@
+"""Image data sets through HF `datasets`, held in memory as uint8 tensors for fast epochs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from genkit.config import ConfigError, DataConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def resolve_data_path(path: str) -> str:
+    """A local path as given, else relative to the project root (so the default works from any
+    directory), else the string unchanged (a hub id)."""
+    if Path(path).expanduser().exists():
+        return str(Path(path).expanduser())
+    if (PROJECT_ROOT / path).exists():
+        return str(PROJECT_ROOT / path)
+    return path
+
+
+@dataclass
+class ImageData:
+    """A whole split in memory: images [N, C, H, W] uint8 and labels [N] long (or None)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, indices: torch.Tensor, hflip_generator: torch.Generator | None = None):
+        """Images scaled to [-1, 1] and their labels; random horizontal flips if a generator is given."""
+        x = self.images[indices].float() / 127.5 - 1
+        if hflip_generator is not None:
+            flip = torch.rand(len(indices), generator=hflip_generator) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x, (self.labels[indices] if self.labels is not None else None)
+
+
+def fit_image(image: Image.Image, cfg: DataConfig) -> np.ndarray:
+    """Convert, then pad (centred, black) or resize-and-centre-crop to a square: [H, W(, C)] uint8."""
+    image = image.convert("L" if cfg.channels == 1 else "RGB")
+    size, (w, h) = cfg.image_size, image.size
+    if cfg.fit == "pad" and w <= size and h <= size:
+        canvas = Image.new(image.mode, (size, size))
+        canvas.paste(image, ((size - w) // 2, (size - h) // 2))
+        image = canvas
+    elif (w, h) != (size, size):
+        scale = size / min(w, h)
+        image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+        w, h = image.size
+        left, top = (w - size) // 2, (h - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+    return np.asarray(image)
+
+
+def load_images(cfg: DataConfig, split: str | None = None, limit: int | None = None,
+                progress: bool = True) -> ImageData:
+    """Load a split with `datasets.load_dataset` and decode it into memory.
+
+    Raises `ConfigError` (one line) for a missing path, an empty split or absent columns.
+    """
+    import datasets
+
+    split = split or cfg.split
+    path = resolve_data_path(cfg.path)
+    if not Path(path).exists() and (path.startswith((".", "/", "~")) or path.count("/") != 1):
+        raise ConfigError(f"data.path: {cfg.path} does not exist (and is not a hub id owner/name)")
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_dataset(path, split=split)
+    except ValueError as err:
+        raise ConfigError(f"data.path: cannot load split '{split}' from {cfg.path}: {str(err).splitlines()[0]}")
+    except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as err:
+        raise ConfigError(f"data.path: {cfg.path} holds no loadable data set ({type(err).__name__})")
+    if len(ds) == 0:
+        raise ConfigError(f"data.path: split '{split}' of {cfg.path} is empty")
+    if cfg.image_column not in ds.column_names:
+        raise ConfigError(f"data.image_column: '{cfg.image_column}' is not a column of {cfg.path} "
+                          f"(columns: {', '.join(ds.column_names)})")
+    has_labels = bool(cfg.label_column) and cfg.label_column in ds.column_names
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    arrays, labels = [], []
+    for row in tqdm(ds, desc=f"decoding {split}", disable=not progress, leave=False):
+        arrays.append(fit_image(row[cfg.image_column], cfg))
+        if has_labels:
+            labels.append(int(row[cfg.label_column]))
+    images = torch.from_numpy(np.stack(arrays))
+    images = images[:, None] if images.dim() == 3 else images.permute(0, 3, 1, 2)  # [N, C, H, W]
+    return ImageData(images.contiguous(), torch.tensor(labels) if has_labels else None)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of n examples used in `epoch`: a pure function of (seed, epoch), which
+    makes the data order exactly reproducible on resume."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """Indices of the global batch for optimiser step `step` (epochs drop their last partial batch)."""
+    per_epoch = n // batch_size
+    if per_epoch == 0:
+        raise ConfigError(f"train.batch_size: {batch_size} is larger than the data set ({n} images)")
+    epoch, offset = divmod(step, per_epoch)
+    return epoch_order(n, seed, epoch)[offset * batch_size:(offset + 1) * batch_size]

@@ -1,0 +1,36 @@
+"""Image edges of the library: [-1, 1] tensors in, uint8 grids and PNG files out."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats -> uint8 in [0, 255], same shape."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
+    """Tile [N, C, H, W] uint8 images into one [C, H', W'] grid, `nrow` images per row."""
+    n, c, h, w = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    grid = torch.zeros(c, rows * (h + padding) + padding, nrow * (w + padding) + padding, dtype=images.dtype)
+    for i in range(n):
+        top, left = padding + (i // nrow) * (h + padding), padding + (i % nrow) * (w + padding)
+        grid[:, top:top + h, left:left + w] = images[i]
+    return grid
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+    """Write [-1, 1] images [N, C, H, W] as a PNG grid; returns the path."""
+    grid = make_grid(to_uint8(images.cpu()), nrow)
+    array = grid.permute(1, 2, 0).numpy()  # [H', W', C]
+    image = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="PNG")
+    return path

@@ -1,0 +1,51 @@
+"""DDPM training (Ho et al. 2020): discrete beta schedules and the denoising loss."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from genkit.config import MethodConfig
+from genkit.paths import DiscreteVPPath
+
+
+def make_betas(schedule: str, num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """Beta_k for k = 0..T-1 under diffusers' schedule names: [T] float64."""
+    T = num_timesteps
+    if schedule == "linear":
+        return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+    if schedule == "scaled_linear":  # Stable Diffusion's: linear in sqrt(beta)
+        return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
+    if schedule == "cosine":  # squaredcos_cap_v2 (Nichol & Dhariwal 2021), betas capped at 0.999
+        def abar(u):
+            return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+        return torch.tensor([min(1 - abar((k + 1) / T) / abar(k / T), 0.999) for k in range(T)], dtype=torch.float64)
+    if schedule == "sigmoid":  # GeoDiff's sigmoid schedule, as diffusers defines it
+        return torch.sigmoid(torch.linspace(-6, 6, T, dtype=torch.float64)) * (beta_end - beta_start) + beta_start
+    raise ValueError(f"unknown beta schedule {schedule!r}")
+
+
+class DDPM:
+    """Noise-prediction training on the discrete VP path; the net sees t = (k + 1) / T."""
+
+    def __init__(self, cfg: MethodConfig, num_classes: int = 0):
+        self.cfg = cfg
+        self.null_class = num_classes
+        self.prediction = cfg.prediction
+        self.path = DiscreteVPPath(make_betas(cfg.beta_schedule, cfg.num_timesteps, cfg.beta_start, cfg.beta_end))
+
+    def loss(self, net, x0: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator | None = None):
+        """Mean squared error of the net's prediction at a uniformly drawn step k."""
+        b = x0.shape[0]
+        k = torch.randint(0, self.cfg.num_timesteps, (b,), generator=generator)
+        t = self.path.timestep_to_t(k)
+        eps = torch.randn(x0.shape, generator=generator).to(x0)
+        x_t = self.path.noise(x0, eps, t)
+        target = self.path.from_x0_eps(x0, eps, t, self.prediction)
+        if y is not None and self.cfg.p_uncond > 0:
+            drop = torch.rand(b, generator=generator).to(y.device) < self.cfg.p_uncond
+            y = torch.where(drop, torch.full_like(y, self.null_class), y)
+        pred = net(x_t, t.to(x0), y)
+        return F.mse_loss(pred.float(), target.float())
+

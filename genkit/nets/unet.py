@@ -1,0 +1,126 @@
+"""ADM-style UNet denoiser (Ho et al. 2020; Dhariwal & Nichol 2021, "Diffusion Models Beat GANs").
+
+Residual blocks take the time/class embedding as a scale-shift after GroupNorm; chosen
+resolutions get self-attention; every residual branch and the output convolution start at
+zero, so the initial net is a smooth function of its input.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genkit.config import UNetConfig
+from genkit.nets.layers import Attention, ConditionEmbedding, zero_module
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(32, channels)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv, scale-shift by the embedding, GroupNorm-SiLU-dropout-conv, plus skip."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.in_layers = nn.Sequential(_norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
+        self.emb_proj = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * out_ch))
+        self.out_norm = _norm(out_ch)
+        self.out_layers = nn.Sequential(
+            nn.SiLU(), nn.Dropout(dropout), zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1)))
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.in_layers(x)
+        scale, shift = self.emb_proj(emb)[:, :, None, None].chunk(2, dim=1)  # [B, C, 1, 1] each
+        h = self.out_norm(h) * (1 + scale) + shift
+        return self.skip(x) + self.out_layers(h)
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over the pixels of a feature map, as a residual branch."""
+
+    def __init__(self, channels: int, head_channels: int):
+        super().__init__()
+        self.norm = _norm(channels)
+        self.attn = Attention(channels, channels // head_channels)
+        zero_module(self.attn.proj)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, H*W, C]
+        out = self.attn(tokens).transpose(1, 2).reshape(b, c, h, w)
+        return x + out
+
+
+class Level(nn.Module):
+    """Residual blocks (each optionally followed by attention) at one resolution."""
+
+    def __init__(self, channels: list[tuple[int, int]], emb_dim: int, attention: bool, cfg: UNetConfig):
+        super().__init__()
+        self.res = nn.ModuleList(ResBlock(i, o, emb_dim, cfg.dropout) for i, o in channels)
+        self.attn = nn.ModuleList(
+            AttentionBlock(o, cfg.head_channels) if attention else nn.Identity() for _, o in channels)
+
+
+class UNet(nn.Module):
+    """Class-conditional UNet: `net(x [B,C,H,W], t [B] in [0, 1], y [B] or None) -> [B,C,H,W]`."""
+
+    def __init__(self, cfg: UNetConfig, in_channels: int, image_size: int, num_classes: int):
+        super().__init__()
+        ch = cfg.channels
+        emb_dim = 4 * ch
+        self.num_classes = num_classes
+        self.embed = ConditionEmbedding(ch, emb_dim, num_classes)
+        self.stem = nn.Conv2d(in_channels, ch, 3, padding=1)
+
+        widths = [ch * m for m in cfg.channel_mult]
+        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
+        skips, cur, size = [ch], ch, image_size
+        for i, width in enumerate(widths):
+            pairs = []
+            for _ in range(cfg.num_res_blocks):
+                pairs.append((cur, width))
+                cur = width
+                skips.append(cur)
+            self.down.append(Level(pairs, emb_dim, size in cfg.attention_resolutions, cfg))
+            if i < len(widths) - 1:
+                self.downsample.append(nn.Conv2d(cur, cur, 3, stride=2, padding=1))
+                skips.append(cur)
+                size //= 2
+
+        self.mid = Level([(cur, cur), (cur, cur)], emb_dim, False, cfg)
+        self.mid_attn = AttentionBlock(cur, cfg.head_channels)
+
+        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
+        for i, width in reversed(list(enumerate(widths))):
+            pairs = []
+            for _ in range(cfg.num_res_blocks + 1):  # one more block: it eats the downsample skip
+                pairs.append((cur + skips.pop(), width))
+                cur = width
+            self.up.append(Level(pairs, emb_dim, size in cfg.attention_resolutions, cfg))
+            if i > 0:
+                self.upsample.append(nn.Conv2d(cur, cur, 3, padding=1))
+                size *= 2
+
+        self.head = nn.Sequential(_norm(cur), nn.SiLU(), zero_module(nn.Conv2d(cur, in_channels, 3, padding=1)))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.embed(t, y)  # [B, 4*ch]
+        h = self.stem(x)
+        skips = [h]
+        for i, level in enumerate(self.down):
+            for res, attn in zip(level.res, level.attn):
+                h = attn(res(h, emb))
+                skips.append(h)
+            if i < len(self.downsample):
+                h = self.downsample[i](h)  # [B, C, H/2, W/2]
+                skips.append(h)
+        h = self.mid.res[0](h, emb)
+        h = self.mid.res[1](self.mid_attn(h), emb)
+        for i, level in enumerate(self.up):
+            for res, attn in zip(level.res, level.attn):
+                h = attn(res(torch.cat([h, skips.pop()], dim=1), emb))
+            if i < len(self.upsample):
+                h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))  # [B, C, 2H, 2W]
+        return self.head(h)

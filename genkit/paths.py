@@ -1,0 +1,137 @@
+"""Gaussian paths x_t = alpha(t) x0 + sigma(t) eps, t in [0, 1] (0 = data, 1 = noise).
+
+A path knows alpha, sigma and their time derivatives, and converts between the quantities a
+net may predict at (x_t, t): `eps`, `x0`, `v` (Salimans & Ho 2022: alpha eps - sigma x0),
+`velocity` (dx_t/dt) and `score` (grad log p_t = -eps / sigma). Every sampler works on this
+interface, so any sampler drives any net trained on any path.
+"""
+from __future__ import annotations
+
+import torch
+
+PREDICTIONS = ("eps", "x0", "v", "velocity", "score")
+
+
+def _bcast(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[B] or [] -> broadcastable against `like` [B, ...]."""
+    value = torch.as_tensor(value, device=like.device)
+    return value.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+
+
+class GaussianPath:
+    """Base class: subclasses define `alpha`, `sigma`, `d_alpha`, `d_sigma` for t of shape [B]."""
+
+    def alpha(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # abstract
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # abstract
+
+    def d_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # abstract
+
+    def d_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # abstract
+
+    def log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        """lambda(t) = log(alpha^2 / sigma^2)."""
+        return 2 * (torch.log(self.alpha(t)) - torch.log(self.sigma(t)))
+
+    def noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Sample x_t given the data and the noise."""
+        return _bcast(self.alpha(t), x0) * x0 + _bcast(self.sigma(t), x0) * eps
+
+    def to_x0_eps(self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, kind: str):
+        """Recover (x0, eps) from a prediction of kind `kind` at (x_t, t)."""
+        a, s = _bcast(self.alpha(t), x_t), _bcast(self.sigma(t), x_t)
+        if kind == "eps":
+            return (x_t - s * pred) / a, pred
+        if kind == "x0":
+            return pred, (x_t - a * pred) / s
+        if kind == "score":
+            eps = -s * pred
+            return (x_t - s * eps) / a, eps
+        if kind == "v":  # solve [a s; -s a] [x0; eps] = [x_t; v]
+            norm = a**2 + s**2
+            return (a * x_t - s * pred) / norm, (s * x_t + a * pred) / norm
+        if kind == "velocity":  # solve [a s; a' s'] [x0; eps] = [x_t; u]
+            da, ds = _bcast(self.d_alpha(t), x_t), _bcast(self.d_sigma(t), x_t)
+            det = a * ds - s * da
+            return (ds * x_t - s * pred) / det, (a * pred - da * x_t) / det
+        raise ValueError(f"unknown prediction kind {kind!r}; expected one of {PREDICTIONS}")
+
+    def from_x0_eps(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, kind: str) -> torch.Tensor:
+        """The prediction of kind `kind` that corresponds to (x0, eps) at time t."""
+        if kind == "eps":
+            return eps
+        if kind == "x0":
+            return x0
+        a, s = _bcast(self.alpha(t), x0), _bcast(self.sigma(t), x0)
+        if kind == "score":
+            return -eps / s
+        if kind == "v":
+            return a * eps - s * x0
+        if kind == "velocity":
+            return _bcast(self.d_alpha(t), x0) * x0 + _bcast(self.d_sigma(t), x0) * eps
+        raise ValueError(f"unknown prediction kind {kind!r}; expected one of {PREDICTIONS}")
+
+
+class DiscreteVPPath(GaussianPath):
+    """DDPM's discrete variance-preserving chain (Ho et al. 2020) as a path in continuous time.
+
+    Step k = 0..T-1 sits at t = (k + 1) / T with alpha^2 = alphas_cumprod[k]; t = 0 is clean
+    data. Between the knots log(alphas_cumprod) is linear in t, which gives the derivatives
+    that continuous-time samplers need.
+    """
+
+    def __init__(self, betas: torch.Tensor):
+        betas = betas.double()
+        self.num_timesteps = len(betas)
+        self.betas = betas
+        self.alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+        # log alpha-bar at the T + 1 knots t = 0, 1/T, ..., 1
+        self._log_abar = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(self.alphas_cumprod)])
+
+    def timestep_to_t(self, k: torch.Tensor) -> torch.Tensor:
+        return (k.double() + 1) / self.num_timesteps
+
+    def _interp(self, t: torch.Tensor):
+        """log alpha-bar(t) and its slope, from the knots."""
+        pos = t.double().clamp(0, 1) * self.num_timesteps
+        i = pos.floor().long().clamp(max=self.num_timesteps - 1)
+        lo, hi = self._log_abar.to(t.device)[i], self._log_abar.to(t.device)[i + 1]
+        slope = (hi - lo) * self.num_timesteps
+        return lo + (pos - i) * (hi - lo), slope
+
+    def alpha(self, t):
+        return torch.exp(0.5 * self._interp(t)[0]).to(torch.float64)
+
+    def sigma(self, t):
+        return torch.sqrt(-torch.expm1(self._interp(t)[0]))
+
+    def d_alpha(self, t):
+        log_abar, slope = self._interp(t)
+        return 0.5 * slope * torch.exp(0.5 * log_abar)
+
+    def d_sigma(self, t):
+        log_abar, slope = self._interp(t)
+        return -0.5 * slope * torch.exp(log_abar) / torch.sqrt(-torch.expm1(log_abar))
+
+    def timesteps(self, steps: int, spacing: str = "trailing") -> torch.Tensor:
+        """Descending sampling times on the discrete grid, followed by t = 0: [steps + 1].
+
+        Spacings follow diffusers' names (Lin et al. 2024, table 2): `trailing` starts at the
+        last step T - 1, `leading` and `linspace` at or below it.
+        """
+        T = self.num_timesteps
+        if not 0 < steps <= T:
+            raise ValueError(f"steps must lie in 1..{T} for a {T}-step DDPM, got {steps}")
+        if spacing == "trailing":
+            ks = torch.round(torch.arange(T, 0, -T / steps, dtype=torch.float64)) - 1
+        elif spacing == "leading":
+            ks = torch.arange(steps, dtype=torch.float64).flip(0) * (T // steps)
+        elif spacing == "linspace":
+            ks = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().flip(0)
+        else:
+            raise ValueError(f"unknown timestep spacing {spacing!r}; expected trailing, leading or linspace")
+        return torch.cat([self.timestep_to_t(ks), torch.zeros(1, dtype=torch.float64)])

@@ -1,0 +1,91 @@
+"""A trained model for inference: `genkit.load("runs/x").sample(16, seed=0)`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from genkit.config import Config, ConfigError
+from genkit.methods import build_method
+from genkit.samplers import SAMPLERS, Denoiser, SampleNoise
+
+
+class GenerativeModel:
+    """A denoiser with its config and path; samples images in [0, 1]."""
+
+    def __init__(self, cfg: Config, net: torch.nn.Module, device: str | torch.device = "cpu"):
+        self.cfg, self.device = cfg, torch.device(device)
+        self.net = net.to(self.device).eval()
+        self.method = build_method(cfg)
+        self.path = self.method.path
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.model.num_classes
+
+    def default_labels(self, n: int) -> torch.Tensor | None:
+        """Class i mod num_classes for sample i (every class appears in a grid), or None."""
+        return torch.arange(n) % self.num_classes if self.num_classes > 0 else None
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0, sampler=None, steps: int | None = None,
+               guidance: float | None = None, labels=None, batch_size: int = 256,
+               progress: bool = True, bf16: bool = False, **sampler_kwargs) -> torch.Tensor:
+        """Draw `n` images [n, C, H, W] in [0, 1].
+
+        `sampler` is a name from `genkit.samplers.SAMPLERS` or a function with the sampler
+        signature; `labels` an int, a sequence of class ids, or None (class i mod K for sample i).
+        Sample i depends only on (seed, i), not on `batch_size`.
+        """
+        sc = self.cfg.sample
+        steps = sc.steps if steps is None else steps
+        guidance = sc.guidance if guidance is None else guidance
+        fn = self._sampler(sampler if sampler is not None else sc.sampler)
+        if steps <= 0:
+            raise ConfigError(f"--steps: must be positive, got {steps}")
+        labels = self._labels(labels, n)
+        ts = self.path.timesteps(steps)
+        shape = (self.cfg.data.channels, self.cfg.data.image_size, self.cfg.data.image_size)
+        out, self.last_nfe = [], 0
+        for start in tqdm(range(0, n, batch_size), desc="sampling", disable=not progress or n <= batch_size):
+            idx = torch.arange(start, min(n, start + batch_size))
+            noise = SampleNoise(seed, idx.tolist(), self.device)
+            denoiser = Denoiser(self.net, self.path, self.method.prediction,
+                                labels=None if labels is None else labels[idx].to(self.device),
+                                guidance=guidance, null_class=self.num_classes, clip_x0=True, bf16=bf16)
+            prior_std = float((self.path.alpha(ts[:1]) ** 2 + self.path.sigma(ts[:1]) ** 2).sqrt())
+            x = noise.randn(*shape) * prior_std
+            x = fn(denoiser, x, ts, noise, progress=progress and n <= batch_size, **sampler_kwargs)
+            self.last_nfe += denoiser.nfe
+            out.append(((x.clamp(-1, 1) + 1) / 2).cpu())
+        return torch.cat(out)
+
+    def _sampler(self, sampler):
+        if callable(sampler):
+            return sampler
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"--sampler: unknown sampler '{sampler}'; choose from {', '.join(SAMPLERS)}")
+        return SAMPLERS[sampler]
+
+    def _labels(self, labels, n: int) -> torch.Tensor | None:
+        if labels is None:
+            return self.default_labels(n)
+        if self.num_classes == 0:
+            raise ConfigError("--class-label: this model is unconditional (model.num_classes = 0)")
+        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        if labels.numel() == 1:
+            labels = labels.expand(n)
+        if labels.numel() != n:
+            raise ConfigError(f"labels: got {labels.numel()} labels for {n} samples")
+        if labels.min() < 0 or labels.max() >= self.num_classes:
+            raise ConfigError(f"--class-label: must lie in 0..{self.num_classes - 1}")
+        return labels.clone()
+
+
+def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> GenerativeModel:
+    """Load a run directory or checkpoint directory for sampling (safetensors + YAML only)."""
+    from genkit.checkpoint import load_export
+
+    cfg, net, _ = load_export(path, ema=ema)
+    return GenerativeModel(cfg, net, device)

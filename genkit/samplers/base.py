@@ -1,0 +1,71 @@
+"""What every sampler shares: the net seen as (x_t, t) -> (x0, eps), and per-sample noise."""
+from __future__ import annotations
+
+import torch
+
+from genkit.paths import GaussianPath, _bcast
+
+
+class Denoiser:
+    """A trained net as samplers see it: `denoiser(x_t, t) -> (x0_hat, eps_hat)`.
+
+    Applies classifier-free guidance (Ho & Salimans 2022) in the net's own prediction space:
+    out = uncond + w * (cond - uncond), so w = 1 is the plain conditional net and w = 0 the
+    unconditional one. Counts network evaluations in `nfe` (a guided call counts once).
+    """
+
+    def __init__(self, net, path: GaussianPath, prediction: str, labels: torch.Tensor | None = None,
+                 guidance: float = 1.0, null_class: int | None = None, clip_x0: bool = False,
+                 bf16: bool = False):
+        self.net, self.path, self.prediction = net, path, prediction
+        self.labels, self.guidance, self.null_class = labels, guidance, null_class
+        self.clip_x0, self.bf16 = clip_x0, bf16
+        self.nfe = 0
+
+    def raw(self, x: torch.Tensor, t) -> torch.Tensor:
+        """The (guided) net output at time t (a float or [B] tensor), in float32."""
+        t = torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(x.shape[0])
+        self.nfe += 1
+        labels, w = self.labels, self.guidance
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            if labels is None or w == 1:
+                return self.net(x, t.float(), labels).float()
+            null = torch.full_like(labels, self.null_class)
+            if w == 0:
+                return self.net(x, t.float(), null).float()
+            out = self.net(torch.cat([x, x]), t.float().repeat(2), torch.cat([labels, null])).float()
+        cond, uncond = out.chunk(2)
+        return uncond + w * (cond - uncond)
+
+    def __call__(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(x.shape[0])
+        x0, eps = self.path.to_x0_eps(self.raw(x, t), x, t, self.prediction)
+        if self.clip_x0:
+            x0 = x0.clamp(-1, 1)
+            eps = (x - _bcast(self.path.alpha(t), x) * x0) / _bcast(self.path.sigma(t), x)
+        return x0, eps
+
+
+def _mix(seed: int, index: int) -> int:
+    """A 63-bit seed for sample `index` of a run seeded with `seed` (splitmix-style)."""
+    z = (seed * 0x9E3779B97F4A7C15 + index + 1) % 2**64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+    return (z ^ (z >> 31)) >> 1
+
+
+class SampleNoise:
+    """Independent random streams per sample: sample i's noise depends on (seed, i) only, so a
+    sample is the same whatever the batch it is drawn in."""
+
+    def __init__(self, seed: int, indices, device: torch.device | str = "cpu"):
+        self.generators = [torch.Generator().manual_seed(_mix(seed, int(i))) for i in indices]
+        self.device = device
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        """Standard normal noise [B, *shape], one row per sample stream."""
+        rows = [torch.randn(shape, generator=g) for g in self.generators]
+        return torch.stack(rows).to(self.device)
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        return self.randn(*x.shape[1:]).to(x.dtype)

@@ -1,0 +1,35 @@
+"""DDIM (Song, Meng & Ermon 2021) with stochasticity eta; eta = 1 is DDPM's ancestral sampler."""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from genkit.samplers.base import Denoiser, SampleNoise
+
+
+def ddim(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise: SampleNoise | None = None,
+         eta: float = 0.0, progress: bool = False) -> torch.Tensor:
+    """Step x from ts[0] down to ts[-1] with the DDIM update, generalised to any Gaussian path:
+
+    x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z,
+    c^2 = eta^2 * (sigma_s^2 / sigma_t^2) * (sigma_t^2 - alpha_t^2 sigma_s^2 / alpha_s^2),
+    where c^2 at eta = 1 is the variance of the posterior q(x_s | x_t, x0) (Ho et al. 2020, eq. 7).
+    """
+    path = denoiser.path
+    for t, s in tqdm(list(zip(ts[:-1], ts[1:])), desc="sampling", disable=not progress, leave=False):
+        x0, eps = denoiser(x, t)
+        a_t, s_t = path.alpha(t[None]).item(), path.sigma(t[None]).item()
+        a_s, s_s = path.alpha(s[None]).item(), path.sigma(s[None]).item()
+        c2 = 0.0
+        if eta > 0 and s_s > 0:
+            c2 = eta**2 * (s_s**2 / s_t**2) * max(s_t**2 - (a_t * s_s / a_s) ** 2, 0.0)
+        x = a_s * x0 + max(s_s**2 - c2, 0.0) ** 0.5 * eps
+        if c2 > 0:
+            x = x + c2**0.5 * (noise.randn_like(x) if noise is not None else torch.randn_like(x))
+    return x
+
+
+def ddpm(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise: SampleNoise | None = None,
+         progress: bool = False) -> torch.Tensor:
+    """DDPM's ancestral sampler (Ho et al. 2020, algorithm 2) on any time grid: DDIM at eta = 1."""
+    return ddim(denoiser, x, ts, noise, eta=1.0, progress=progress)
