@@ -35,7 +35,7 @@ def train_parser(prog: str = "train.py") -> Parser:
 
 
 def sample_parser(prog: str = "sample.py") -> Parser:
-    from genkit.samplers import SAMPLERS
+    from genkit.samplers import SAMPLERS, SCHEDULES
 
     p = Parser(prog=prog, description="Sample a trained model into a PNG grid.")
     p.add_argument("--checkpoint", required=True, help="run directory (newest checkpoint) or checkpoint directory")
@@ -45,6 +45,8 @@ def sample_parser(prog: str = "sample.py") -> Parser:
     p.add_argument("--steps", type=int, help="sampling steps (default: the run's sample.steps)")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), metavar="NAME",
                    help=f"one of: {', '.join(sorted(SAMPLERS))} (default: the run's sample.sampler)")
+    p.add_argument("--schedule", choices=sorted(SCHEDULES), metavar="NAME",
+                   help=f"time grid, one of: {', '.join(sorted(SCHEDULES))} (default: the sampler's own)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight (1 = none)")
     p.add_argument("--class-label", type=int, help="draw only this class (default: classes in turn)")
     p.add_argument("--nrow", type=int, help="images per grid row (default: square)")
@@ -85,7 +87,8 @@ def _sample(args) -> None:
 
     model = genkit.load(args.checkpoint, ema=not args.raw_weights)
     images = model.sample(args.num, seed=args.seed, sampler=args.sampler, steps=args.steps,
-                          guidance=args.guidance, labels=args.class_label, batch_size=args.batch_size,
+                          guidance=args.guidance, labels=args.class_label, schedule=args.schedule,
+                          batch_size=args.batch_size,
                           bf16=args.bf16)
     path = save_grid(images * 2 - 1, args.out, nrow=args.nrow)
     print(f"wrote {path} ({args.num} images, {model.last_nfe} network evaluations)")

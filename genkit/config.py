@@ -70,6 +70,9 @@ class MethodConfig:
     beta_start: float = 0.0001
     beta_end: float = 0.02
     prediction: str = "eps"  # eps | x0 | v
+    zero_terminal_snr: bool = False  # rescale betas so that t = 1 is pure noise (Lin et al. 2024)
+    loss_weighting: str = "plain"  # plain | min_snr | trunc_snr
+    snr_gamma: float = 5.0  # gamma of min_snr
     p_uncond: float = 0.1  # probability of dropping the label (classifier-free guidance)
 
 
@@ -98,6 +101,7 @@ class TrainConfig:
     checkpoint_every: int = 1000  # 0 saves only at the end
     checkpoints_keep: int = 3
     max_bad_steps: int = 20  # stop after this many consecutive non-finite steps
+    cpu_threads: int = 0  # torch threads per process on CPU; 0 = cores / local processes
     resume: str = ""  # "", a checkpoint directory, or "latest"
 
 
@@ -117,6 +121,7 @@ CHOICES = {
     "method.name": ("ddpm",),
     "method.beta_schedule": ("linear", "scaled_linear", "cosine", "sigmoid"),
     "method.prediction": ("eps", "x0", "v"),
+    "method.loss_weighting": ("plain", "min_snr", "trunc_snr"),
     "train.mixed_precision": ("no", "bf16"),
 }
 
@@ -180,7 +185,7 @@ def validate(cfg: Config) -> None:
     positive = [
         "train.max_steps", "train.batch_size", "train.grad_accum", "train.lr", "train.log_every",
         "train.max_bad_steps", "data.image_size", "data.channels", "method.num_timesteps",
-        "sample.steps", "sample.num", "model.unet.channels", "model.unet.num_res_blocks",
+        "sample.steps", "sample.num", "method.snr_gamma", "model.unet.channels", "model.unet.num_res_blocks",
         "model.unet.head_channels", "model.dit.patch_size", "model.dit.hidden_size",
         "model.dit.depth", "model.dit.num_heads", "model.dit.mlp_ratio",
     ]
@@ -189,7 +194,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be positive, got {_get_dotted(cfg, key)}")
     non_negative = [
         "train.weight_decay", "train.warmup_steps", "train.grad_clip", "train.sample_every",
-        "train.checkpoint_every", "train.checkpoints_keep", "model.num_classes",
+        "train.checkpoint_every", "train.checkpoints_keep", "train.cpu_threads", "model.num_classes",
         "model.unet.dropout",
     ]
     for key in non_negative:
@@ -200,6 +205,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}: must lie in [0, 1), got {_get_dotted(cfg, key)}")
     if not 0 < cfg.method.beta_start < cfg.method.beta_end < 1:
         raise ConfigError("method.beta_start, method.beta_end: need 0 < beta_start < beta_end < 1")
+    if cfg.method.zero_terminal_snr and cfg.method.prediction == "eps":
+        raise ConfigError("method.prediction: eps cannot be inverted at zero terminal SNR; use v or x0")
     if cfg.sample.guidance < 0:
         raise ConfigError(f"sample.guidance: must not be negative, got {cfg.sample.guidance}")
     unet, dit, size = cfg.model.unet, cfg.model.dit, cfg.data.image_size
@@ -307,6 +314,11 @@ def _coerce(value, kind, key: str):
             return int(value)
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if kind is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if value != value or value in (float("inf"), float("-inf")):
                 raise ConfigError(f"{key}: expected a finite number, got {value!r}")
@@ -315,6 +327,8 @@ def _coerce(value, kind, key: str):
     if kind is str:
         if value is None:
             return ""
+        if isinstance(value, bool):  # YAML 1.1 reads no/yes as booleans: mixed_precision: no
+            return "yes" if value else "no"
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"{key}: expected a string, got {value!r}")

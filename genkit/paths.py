@@ -37,6 +37,20 @@ class GaussianPath:
         """lambda(t) = log(alpha^2 / sigma^2)."""
         return 2 * (torch.log(self.alpha(t)) - torch.log(self.sigma(t)))
 
+    def t_of_log_snr(self, lam: torch.Tensor, iters: int = 64) -> torch.Tensor:
+        """Invert the (decreasing) log-SNR by bisection on [0, 1]: lambda [N] -> t [N] float64."""
+        lo = torch.zeros_like(lam, dtype=torch.float64)
+        hi = torch.ones_like(lam, dtype=torch.float64)
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            above = self.log_snr(mid) > lam  # still too clean: move right
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        return (lo + hi) / 2
+
+    def timesteps(self, steps: int, spacing: str = "uniform") -> torch.Tensor:
+        """Descending sampling times from 1 to 0 inclusive: [steps + 1]."""
+        return torch.linspace(1, 0, steps + 1, dtype=torch.float64)
+
     def noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Sample x_t given the data and the noise."""
         return _bcast(self.alpha(t), x0) * x0 + _bcast(self.sigma(t), x0) * eps
@@ -80,31 +94,40 @@ class DiscreteVPPath(GaussianPath):
     """DDPM's discrete variance-preserving chain (Ho et al. 2020) as a path in continuous time.
 
     Step k = 0..T-1 sits at t = (k + 1) / T with alpha^2 = alphas_cumprod[k]; t = 0 is clean
-    data. Between the knots log(alphas_cumprod) is linear in t, which gives the derivatives
-    that continuous-time samplers need.
+    data. Between the knots log(alphas_cumprod) follows a monotone cubic Hermite interpolant
+    (Fritsch & Carlson 1980): exact at the knots, with a continuous derivative, so that
+    adaptive ODE solvers see a smooth probability-flow ODE.
     """
 
     def __init__(self, betas: torch.Tensor):
         betas = betas.double()
-        self.num_timesteps = len(betas)
+        self.num_timesteps = T = len(betas)
         self.betas = betas
-        self.alphas_cumprod = torch.cumprod(1 - betas, dim=0)
-        # log alpha-bar at the T + 1 knots t = 0, 1/T, ..., 1
-        self._log_abar = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(self.alphas_cumprod)])
+        # floored at 2^-24 as diffusers does, so that a zero-terminal-SNR schedule stays finite
+        self.alphas_cumprod = torch.cumprod(1 - betas, dim=0).clamp(min=2.0**-24)
+        # log alpha-bar at the T + 1 knots t = 0, 1/T, ..., 1, and its slopes there
+        self._y = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(self.alphas_cumprod)])
+        secant = torch.diff(self._y) * T  # [T]
+        inner = 2 / (1 / secant[:-1] + 1 / secant[1:])  # harmonic mean: monotone (all secants < 0)
+        self._m = torch.cat([secant[:1], inner, secant[-1:]])
 
     def timestep_to_t(self, k: torch.Tensor) -> torch.Tensor:
         return (k.double() + 1) / self.num_timesteps
 
     def _interp(self, t: torch.Tensor):
-        """log alpha-bar(t) and its slope, from the knots."""
-        pos = t.double().clamp(0, 1) * self.num_timesteps
-        i = pos.floor().long().clamp(max=self.num_timesteps - 1)
-        lo, hi = self._log_abar.to(t.device)[i], self._log_abar.to(t.device)[i + 1]
-        slope = (hi - lo) * self.num_timesteps
-        return lo + (pos - i) * (hi - lo), slope
+        """log alpha-bar(t) and its derivative."""
+        T = self.num_timesteps
+        pos = t.double().clamp(0, 1) * T
+        i = pos.floor().long().clamp(max=T - 1)
+        s = pos - i
+        y0, y1 = self._y.to(t.device)[i], self._y.to(t.device)[i + 1]
+        m0, m1 = self._m.to(t.device)[i] / T, self._m.to(t.device)[i + 1] / T  # slopes per unit of s
+        value = (2 * s**3 - 3 * s**2 + 1) * y0 + (s**3 - 2 * s**2 + s) * m0 + (3 * s**2 - 2 * s**3) * y1 + (s**3 - s**2) * m1
+        slope = (6 * s**2 - 6 * s) * (y0 - y1) + (3 * s**2 - 4 * s + 1) * m0 + (3 * s**2 - 2 * s) * m1
+        return value, slope * T
 
     def alpha(self, t):
-        return torch.exp(0.5 * self._interp(t)[0]).to(torch.float64)
+        return torch.exp(0.5 * self._interp(t)[0])
 
     def sigma(self, t):
         return torch.sqrt(-torch.expm1(self._interp(t)[0]))

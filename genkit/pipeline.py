@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from genkit.config import Config, ConfigError
 from genkit.methods import build_method
-from genkit.samplers import SAMPLERS, Denoiser, SampleNoise
+from genkit.samplers import DEFAULT_SCHEDULE, SAMPLERS, SCHEDULES, Denoiser, DiffusersSampler, SampleNoise
 
 
 class GenerativeModel:
@@ -30,22 +30,31 @@ class GenerativeModel:
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, sampler=None, steps: int | None = None,
-               guidance: float | None = None, labels=None, batch_size: int = 256,
-               progress: bool = True, bf16: bool = False, **sampler_kwargs) -> torch.Tensor:
+               guidance: float | None = None, labels=None, schedule=None, scheduler=None,
+               batch_size: int = 256, progress: bool = True, bf16: bool = False,
+               **sampler_kwargs) -> torch.Tensor:
         """Draw `n` images [n, C, H, W] in [0, 1].
 
         `sampler` is a name from `genkit.samplers.SAMPLERS` or a function with the sampler
-        signature; `labels` an int, a sequence of class ids, or None (class i mod K for sample i).
-        Sample i depends only on (seed, i), not on `batch_size`.
+        signature; `scheduler` any diffusers scheduler instance instead; `schedule` a name from
+        `genkit.samplers.SCHEDULES` or a function (path, steps) -> times (default: the
+        sampler's own); `labels` an int, a sequence of class ids, or None (class i mod K for
+        sample i). Sample i depends only on (seed, i), not on `batch_size`.
         """
         sc = self.cfg.sample
         steps = sc.steps if steps is None else steps
         guidance = sc.guidance if guidance is None else guidance
-        fn = self._sampler(sampler if sampler is not None else sc.sampler)
+        name = sampler if sampler is not None else sc.sampler
+        fn = DiffusersSampler(scheduler, seed) if scheduler is not None else self._sampler(name)
         if steps <= 0:
             raise ConfigError(f"--steps: must be positive, got {steps}")
         labels = self._labels(labels, n)
-        ts = self.path.timesteps(steps)
+        schedule = schedule or DEFAULT_SCHEDULE.get(name if isinstance(name, str) else "", "uniform")
+        if isinstance(schedule, str):
+            if schedule not in SCHEDULES:
+                raise ConfigError(f"--schedule: unknown schedule '{schedule}'; choose from {', '.join(SCHEDULES)}")
+            schedule = SCHEDULES[schedule]
+        ts = schedule(self.path, steps)
         shape = (self.cfg.data.channels, self.cfg.data.image_size, self.cfg.data.image_size)
         out, self.last_nfe = [], 0
         for start in tqdm(range(0, n, batch_size), desc="sampling", disable=not progress or n <= batch_size):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -61,6 +62,10 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
         )
         world = self.accelerator.num_processes
+        if self.accelerator.device.type == "cpu":
+            # `accelerate launch` defaults to one thread per process, which halves CPU throughput
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+            torch.set_num_threads(tc.cpu_threads or max(1, (os.cpu_count() or 1) // local))
         if tc.batch_size % (world * tc.grad_accum):
             raise ConfigError(f"train.batch_size: {tc.batch_size} is not divisible by processes x "
                               f"train.grad_accum = {world} x {tc.grad_accum}")

@@ -26,6 +26,32 @@ def make_betas(schedule: str, num_timesteps: int, beta_start: float = 1e-4, beta
     raise ValueError(f"unknown beta schedule {schedule!r}")
 
 
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Shift and scale sqrt(alpha-bar) so that the last step is pure noise (Lin et al. 2024,
+    algorithm 1), keeping the first step's value. The last beta becomes exactly 1; alpha-bar stays
+    in [0, 1], so no inf or NaN arises (use v or x0 prediction: eps cannot be inverted at t = 1)."""
+    root = torch.cumprod(1 - betas.double(), dim=0).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * first / (first - last)
+    abar = root**2
+    alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])
+    return 1 - alphas
+
+
+def loss_weight(snr: torch.Tensor, prediction: str, weighting: str, gamma: float) -> torch.Tensor:
+    """Per-sample weight on the MSE of a `prediction`-space loss.
+
+    `plain` weighs every prediction space as is. `min_snr` is min(SNR, gamma) in x0 space
+    (Hang et al. 2023); `trunc_snr` is max(SNR, 1) in x0 space (Salimans & Ho 2022). An x0-space
+    weight w becomes w / SNR for eps and w / (SNR + 1) for v, since ||eps err||^2 = SNR ||x0 err||^2.
+    """
+    if weighting == "plain":
+        return torch.ones_like(snr)
+    x0_weight = snr.clamp(max=gamma) if weighting == "min_snr" else snr.clamp(min=1)
+    per_space = {"x0": 1.0, "eps": snr, "v": snr + 1}[prediction]
+    return x0_weight / per_space
+
+
 class DDPM:
     """Noise-prediction training on the discrete VP path; the net sees t = (k + 1) / T."""
 
@@ -33,10 +59,11 @@ class DDPM:
         self.cfg = cfg
         self.null_class = num_classes
         self.prediction = cfg.prediction
-        self.path = DiscreteVPPath(make_betas(cfg.beta_schedule, cfg.num_timesteps, cfg.beta_start, cfg.beta_end))
+        betas = make_betas(cfg.beta_schedule, cfg.num_timesteps, cfg.beta_start, cfg.beta_end)
+        self.path = DiscreteVPPath(rescale_zero_terminal_snr(betas) if cfg.zero_terminal_snr else betas)
 
     def loss(self, net, x0: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator | None = None):
-        """Mean squared error of the net's prediction at a uniformly drawn step k."""
+        """Weighted mean squared error of the net's prediction at a uniformly drawn step k."""
         b = x0.shape[0]
         k = torch.randint(0, self.cfg.num_timesteps, (b,), generator=generator)
         t = self.path.timestep_to_t(k)
@@ -47,5 +74,7 @@ class DDPM:
             drop = torch.rand(b, generator=generator).to(y.device) < self.cfg.p_uncond
             y = torch.where(drop, torch.full_like(y, self.null_class), y)
         pred = net(x_t, t.to(x0), y)
-        return F.mse_loss(pred.float(), target.float())
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)  # [B]
+        snr = torch.exp(self.path.log_snr(t)).to(per_sample)
+        return (loss_weight(snr, self.prediction, self.cfg.loss_weighting, self.cfg.snr_gamma) * per_sample).mean()
 

@@ -1,12 +1,29 @@
-"""Samplers: functions `sampler(denoiser, x, ts, noise=None, progress=False) -> x0`."""
+"""Samplers: functions `sampler(denoiser, x, ts, noise=None, progress=False) -> x0`.
+
+`x` is the starting noise at time ts[0], `ts` a descending time grid ending at 0 (see
+`genkit.samplers.schedules`), `noise` the per-sample source for stochastic samplers.
+"""
 from __future__ import annotations
 
-from genkit.samplers.base import Denoiser, SampleNoise
+from genkit.samplers.base import BatchNoise, Denoiser, SampleNoise
 from genkit.samplers.ddim import ddim, ddpm
+from genkit.samplers.diffusers import DiffusersSampler
+from genkit.samplers.ode import dpmpp_2m, dpmpp_2m_pc, euler, heun, ode
+from genkit.samplers.schedules import SCHEDULES
 
 SAMPLERS = {
-    "ddim": ddim,
     "ddpm": ddpm,
+    "ddim": ddim,
+    "euler": euler,
+    "heun": heun,
+    "dpmpp_2m": dpmpp_2m,
+    "dpmpp_2m_pc": dpmpp_2m_pc,
+    "ode": ode,
 }
 
-__all__ = ["SAMPLERS", "Denoiser", "SampleNoise", "ddim", "ddpm"]
+# The time grid each sampler gets unless the caller names one.
+DEFAULT_SCHEDULE = {"ddpm": "uniform", "ddim": "uniform", "euler": "uniform", "heun": "karras",
+                    "dpmpp_2m": "log_snr", "dpmpp_2m_pc": "log_snr", "ode": "log_snr"}
+
+__all__ = ["DEFAULT_SCHEDULE", "SAMPLERS", "SCHEDULES", "BatchNoise", "Denoiser", "DiffusersSampler", "SampleNoise",
+           "ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_pc", "euler", "heun", "ode"]

@@ -69,3 +69,14 @@ class SampleNoise:
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return self.randn(*x.shape[1:]).to(x.dtype)
+
+
+class BatchNoise:
+    """One random stream for the whole batch: fast for large synthetic batches, but a sample
+    then depends on its batch (use `SampleNoise` for images)."""
+
+    def __init__(self, seed: int):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.randn(x.shape, generator=self.generator, dtype=x.dtype).to(x.device)

@@ -1,0 +1,150 @@
+"""Training throughput on this machine: genkit's UNet and DiT against diffusers' UNet2DModel.
+
+One process, one step = forward + backward + AdamW on a batch of 64 32x32x1 images, in fp32 and
+in bf16 autocast. diffusers' UNet2DModel is sized to within 10% of the genkit UNet's parameters.
+Also reports achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode) against a plain bf16
+matmul timed in the same run.
+
+    python benchmarks/throughput.py --json throughput.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from genkit.config import load_config
+from genkit.nets import build_net
+
+ROOT = Path(__file__).resolve().parent.parent
+BATCH, SIZE = 64, 32
+
+
+class DiffusersUNet(torch.nn.Module):
+    """diffusers' UNet2DModel behind genkit's `net(x, t, y)` call (t scaled to its 0..1000)."""
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        from diffusers import UNet2DModel
+
+        self.unet = UNet2DModel(**kwargs)
+
+    def forward(self, x, t, y=None):
+        return self.unet(x, t * 1000, class_labels=y).sample
+
+
+def diffusers_unet(target_params: int) -> tuple[torch.nn.Module, dict]:
+    """The UNet2DModel layout, among a few natural ones, whose size is closest to `target_params`."""
+    candidates = []
+    for widths in [(32, 64, 64), (32, 64, 96), (32, 64, 128), (64, 64, 64)]:
+        for layers in (1, 2):
+            kwargs = dict(sample_size=SIZE, in_channels=1, out_channels=1, block_out_channels=widths,
+                          layers_per_block=layers, norm_num_groups=32, num_class_embeds=11,
+                          down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                          up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
+            net = DiffusersUNet(**kwargs)
+            candidates.append((abs(n_params(net) / target_params - 1), net, kwargs))
+    gap, net, kwargs = min(candidates, key=lambda c: c[0])
+    if gap > 0.10:
+        raise SystemExit(f"no UNet2DModel layout within 10% of {target_params} parameters")
+    return net, kwargs
+
+
+def n_params(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def make_step(net: torch.nn.Module, bf16: bool):
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    x, t, y = torch.randn(BATCH, 1, SIZE, SIZE, generator=g), torch.rand(BATCH, generator=g), torch.randint(0, 10, (BATCH,), generator=g)
+    target = torch.randn(BATCH, 1, SIZE, SIZE, generator=g)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = net(x, t, y)
+        loss = torch.nn.functional.mse_loss(out.float(), target)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def flops_per_step(net: torch.nn.Module) -> int:
+    """Forward + backward FLOPs of one training step (the optimiser's are negligible)."""
+    step = make_step(net, bf16=False)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def time_steps(step, seconds: float, repeats: int = 5) -> float:
+    """Median seconds per step over `repeats` blocks of about `seconds` / repeats each."""
+    for _ in range(3):  # warm-up: oneDNN builds its kernels on first use
+        step()
+    start = time.perf_counter()
+    step()
+    per_block = max(1, int(seconds / repeats / (time.perf_counter() - start)))
+    blocks = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(per_block):
+            step()
+        blocks.append((time.perf_counter() - start) / per_block)
+    return statistics.median(blocks)
+
+
+def matmul_gflops(bf16: bool, n: int = 2048) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        seconds = time_steps(lambda: a @ b, 2.0)
+    return 2 * n**3 / seconds / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--seconds", type=float, default=15.0, help="timed seconds per net and precision")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    nets = {
+        "genkit-unet": build_net(load_config(ROOT / "configs/ddpm_unet_mnist.yaml")),
+        "genkit-dit": build_net(load_config(ROOT / "configs/ddpm_dit_mnist.yaml")),
+    }
+    nets["diffusers-unet2d"], layout = diffusers_unet(n_params(nets["genkit-unet"]))
+
+    peak = {"fp32": matmul_gflops(False), "bf16": matmul_gflops(True)}
+    rows = []
+    for name, net in nets.items():
+        flops = flops_per_step(net)
+        for precision in ("fp32", "bf16"):
+            seconds = time_steps(make_step(net, precision == "bf16"), args.seconds)
+            row = {"net": name, "params": n_params(net), "precision": precision,
+                   "img_per_s": round(BATCH / seconds, 1), "gflop_per_s": round(flops / seconds / 1e9, 1),
+                   "matmul_gflop_per_s": round(peak[precision], 1)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    def best(name):
+        return max(r["img_per_s"] for r in rows if r["net"] == name)
+
+    result = {
+        "rows": rows,
+        "ratio_unet_vs_diffusers": round(best("genkit-unet") / best("diffusers-unet2d"), 3),
+        "diffusers_layout": {k: list(v) if isinstance(v, tuple) else v for k, v in layout.items()},
+        "batch": BATCH, "image": [1, SIZE, SIZE], "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Time grids for samplers: descending t from the start time to 0, [steps + 1] float64.
+
+Each takes the path, so it can place steps by the path's own noise level; `uniform` is evenly
+spaced in t (for DDPM's discrete path it is diffusers' "trailing" spacing), `log_snr` is evenly
+spaced in log-SNR (Lu et al. 2022), `karras` is EDM's rho-spaced noise levels (Karras et al.
+2022) in sigma / alpha.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from genkit.paths import GaussianPath
+
+
+def _finish(path: GaussianPath, t: torch.Tensor) -> torch.Tensor:
+    """Append t = 0 and snap to the path's own grid when it has one (DDPM's discrete steps)."""
+    if hasattr(path, "num_timesteps"):
+        t = torch.unique_consecutive((t * path.num_timesteps).round().clamp(min=1)) / path.num_timesteps
+    return torch.cat([t, torch.zeros(1, dtype=torch.float64)])
+
+
+def uniform(path: GaussianPath, steps: int, t_max: float = 1.0) -> torch.Tensor:
+    return _finish(path, torch.linspace(t_max, 0, steps + 1, dtype=torch.float64)[:-1])
+
+
+def log_snr(path: GaussianPath, steps: int, t_max: float = 1.0, t_min: float | None = None) -> torch.Tensor:
+    hi, lo = _log_snr_range(path, t_max, t_min)
+    lam = torch.linspace(hi, lo, steps, dtype=torch.float64)
+    return _finish(path, _start_at(path.t_of_log_snr(lam), t_max))
+
+
+def karras(path: GaussianPath, steps: int, rho: float = 7.0, t_max: float = 1.0, t_min: float | None = None) -> torch.Tensor:
+    hi, lo = _log_snr_range(path, t_max, t_min)
+    s_max, s_min = (torch.tensor([hi, lo], dtype=torch.float64) * (-0.5 / rho)).exp()  # (sigma / alpha)^(1/rho)
+    levels = (s_max + torch.linspace(0, 1, steps, dtype=torch.float64) * (s_min - s_max)) ** rho
+    return _finish(path, _start_at(path.t_of_log_snr(-2 * torch.log(levels)), t_max))
+
+
+def _log_snr_range(path: GaussianPath, t_max: float, t_min: float | None) -> tuple[float, float]:
+    """log-SNR at the two ends; where it is -inf at t_max (alpha = 0: zero terminal SNR, flows),
+    the spacing starts from the log-SNR a hair before it."""
+    t_min = t_min if t_min is not None else _smallest_t(path)
+    hi, lo = path.log_snr(torch.tensor([t_max, t_min], dtype=torch.float64)).tolist()
+    if not math.isfinite(hi):
+        hi = float(path.log_snr(torch.tensor([t_max - _smallest_t(path)], dtype=torch.float64)))
+    return hi, lo
+
+
+def _start_at(ts: torch.Tensor, t_max: float) -> torch.Tensor:
+    ts[0] = t_max
+    return ts
+
+
+def _smallest_t(path: GaussianPath) -> float:
+    """The least noisy time a net was trained at: DDPM's first step, else 1e-3."""
+    return 1 / path.num_timesteps if hasattr(path, "num_timesteps") else 1e-3
+
+
+SCHEDULES = {"uniform": uniform, "log_snr": log_snr, "karras": karras}

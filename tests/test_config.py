@@ -1,0 +1,80 @@
+from pathlib import Path
+
+import pytest
+
+from genkit.config import Config, ConfigError, all_keys, load_config, to_dict
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def error_of(*overrides, path=None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, list(overrides))
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_defaults_are_valid_and_round_trip(tmp_path):
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    file = tmp_path / "c.yaml"
+    import yaml
+    file.write_text(yaml.safe_dump(to_dict(cfg)))
+    assert load_config(file) == cfg
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_loads(recipe):
+    load_config(recipe)
+
+
+def test_required_override_keys_exist():
+    keys = set(all_keys())
+    for key in ["output_dir", "train.max_steps", "train.batch_size", "train.lr", "train.seed", "data.path",
+                "train.checkpoint_every", "train.sample_every", "train.resume"]:
+        assert key in keys
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["train.max_steps=200", "train.lr=3e-4", "output_dir=runs/x", "data.hflip=true",
+                             "model.unet.channel_mult=[1,2]", "train.resume=latest"])
+    assert cfg.train.max_steps == 200 and cfg.train.lr == 3e-4 and cfg.output_dir == "runs/x"
+    assert cfg.data.hflip is True and cfg.model.unet.channel_mult == (1, 2) and cfg.train.resume == "latest"
+
+
+def test_unknown_key_suggests_the_closest():
+    assert "did you mean 'train.max_steps'" in error_of("train.max_step=3")
+    assert "did you mean 'train.lr'" in error_of("trian.lr=0.1")
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("train.max_steps=abc", "train.max_steps: expected an integer"),
+    ("train.lr=fast", "train.lr: expected a number"),
+    ("data.hflip=3", "data.hflip: expected true or false"),
+    ("train.lr=-0.1", "train.lr: must be positive"),
+    ("train.batch_size=0", "train.batch_size: must be positive"),
+    ("model.name=vae", "model.name: 'vae' is not one of"),
+    ("train.ema_decay=1.5", "train.ema_decay: must lie in [0, 1)"),
+    ("train.lr=.nan", "train.lr: expected a finite number"),
+    ("train", "not of the form key=value"),
+    ("train.lr.x=1", "train.lr: expected a number"),
+])
+def test_bad_values_name_the_key(override, needle):
+    assert needle in error_of(override)
+
+
+def test_geometry_constraints():
+    assert "does not divide data.image_size" in error_of("model.name=dit", "model.dit.patch_size=5")
+    assert "does not divide model.dit.hidden_size" in error_of("model.name=dit", "model.dit.num_heads=5")
+    assert "not divisible by 2**2" in error_of("data.image_size=30")
+
+
+def test_bad_files(tmp_path):
+    assert "not found" in error_of(path=tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    assert "must hold a mapping" in error_of(path=tmp_path / "list.yaml")
+    (tmp_path / "bad.yaml").write_text("train: {max_steps: [\n")
+    assert "not valid YAML" in error_of(path=tmp_path / "bad.yaml")
+    (tmp_path / "typo.yaml").write_text("train:\n  batchsize: 3\n")
+    assert "did you mean 'train.batch_size'" in error_of(path=tmp_path / "typo.yaml")

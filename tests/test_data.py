@@ -1,0 +1,59 @@
+import torch
+import pytest
+
+from genkit.config import ConfigError, DataConfig
+from genkit.data import batch_indices, load_images
+
+
+def test_mnist_parquet_layout_loads_padded_to_32():
+    data = load_images(DataConfig(), split="test", limit=50, progress=False)
+    assert data.images.shape == (50, 1, 32, 32) and data.images.dtype == torch.uint8
+    assert data.labels.shape == (50,) and 0 <= data.labels.min() and data.labels.max() <= 9
+    # 28x28 digits centred on a black 32x32 canvas: the 2-pixel border is empty
+    border = torch.cat([data.images[..., :2, :].flatten(), data.images[..., -2:, :].flatten(),
+                        data.images[..., :, :2].flatten(), data.images[..., :, -2:].flatten()])
+    assert border.max() == 0 and data.images.max() > 200
+    x, y = data.batch(torch.arange(4))
+    assert x.min() >= -1 and x.max() <= 1 and x.dtype == torch.float32 and y.tolist() == data.labels[:4].tolist()
+
+
+def test_imagefolder_resized_with_labels(imagefolder):
+    data = load_images(DataConfig(path=str(imagefolder), image_size=16, fit="resize"), progress=False)
+    assert data.images.shape == (32, 1, 16, 16)
+    assert sorted(set(data.labels.tolist())) == [0, 1, 2, 3]
+
+
+def test_rgb_conversion(imagefolder):
+    data = load_images(DataConfig(path=str(imagefolder), image_size=8, channels=3, fit="resize"), progress=False)
+    assert data.images.shape == (32, 3, 8, 8)
+
+
+def test_hflip_is_seeded():
+    data = load_images(DataConfig(), split="test", limit=8, progress=False)
+    a, _ = data.batch(torch.arange(8), torch.Generator().manual_seed(1))
+    b, _ = data.batch(torch.arange(8), torch.Generator().manual_seed(1))
+    plain, _ = data.batch(torch.arange(8))
+    assert torch.equal(a, b)
+    flipped = [not torch.equal(a[i], plain[i]) for i in range(8)]
+    assert any(flipped) and all(torch.equal(a[i], plain[i].flip(-1)) for i in range(8) if flipped[i])
+
+
+@pytest.mark.parametrize("path, needle", [("/nonexistent/dir", "does not exist"), ("./nope", "does not exist")])
+def test_missing_path_is_one_line(path, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_images(DataConfig(path=path), progress=False)
+
+
+def test_empty_directory(tmp_path):
+    with pytest.raises(ConfigError, match="data.path"):
+        load_images(DataConfig(path=str(tmp_path)), progress=False)
+
+
+def test_batch_order_is_a_pure_function_of_seed_and_step():
+    n, b = 100, 16
+    assert torch.equal(batch_indices(n, b, 0, 7), batch_indices(n, b, 0, 7))
+    assert not torch.equal(batch_indices(n, b, 0, 7), batch_indices(n, b, 1, 7))
+    epoch = torch.cat([batch_indices(n, b, 3, s) for s in range(n // b)])
+    assert len(set(epoch.tolist())) == len(epoch) == (n // b) * b  # no repeats within an epoch
+    with pytest.raises(ConfigError, match="batch_size"):
+        batch_indices(10, 16, 0, 0)

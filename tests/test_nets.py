@@ -1,0 +1,125 @@
+import math
+
+import pytest
+import torch
+
+from genkit.config import DiTConfig, UNetConfig, load_config
+from genkit.methods import build_method
+from genkit.nets import DiT, UNet, build_net
+from genkit.nets.dit import sincos_2d
+from genkit.nets.layers import Attention, RMSNorm
+
+
+def perturb(net, scale=0.05, seed=0):
+    """Give zero-initialised layers random weights, so the output depends on every input."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return net
+
+
+@pytest.mark.parametrize("net", [
+    UNet(UNetConfig(channels=32, channel_mult=(1,), num_res_blocks=1, attention_resolutions=()), 1, 12, 3),
+    UNet(UNetConfig(channels=32, channel_mult=(1, 2, 3), num_res_blocks=1, attention_resolutions=(4, 8)), 3, 16, 0),
+    UNet(UNetConfig(channels=64, channel_mult=(1, 1), num_res_blocks=2, head_channels=64, dropout=0.1), 2, 8, 10),
+    DiT(DiTConfig(patch_size=2, hidden_size=32, depth=1, num_heads=2), 1, 6, 5),
+    DiT(DiTConfig(patch_size=4, hidden_size=48, depth=2, num_heads=3, mlp_ratio=2.0), 3, 16, 0),
+], ids=["unet-1level-12px", "unet-3levels-rgb", "unet-2ch", "dit-6px", "dit-p4-rgb"])
+def test_output_shape_for_odd_configs(net):
+    size = {UNet: None}.get(type(net))
+    b = 3
+    c = net.stem.in_channels if isinstance(net, UNet) else net.in_channels
+    hw = 12 if c == 1 and isinstance(net, UNet) else (16 if c == 3 else (8 if c == 2 else 6))
+    x = torch.randn(b, c, hw, hw)
+    y = torch.randint(0, net.num_classes, (b,)) if net.num_classes else None
+    out = perturb(net)(x, torch.rand(b), y)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["unet", "dit"])
+def test_conditioning_and_null_class(name):
+    cfg = load_config(None, [f"model.name={name}", "data.image_size=8", "model.unet.channel_mult=[1,2]",
+                             "model.unet.attention_resolutions=[4]", "model.dit.hidden_size=32",
+                             "model.dit.depth=2", "model.dit.num_heads=2"])
+    net = perturb(build_net(cfg)).eval()
+    x, t = torch.randn(4, 1, 8, 8), torch.full((4,), 0.5)
+    y = torch.tensor([0, 1, 2, 3])
+    assert not torch.allclose(net(x, t, y), net(x, t, (y + 1) % 10), atol=1e-4)  # the class matters
+    assert not torch.allclose(net(x, t, y), net(x, t * 0.5, y), atol=1e-4)  # the time matters
+    null = torch.full((4,), 10)
+    assert torch.equal(net(x, t, None), net(x, t, null))  # y=None is the null class
+
+
+def test_dit_blocks_are_identity_at_init():
+    net = DiT(DiTConfig(hidden_size=32, depth=3, num_heads=2), 1, 8, 10)
+    tokens, cond = torch.randn(2, 16, 32), torch.randn(2, 32)
+    for block in net.blocks:
+        assert torch.equal(block(tokens, cond), tokens)
+    assert torch.equal(net(torch.randn(2, 1, 8, 8), torch.rand(2)), torch.zeros(2, 1, 8, 8))
+
+
+def test_unet_output_is_zero_at_init():
+    net = UNet(UNetConfig(channels=32, channel_mult=(1, 2)), 1, 8, 10)
+    assert torch.equal(net(torch.randn(2, 1, 8, 8), torch.rand(2)), torch.zeros(2, 1, 8, 8))
+
+
+def test_position_embedding_closed_form():
+    dim, gh, gw = 16, 3, 5
+    emb = sincos_2d(gh, gw, dim)
+    assert emb.shape == (gh * gw, dim)
+    quarter = dim // 4
+    for r in range(gh):
+        for c in range(gw):
+            row = emb[r * gw + c]
+            for i in range(quarter):
+                w = 1 / 10_000 ** (i / quarter)
+                expect = [math.sin(r * w), math.cos(r * w), math.sin(c * w), math.cos(c * w)]
+                got = [row[i], row[quarter + i], row[2 * quarter + i], row[3 * quarter + i]]
+                assert all(abs(a - float(b)) < 1e-6 for a, b in zip(expect, got))
+    assert sincos_2d(4, 4, dim).shape == (16, dim)  # rebuilt for another resolution
+
+
+def test_qk_norm_present_and_normalising():
+    net = DiT(DiTConfig(hidden_size=32, depth=1, num_heads=2), 1, 8, 0)
+    attn = net.blocks[0].attn
+    assert isinstance(attn.q_norm, RMSNorm) and isinstance(attn.k_norm, RMSNorm)
+    q = torch.randn(2, 2, 5, 16) * 40
+    normed = attn.q_norm(q)
+    assert torch.allclose(normed.pow(2).mean(-1), torch.ones(2, 2, 5), atol=1e-3)
+    with torch.no_grad():
+        attn.q_norm.weight.fill_(3.0)
+    assert torch.allclose(attn.q_norm(q).pow(2).mean(-1), torch.full((2, 2, 5), 9.0), atol=1e-2)
+    assert isinstance(Attention(8, 2).q_norm, torch.nn.Identity)  # the UNet's attention has none
+
+
+def test_bf16_cpu_attention_matches_sdpa():
+    from genkit.nets.layers import attention
+
+    q, k, v = (torch.randn(2, 2, 10, 16) for _ in range(3))
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert torch.allclose(attention(q.bfloat16(), k.bfloat16(), v.bfloat16()).float(), reference, atol=5e-2)
+
+
+@pytest.mark.parametrize("name", ["unet", "dit"])
+def test_few_steps_lower_the_loss_and_nets_swap_in_one_config(name):
+    cfg = load_config(None, [f"model.name={name}", "data.image_size=8", "model.num_classes=2",
+                             "model.unet.channel_mult=[1,2]", "model.unet.attention_resolutions=[4]",
+                             "model.dit.hidden_size=32", "model.dit.depth=2", "model.dit.num_heads=2"])
+    torch.manual_seed(0)
+    net, method = build_net(cfg), build_method(cfg)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
+    x0 = torch.rand(8, 1, 8, 8).round() * 2 - 1
+    y = torch.arange(8) % 2
+
+    def loss_on_fixed_noise():
+        with torch.no_grad():
+            return method.loss(net, x0, y, torch.Generator().manual_seed(123)).item()
+
+    before = loss_on_fixed_noise()
+    for step in range(30):
+        loss = method.loss(net, x0, y, torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss_on_fixed_noise() < 0.8 * before
