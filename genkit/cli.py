@@ -90,8 +90,8 @@ def _sample(args) -> None:
                           guidance=args.guidance, labels=args.class_label, schedule=args.schedule,
                           batch_size=args.batch_size,
                           bf16=args.bf16)
-    path = save_grid(images * 2 - 1, args.out, nrow=args.nrow)
-    print(f"wrote {path} ({args.num} images, {model.last_nfe} network evaluations)")
+    path = save_grid(images, args.out, nrow=args.nrow)
+    print(f"wrote {path} ({args.num} images, {model.last_nfe} network evaluations each)")
 
 
 def train_main(argv=None) -> int:

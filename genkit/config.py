@@ -102,6 +102,7 @@ class TrainConfig:
     checkpoints_keep: int = 3
     max_bad_steps: int = 20  # stop after this many consecutive non-finite steps
     cpu_threads: int = 0  # torch threads per process on CPU; 0 = cores / local processes
+    compile: bool = False  # torch.compile the net (minutes of compilation before the first step)
     resume: str = ""  # "", a checkpoint directory, or "latest"
 
 

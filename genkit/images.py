@@ -1,4 +1,4 @@
-"""Image edges of the library: [-1, 1] tensors in, uint8 grids and PNG files out."""
+"""Image edges of the library: [0, 1] tensors in, uint8 grids and PNG files out."""
 from __future__ import annotations
 
 import math
@@ -9,8 +9,8 @@ from PIL import Image
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats -> uint8 in [0, 255], same shape."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    """[0, 1] floats -> uint8 in [0, 255], same shape."""
+    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
@@ -26,7 +26,7 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
-    """Write [-1, 1] images [N, C, H, W] as a PNG grid; returns the path."""
+    """Write [0, 1] images [N, C, H, W] as a PNG grid; returns the path."""
     grid = make_grid(to_uint8(images.cpu()), nrow)
     array = grid.permute(1, 2, 0).numpy()  # [H', W', C]
     image = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)

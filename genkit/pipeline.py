@@ -32,14 +32,15 @@ class GenerativeModel:
     def sample(self, n: int, seed: int = 0, sampler=None, steps: int | None = None,
                guidance: float | None = None, labels=None, schedule=None, scheduler=None,
                batch_size: int = 256, progress: bool = True, bf16: bool = False,
-               **sampler_kwargs) -> torch.Tensor:
+               clip_x0: bool = True, **sampler_kwargs) -> torch.Tensor:
         """Draw `n` images [n, C, H, W] in [0, 1].
 
         `sampler` is a name from `genkit.samplers.SAMPLERS` or a function with the sampler
         signature; `scheduler` any diffusers scheduler instance instead; `schedule` a name from
         `genkit.samplers.SCHEDULES` or a function (path, steps) -> times (default: the
         sampler's own); `labels` an int, a sequence of class ids, or None (class i mod K for
-        sample i). Sample i depends only on (seed, i), not on `batch_size`.
+        sample i); `clip_x0` clamps every x0 estimate to the data range [-1, 1].
+        Sample i depends only on (seed, i), not on `batch_size`.
         """
         sc = self.cfg.sample
         steps = sc.steps if steps is None else steps
@@ -56,17 +57,17 @@ class GenerativeModel:
             schedule = SCHEDULES[schedule]
         ts = schedule(self.path, steps)
         shape = (self.cfg.data.channels, self.cfg.data.image_size, self.cfg.data.image_size)
-        out, self.last_nfe = [], 0
+        prior_std = float((self.path.alpha(ts[:1]) ** 2 + self.path.sigma(ts[:1]) ** 2).sqrt())
+        out, self.last_nfe = [], 0  # network evaluations per sample (the most any batch needed)
         for start in tqdm(range(0, n, batch_size), desc="sampling", disable=not progress or n <= batch_size):
             idx = torch.arange(start, min(n, start + batch_size))
             noise = SampleNoise(seed, idx.tolist(), self.device)
             denoiser = Denoiser(self.net, self.path, self.method.prediction,
                                 labels=None if labels is None else labels[idx].to(self.device),
-                                guidance=guidance, null_class=self.num_classes, clip_x0=True, bf16=bf16)
-            prior_std = float((self.path.alpha(ts[:1]) ** 2 + self.path.sigma(ts[:1]) ** 2).sqrt())
+                                guidance=guidance, null_class=self.num_classes, clip_x0=clip_x0, bf16=bf16)
             x = noise.randn(*shape) * prior_std
             x = fn(denoiser, x, ts, noise, progress=progress and n <= batch_size, **sampler_kwargs)
-            self.last_nfe += denoiser.nfe
+            self.last_nfe = max(self.last_nfe, denoiser.nfe)
             out.append(((x.clamp(-1, 1) + 1) / 2).cpu())
         return torch.cat(out)
 

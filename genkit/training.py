@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -78,6 +79,8 @@ class Trainer:
         self.method = build_method(cfg)
         net = build_net(cfg)
         self.num_params = sum(p.numel() for p in net.parameters())
+        if tc.compile:
+            net.compile()  # in place: parameter names, hence checkpoints, stay as they are
         optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(tc.warmup_steps, tc.max_steps))
         self.net, self.optimizer = self.accelerator.prepare(net, optimizer)
@@ -104,11 +107,11 @@ class Trainer:
         acc = self.accelerator
         final = ckpt.checkpoint_dir(self.out, self.step)
         tmp = final.parent / f".tmp-{final.name}"
-        if acc.is_main_process and tmp.exists():
-            import shutil
+        if acc.is_main_process and tmp.exists():  # left by a run killed while saving
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
+        acc.wait_for_everyone()  # every rank's RNG state is in tmp before it is published
         if acc.is_main_process:
             state = {"step": self.step, "bad_steps_total": self.bad_steps_total}
             net_state = acc.unwrap_model(self.net).state_dict()
@@ -126,18 +129,13 @@ class Trainer:
 
     def sample_grid(self) -> Path:
         """An 8x8 grid from the EMA weights with the config's sampler, fixed seed."""
+        from genkit.images import save_grid
         from genkit.pipeline import GenerativeModel
 
         net = build_net(self.cfg)
         net.load_state_dict(self.ema.shadow)
-        model = GenerativeModel(self.cfg, net.eval())
-        images = model.sample(64, seed=0, progress=False)
-        return self._save_grid(images)
-
-    def _save_grid(self, images: torch.Tensor) -> Path:
-        from genkit.images import save_grid
-
-        return save_grid(images * 2 - 1, self.out / "samples" / f"step-{self.step:06d}.png", nrow=8)
+        images = GenerativeModel(self.cfg, net.eval()).sample(64, seed=0, progress=False)
+        return save_grid(images, self.out / "samples" / f"step-{self.step:06d}.png", nrow=8)
 
     # ------------------------------------------------------------------ loop
 

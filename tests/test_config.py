@@ -1,6 +1,8 @@
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from genkit.config import Config, ConfigError, all_keys, load_config, to_dict
 
@@ -78,3 +80,25 @@ def test_bad_files(tmp_path):
     assert "not valid YAML" in error_of(path=tmp_path / "bad.yaml")
     (tmp_path / "typo.yaml").write_text("train:\n  batchsize: 3\n")
     assert "did you mean 'train.batch_size'" in error_of(path=tmp_path / "typo.yaml")
+
+
+KEYS = all_keys()
+values = st.one_of(
+    st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=True, allow_infinity=True).map(str),
+    st.sampled_from(["true", "no", "", "[1, 2]", "[]", "{a: 1}", "null", "unet", "dit", "latest", "[", "3e-4"]),
+    st.text(max_size=12),
+)
+keys = st.one_of(st.sampled_from(KEYS), st.text(min_size=0, max_size=20),
+                 st.sampled_from(KEYS).map(lambda k: k[:-1]), st.sampled_from(KEYS).map(lambda k: k + ".x"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(keys, values), max_size=4))
+def test_random_overrides_load_or_fail_with_one_line(pairs):
+    overrides = [f"{k}={v}" for k, v in pairs]
+    try:
+        cfg = load_config(None, overrides)
+    except ConfigError as err:
+        assert str(err) and "\n" not in str(err)
+    else:
+        assert isinstance(cfg, Config)

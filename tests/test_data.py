@@ -57,3 +57,17 @@ def test_batch_order_is_a_pure_function_of_seed_and_step():
     assert len(set(epoch.tolist())) == len(epoch) == (n // b) * b  # no repeats within an epoch
     with pytest.raises(ConfigError, match="batch_size"):
         batch_indices(10, 16, 0, 0)
+
+
+def test_grid_layout_and_png(tmp_path):
+    from PIL import Image
+
+    from genkit.images import make_grid, save_grid, to_uint8
+
+    images = torch.linspace(0, 1, 5 * 3 * 4 * 4).reshape(5, 3, 4, 4)
+    grid = make_grid(to_uint8(images), nrow=2, padding=1)
+    assert grid.shape == (3, 3 * 5 + 1, 2 * 5 + 1)  # 3 rows of 2, 4 px + 1 px padding
+    assert torch.equal(grid[:, 1:5, 6:10], to_uint8(images[1]))  # image 1: row 0, column 1
+    assert to_uint8(torch.tensor([0.0, 0.5, 1.0, 2.0])).tolist() == [0, 128, 255, 255]
+    path = save_grid(images, tmp_path / "g.png", nrow=2)
+    assert Image.open(path).size == (2 * 6 + 2, 3 * 6 + 2) and Image.open(path).mode == "RGB"

@@ -12,6 +12,7 @@ N = 3000
 PATH = DiscreteVPPath(make_betas("linear", 1000))
 GMM = GaussianMixture(torch.tensor([[-0.6, 0.3], [0.5, 0.5], [0.1, -0.7]]), std=0.15)
 DATA = GMM.sample(N, torch.Generator().manual_seed(1)).float()
+FLOOR = sliced_wasserstein(GMM.sample(N, torch.Generator().manual_seed(9)).float(), DATA)  # sampling noise alone
 
 
 def run(name, steps, schedule=None, **kwargs):
@@ -33,26 +34,26 @@ def test_mixture_eps_is_the_exact_score():
     assert torch.allclose(GMM.eps(x.detach(), t, PATH), -s * score, atol=1e-10)
 
 
-@pytest.mark.parametrize("name, steps", [("ddpm", 250), ("ddim", 100), ("euler", 250), ("heun", 60),
-                                         ("dpmpp_2m", 40), ("ode", 20)])
+@pytest.mark.parametrize("name, steps", [("ddpm", 250), ("ddim", 250), ("euler", 250), ("heun", 60),
+                                         ("dpmpp_2m", 40), ("dpmpp_2m_pc", 40), ("ode", 20)])
 def test_samplers_reproduce_mean_and_covariance(name, steps):
     out, _ = run(name, steps)
     assert torch.allclose(out.mean(0), DATA.mean(0), atol=0.03)
     assert torch.allclose(torch.cov(out.T), torch.cov(DATA.T), atol=0.03)
-    assert sliced_wasserstein(out, DATA) < 0.03
+    assert sliced_wasserstein(out, DATA) < 1.5 * FLOOR
 
 
-@pytest.mark.parametrize("name", ["ddim", "euler", "heun", "dpmpp_2m"])
+@pytest.mark.parametrize("name", ["ddim", "euler", "heun", "dpmpp_2m", "dpmpp_2m_pc"])
 def test_error_falls_with_nfe(name):
     errors = [sliced_wasserstein(run(name, steps)[0], DATA) for steps in (3, 10, 40)]
-    assert errors[0] > errors[1] > errors[2] or errors[2] < 0.02, errors
+    assert errors[0] > errors[1] > errors[2] or errors[2] < 1.2 * FLOOR, errors
     assert errors[0] > 2 * errors[2]
 
 
 def test_ode_methods_and_nfe():
-    out, nfe_rk4 = run("ode", 10, schedule="uniform", method="rk4")
+    out, nfe_rk4 = run("ode", 10, schedule="log_snr", method="rk4")
     assert nfe_rk4 == 9 * 4 + 1  # rk4 on the 10 positive grid points, then the denoising jump
-    assert sliced_wasserstein(out, DATA) < 0.05
+    assert sliced_wasserstein(out, DATA) < 1.5 * FLOOR
     _, nfe_loose = run("ode", 10, rtol=1e-2, atol=1e-2)
     _, nfe_tight = run("ode", 10, rtol=1e-6, atol=1e-6)
     assert nfe_tight > nfe_loose
@@ -77,7 +78,7 @@ def test_diffusers_adapter_samples_the_mixture(make):
     x = torch.randn(N, 2, generator=torch.Generator().manual_seed(2))
     out = DiffusersSampler(make())(denoiser, x, torch.zeros(51))
     assert denoiser.nfe == 50
-    assert sliced_wasserstein(out, DATA) < 0.03
+    assert sliced_wasserstein(out, DATA) < 2 * FLOOR  # first-order schedulers at 50 steps
 
 
 def test_diffusers_adapter_matches_genkit_ddim():

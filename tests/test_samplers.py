@@ -114,3 +114,31 @@ def test_guidance_and_nfe(tiny_cfg):
     assert model.last_nfe == 3 and not torch.allclose(plain, guided)
     assert not torch.allclose(model.sample(4, steps=3, labels=0, progress=False),
                               model.sample(4, steps=3, labels=1, progress=False))
+
+
+@pytest.mark.parametrize("sampler", sorted(__import__("genkit.samplers", fromlist=["SAMPLERS"]).SAMPLERS))
+def test_every_sampler_runs_through_the_model(tiny_cfg, sampler):
+    model = tiny_model(tiny_cfg)
+    images = model.sample(3, sampler=sampler, steps=4, progress=False)
+    assert images.shape == (3, 1, 16, 16) and torch.isfinite(images).all()
+    assert model.last_nfe > 0
+
+
+def test_model_runs_a_diffusers_scheduler(tiny_cfg):
+    from diffusers import DPMSolverMultistepScheduler
+
+    model = tiny_model(tiny_cfg)
+    images = model.sample(3, scheduler=DPMSolverMultistepScheduler(), steps=5, progress=False)
+    assert images.shape == (3, 1, 16, 16) and model.last_nfe == 5
+
+
+def test_unknown_names_are_config_errors(tiny_cfg):
+    from genkit.config import ConfigError
+
+    model = tiny_model(tiny_cfg)
+    with pytest.raises(ConfigError, match="unknown sampler 'magic'"):
+        model.sample(2, sampler="magic", progress=False)
+    with pytest.raises(ConfigError, match="unknown schedule"):
+        model.sample(2, schedule="magic", progress=False)
+    with pytest.raises(ConfigError, match="must lie in 0..3"):
+        model.sample(2, labels=7, progress=False)

@@ -1,5 +1,6 @@
 import shutil
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -11,7 +12,7 @@ from genkit.training import Trainer, train
 def test_few_steps_write_checkpoints_export_and_logs(tiny_cfg):
     cfg = tiny_cfg("train.sample_every=2")
     final = train(cfg)
-    out = final.parent.parent.parent
+    out = final.parent.parent
     assert [p.name for p in list_checkpoints(out)] == ["step-000002", "step-000004"]
     for name in ["config.yaml", "net.safetensors", "net_ema.safetensors", "trainer_state.json"]:
         assert (final / name).is_file()
@@ -40,7 +41,7 @@ def test_resume_latest_reaches_identical_weights(tiny_cfg):
 
 def test_checkpoint_limit_and_resolution(tiny_cfg):
     final = train(tiny_cfg("train.max_steps=6", "train.checkpoint_every=1", "train.checkpoints_keep=2"))
-    out = final.parent.parent.parent
+    out = final.parent.parent
     assert [p.name for p in list_checkpoints(out)] == ["step-000005", "step-000006"]
     assert resolve_checkpoint(out) == final and resolve_checkpoint(final) == final
 
@@ -48,3 +49,41 @@ def test_checkpoint_limit_and_resolution(tiny_cfg):
 def test_bf16_and_gradient_accumulation_train(tiny_cfg):
     final = train(tiny_cfg("train.mixed_precision=bf16", "train.grad_accum=2", "train.max_steps=2"))
     assert read_trainer_state(final) == {"step": 2, "bad_steps_total": 0}
+
+
+def test_dit_trains_through_the_same_loop(tiny_cfg):
+    final = train(tiny_cfg("model.name=dit", "train.max_steps=2"))
+    model = genkit.load(final)
+    assert type(model.net).__name__ == "DiT" and model.sample(2, steps=2, progress=False).shape == (2, 1, 16, 16)
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(tiny_cfg):
+    import math
+
+    from genkit.training import TrainingDiverged
+
+    trainer = Trainer(tiny_cfg("train.max_steps=8", "train.max_bad_steps=3", "train.checkpoint_every=2"))
+    real_loss = trainer.method.loss
+
+    def poisoned(net, x0, y, generator):
+        loss = real_loss(net, x0, y, generator)
+        return loss * math.nan if trainer.step in (2, 5, 6, 7) else loss
+
+    trainer.method.loss = poisoned
+    before = {k: v.clone() for k, v in trainer.net.state_dict().items()}
+    with pytest.raises(TrainingDiverged, match="3 consecutive steps.*step-000006"):
+        trainer.fit()
+    assert trainer.bad_steps_total == 4 and trainer.step == 8
+    out = trainer.out
+    last = list_checkpoints(out)[-1]
+    assert last.name == "step-000006"  # skipped steps leave the weights good; nothing written after
+    weights = load_file(str(last / "net.safetensors"))
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    assert any(not torch.equal(before[k], weights[k]) for k in weights)
+
+
+@pytest.mark.slow
+def test_compiled_training_writes_plain_weights(tiny_cfg):
+    final = train(tiny_cfg("train.compile=true", "train.max_steps=2"))
+    assert not any("_orig_mod" in k for k in load_file(str(final / "net.safetensors")))
+    genkit.load(final)

@@ -1,7 +1,8 @@
 """Diffusion Transformer (Peebles & Xie 2023, "Scalable Diffusion Models with Transformers").
 
 Patchify -> tokens + fixed 2-D sin-cos position embeddings -> adaLN-Zero blocks -> final
-adaLN layer -> unpatchify. Attention normalises queries and keys (QK-norm, as SD3).
+adaLN layer -> unpatchify, plus a learned input skip (see `InputSkip`). Attention normalises
+queries and keys (QK-norm, as SD3).
 Written from the paper's description.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from genkit.config import DiTConfig
-from genkit.nets.layers import Attention, ConditionEmbedding, zero_module
+from genkit.nets.layers import Attention, ConditionEmbedding, InputSkip, zero_module
 
 
 def sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -70,6 +71,7 @@ class DiT(nn.Module):
         self.final_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.final_ada_ln = nn.Sequential(nn.SiLU(), zero_module(nn.Linear(dim, 2 * dim)))
         self.final_proj = zero_module(nn.Linear(dim, cfg.patch_size**2 * in_channels))
+        self.input_skip = InputSkip(dim, in_channels)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -82,4 +84,4 @@ class DiT(nn.Module):
         shift, scale = self.final_ada_ln(cond).chunk(2, dim=1)
         out = self.final_proj(modulate(self.final_norm(tokens), shift, scale))  # [B, N, p*p*C]
         out = out.view(b, gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4)  # [B, C, gh, p, gw, p]
-        return out.reshape(b, c, h, w)
+        return out.reshape(b, c, h, w) + self.input_skip(x, cond)

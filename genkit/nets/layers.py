@@ -90,6 +90,22 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return F.scaled_dot_product_attention(q, k, v)
 
 
+class InputSkip(nn.Module):
+    """A learned, condition-dependent skip from the input to the output: gate(emb) * x.
+
+    Near pure noise an eps-predicting net must return (almost) its input, and near clean data an
+    x0-predicting one must; a per-channel gate from the time embedding makes that a single
+    weight to learn, so the deep path only learns the residual. Zero at initialisation.
+    """
+
+    def __init__(self, emb_dim: int, channels: int):
+        super().__init__()
+        self.gate = zero_module(nn.Linear(emb_dim, channels))
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return self.gate(emb)[:, :, None, None] * x  # [B, C, 1, 1] * [B, C, H, W]
+
+
 def zero_module(module: nn.Module) -> nn.Module:
     """Zero a module's parameters so that a residual branch starts as the identity."""
     for p in module.parameters():

@@ -2,8 +2,15 @@
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 
 from genkit.paths import GaussianPath, _bcast
+
+
+def time_pairs(ts: torch.Tensor, progress: bool = False):
+    """The steps (t, s) of a descending grid as floats, with an optional progress bar."""
+    pairs = list(zip(ts[:-1].tolist(), ts[1:].tolist()))
+    return tqdm(pairs, desc="sampling", disable=not progress, leave=False)
 
 
 class Denoiser:

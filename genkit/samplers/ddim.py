@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
-from genkit.samplers.base import Denoiser, SampleNoise
+from genkit.samplers.base import Denoiser, SampleNoise, time_pairs
 
 
 def ddim(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise: SampleNoise | None = None,
@@ -15,11 +14,10 @@ def ddim(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise: SampleNoi
     c^2 = eta^2 * (sigma_s^2 / sigma_t^2) * (sigma_t^2 - alpha_t^2 sigma_s^2 / alpha_s^2),
     where c^2 at eta = 1 is the variance of the posterior q(x_s | x_t, x0) (Ho et al. 2020, eq. 7).
     """
-    path = denoiser.path
-    for t, s in tqdm(list(zip(ts[:-1], ts[1:])), desc="sampling", disable=not progress, leave=False):
+    alpha, sigma = denoiser.path.alpha(ts).tolist(), denoiser.path.sigma(ts).tolist()
+    for i, (t, s) in enumerate(time_pairs(ts, progress)):
         x0, eps = denoiser(x, t)
-        a_t, s_t = path.alpha(t[None]).item(), path.sigma(t[None]).item()
-        a_s, s_s = path.alpha(s[None]).item(), path.sigma(s[None]).item()
+        a_t, s_t, a_s, s_s = alpha[i], sigma[i], alpha[i + 1], sigma[i + 1]
         c2 = 0.0
         if eta > 0 and s_s > 0:
             c2 = eta**2 * (s_s**2 / s_t**2) * max(s_t**2 - (a_t * s_s / a_s) ** 2, 0.0)

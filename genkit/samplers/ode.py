@@ -5,13 +5,8 @@ from __future__ import annotations
 import math
 
 import torch
-from tqdm.auto import tqdm
 
-from genkit.samplers.base import Denoiser
-
-
-def _pairs(ts: torch.Tensor, progress: bool):
-    return tqdm(list(zip(ts[:-1].tolist(), ts[1:].tolist())), desc="sampling", disable=not progress, leave=False)
+from genkit.samplers.base import Denoiser, time_pairs
 
 
 def _velocity(denoiser: Denoiser, x: torch.Tensor, t: float):
@@ -23,7 +18,7 @@ def _velocity(denoiser: Denoiser, x: torch.Tensor, t: float):
 def euler(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise=None, progress: bool = False) -> torch.Tensor:
     """Euler's method on the probability-flow ODE; the last step (to t = 0) lands on the
     denoised estimate, which is where an Euler step on a linear path lands too."""
-    for t, s in _pairs(ts, progress):
+    for t, s in time_pairs(ts, progress):
         u, x0 = _velocity(denoiser, x, t)
         x = x0 if s == 0 else x + (s - t) * u
     return x
@@ -32,7 +27,7 @@ def euler(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise=None, pro
 def heun(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise=None, progress: bool = False) -> torch.Tensor:
     """Heun's second-order method (Karras et al. 2022, algorithm 1) in t; the last step to t = 0
     is a single evaluation, as in EDM. NFE = 2 * steps - 1."""
-    for t, s in _pairs(ts, progress):
+    for t, s in time_pairs(ts, progress):
         u, x0 = _velocity(denoiser, x, t)
         if s == 0:
             return x0
@@ -57,7 +52,7 @@ def dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise=None, 
     lam = (0.5 * path.log_snr(ts)).tolist()  # -inf where alpha = 0, +inf at t = 0
     alpha, sigma = path.alpha(ts).tolist(), path.sigma(ts).tolist()
     x0_prev, h_prev, x_prev = None, None, None
-    for i, (t, s) in enumerate(_pairs(ts, progress)):
+    for i, (t, s) in enumerate(time_pairs(ts, progress)):
         x0, _ = denoiser(x, t)
         if corrector and x_prev is not None:  # redo the step i-1 -> i with both end points known
             h = h_prev
