@@ -34,7 +34,7 @@ def diffusers_schedulers() -> dict:
     for cls in (DDIMScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler, DPMSolverMultistepScheduler,
                 UniPCMultistepScheduler):
         for spacing in (None, "trailing"):
-            kwargs = dict(num_train_timesteps=1000, beta_schedule="linear")
+            kwargs = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
             if cls is DDIMScheduler:
                 kwargs.update(clip_sample=False, set_alpha_to_one=True)
             if spacing:

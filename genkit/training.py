@@ -57,7 +57,10 @@ class Trainer:
         self.cfg = cfg
         tc = cfg.train
         self.out = Path(cfg.output_dir)
+        # Without CUDA, accelerate sets up gloo for several processes only when told it is on CPU.
+        multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.accelerator = Accelerator(
+            cpu=multi_cpu or None,
             mixed_precision=tc.mixed_precision,
             log_with="tensorboard",
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
