@@ -47,10 +47,6 @@ class GaussianPath:
             lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
         return (lo + hi) / 2
 
-    def timesteps(self, steps: int, spacing: str = "uniform") -> torch.Tensor:
-        """Descending sampling times from 1 to 0 inclusive: [steps + 1]."""
-        return torch.linspace(1, 0, steps + 1, dtype=torch.float64)
-
     def noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Sample x_t given the data and the noise."""
         return _bcast(self.alpha(t), x0) * x0 + _bcast(self.sigma(t), x0) * eps

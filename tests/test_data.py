@@ -1,5 +1,5 @@
-import torch
 import pytest
+import torch
 
 from genkit.config import ConfigError, DataConfig
 from genkit.data import batch_indices, load_images

@@ -19,21 +19,17 @@ def perturb(net, scale=0.05, seed=0):
     return net
 
 
-@pytest.mark.parametrize("net", [
-    UNet(UNetConfig(channels=32, channel_mult=(1,), num_res_blocks=1, attention_resolutions=()), 1, 12, 3),
-    UNet(UNetConfig(channels=32, channel_mult=(1, 2, 3), num_res_blocks=1, attention_resolutions=(4, 8)), 3, 16, 0),
-    UNet(UNetConfig(channels=64, channel_mult=(1, 1), num_res_blocks=2, head_channels=64, dropout=0.1), 2, 8, 10),
-    DiT(DiTConfig(patch_size=2, hidden_size=32, depth=1, num_heads=2), 1, 6, 5),
-    DiT(DiTConfig(patch_size=4, hidden_size=48, depth=2, num_heads=3, mlp_ratio=2.0), 3, 16, 0),
+@pytest.mark.parametrize("net, channels, size", [
+    (UNet(UNetConfig(channels=32, channel_mult=(1,), num_res_blocks=1, attention_resolutions=()), 1, 12, 3), 1, 12),
+    (UNet(UNetConfig(channels=32, channel_mult=(1, 2, 3), num_res_blocks=1, attention_resolutions=(4, 8)), 3, 16, 0), 3, 16),
+    (UNet(UNetConfig(channels=64, channel_mult=(1, 1), num_res_blocks=2, head_channels=64, dropout=0.1), 2, 8, 10), 2, 8),
+    (DiT(DiTConfig(patch_size=2, hidden_size=32, depth=1, num_heads=2), 1, 6, 5), 1, 6),
+    (DiT(DiTConfig(patch_size=4, hidden_size=48, depth=2, num_heads=3, mlp_ratio=2.0), 3, 16, 0), 3, 16),
 ], ids=["unet-1level-12px", "unet-3levels-rgb", "unet-2ch", "dit-6px", "dit-p4-rgb"])
-def test_output_shape_for_odd_configs(net):
-    size = {UNet: None}.get(type(net))
-    b = 3
-    c = net.stem.in_channels if isinstance(net, UNet) else net.in_channels
-    hw = 12 if c == 1 and isinstance(net, UNet) else (16 if c == 3 else (8 if c == 2 else 6))
-    x = torch.randn(b, c, hw, hw)
-    y = torch.randint(0, net.num_classes, (b,)) if net.num_classes else None
-    out = perturb(net)(x, torch.rand(b), y)
+def test_output_shape_for_odd_configs(net, channels, size):
+    x = torch.randn(3, channels, size, size)
+    y = torch.randint(0, net.num_classes, (3,)) if net.num_classes else None
+    out = perturb(net)(x, torch.rand(3), y)
     assert out.shape == x.shape and torch.isfinite(out).all()
 
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from genkit.config import load_config
 from genkit.methods import make_betas
 from genkit.paths import DiscreteVPPath
 from genkit.pipeline import GenerativeModel

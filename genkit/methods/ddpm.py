@@ -75,6 +75,8 @@ class DDPM:
             y = torch.where(drop, torch.full_like(y, self.null_class), y)
         pred = net(x_t, t.to(x0), y)
         per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)  # [B]
+        if self.cfg.loss_weighting == "plain":
+            return per_sample.mean()
         snr = torch.exp(self.path.log_snr(t)).to(per_sample)
         return (loss_weight(snr, self.prediction, self.cfg.loss_weighting, self.cfg.snr_gamma) * per_sample).mean()
 

@@ -3,7 +3,8 @@
 Each takes the path, so it can place steps by the path's own noise level; `uniform` is evenly
 spaced in t (for DDPM's discrete path it is diffusers' "trailing" spacing), `log_snr` is evenly
 spaced in log-SNR (Lu et al. 2022), `karras` is EDM's rho-spaced noise levels (Karras et al.
-2022) in sigma / alpha.
+2022) in sigma / alpha; `trailing`, `leading` and `linspace` are diffusers' spacings of DDPM's
+discrete steps.
 """
 from __future__ import annotations
 
@@ -58,4 +59,14 @@ def _smallest_t(path: GaussianPath) -> float:
     return 1 / path.num_timesteps if hasattr(path, "num_timesteps") else 1e-3
 
 
-SCHEDULES = {"uniform": uniform, "log_snr": log_snr, "karras": karras}
+def _spacing(name: str):
+    """diffusers' timestep spacing `name` on DDPM's discrete grid (see DiscreteVPPath.timesteps)."""
+    def schedule(path: GaussianPath, steps: int) -> torch.Tensor:
+        if not hasattr(path, "num_timesteps"):
+            raise ValueError(f"the '{name}' spacing needs DDPM's discrete path")
+        return path.timesteps(steps, name)
+    return schedule
+
+
+SCHEDULES = {"uniform": uniform, "log_snr": log_snr, "karras": karras,
+             "trailing": _spacing("trailing"), "leading": _spacing("leading"), "linspace": _spacing("linspace")}
