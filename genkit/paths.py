@@ -21,6 +21,12 @@ def _bcast(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class GaussianPath:
     """Base class: subclasses define `alpha`, `sigma`, `d_alpha`, `d_sigma` for t of shape [B]."""
 
+    t_min = 1e-3  # the least noisy time a sampler should stop at before its final denoising jump
+
+    def snap(self, t: torch.Tensor) -> torch.Tensor:
+        """Move descending sampling times onto the times a net was trained at (all of (0, 1] here)."""
+        return t
+
     def alpha(self, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError  # abstract
 
@@ -98,6 +104,7 @@ class DiscreteVPPath(GaussianPath):
     def __init__(self, betas: torch.Tensor):
         betas = betas.double()
         self.num_timesteps = T = len(betas)
+        self.t_min = 1 / T
         self.betas = betas
         # floored at 2^-24 as diffusers does, so that a zero-terminal-SNR schedule stays finite
         self.alphas_cumprod = torch.cumprod(1 - betas, dim=0).clamp(min=2.0**-24)
@@ -109,6 +116,11 @@ class DiscreteVPPath(GaussianPath):
 
     def timestep_to_t(self, k: torch.Tensor) -> torch.Tensor:
         return (k.double() + 1) / self.num_timesteps
+
+    def snap(self, t: torch.Tensor) -> torch.Tensor:
+        """Round to the discrete steps, dropping repeats."""
+        T = self.num_timesteps
+        return torch.unique_consecutive((t * T).round().clamp(min=1)) / T
 
     def _interp(self, t: torch.Tensor):
         """log alpha-bar(t) and its derivative."""

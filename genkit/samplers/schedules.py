@@ -12,14 +12,12 @@ import math
 
 import torch
 
-from genkit.paths import GaussianPath
+from genkit.paths import DiscreteVPPath, GaussianPath
 
 
 def _finish(path: GaussianPath, t: torch.Tensor) -> torch.Tensor:
-    """Append t = 0 and snap to the path's own grid when it has one (DDPM's discrete steps)."""
-    if hasattr(path, "num_timesteps"):
-        t = torch.unique_consecutive((t * path.num_timesteps).round().clamp(min=1)) / path.num_timesteps
-    return torch.cat([t, torch.zeros(1, dtype=torch.float64)])
+    """Snap to the path's own times (DDPM's discrete steps) and append t = 0."""
+    return torch.cat([path.snap(t), torch.zeros(1, dtype=torch.float64)])
 
 
 def uniform(path: GaussianPath, steps: int, t_max: float = 1.0) -> torch.Tensor:
@@ -42,10 +40,10 @@ def karras(path: GaussianPath, steps: int, rho: float = 7.0, t_max: float = 1.0,
 def _log_snr_range(path: GaussianPath, t_max: float, t_min: float | None) -> tuple[float, float]:
     """log-SNR at the two ends; where it is -inf at t_max (alpha = 0: zero terminal SNR, flows),
     the spacing starts from the log-SNR a hair before it."""
-    t_min = t_min if t_min is not None else _smallest_t(path)
+    t_min = t_min if t_min is not None else path.t_min
     hi, lo = path.log_snr(torch.tensor([t_max, t_min], dtype=torch.float64)).tolist()
     if not math.isfinite(hi):
-        hi = float(path.log_snr(torch.tensor([t_max - _smallest_t(path)], dtype=torch.float64)))
+        hi = float(path.log_snr(torch.tensor([t_max - path.t_min], dtype=torch.float64)))
     return hi, lo
 
 
@@ -54,15 +52,10 @@ def _start_at(ts: torch.Tensor, t_max: float) -> torch.Tensor:
     return ts
 
 
-def _smallest_t(path: GaussianPath) -> float:
-    """The least noisy time a net was trained at: DDPM's first step, else 1e-3."""
-    return 1 / path.num_timesteps if hasattr(path, "num_timesteps") else 1e-3
-
-
 def _spacing(name: str):
     """diffusers' timestep spacing `name` on DDPM's discrete grid (see DiscreteVPPath.timesteps)."""
     def schedule(path: GaussianPath, steps: int) -> torch.Tensor:
-        if not hasattr(path, "num_timesteps"):
+        if not isinstance(path, DiscreteVPPath):
             raise ValueError(f"the '{name}' spacing needs DDPM's discrete path")
         return path.timesteps(steps, name)
     return schedule
