@@ -34,13 +34,11 @@ def train_parser(prog: str = "train.py") -> Parser:
     return p
 
 
-def sample_parser(prog: str = "sample.py") -> Parser:
+def _sampling_flags(p: Parser) -> None:
+    """Flags shared by `sample` and `eval`: which checkpoint, and how to draw from it."""
     from genkit.samplers import SAMPLERS, SCHEDULES
 
-    p = Parser(prog=prog, description="Sample a trained model into a PNG grid.")
     p.add_argument("--checkpoint", required=True, help="run directory (newest checkpoint) or checkpoint directory")
-    p.add_argument("--out", default="grid.png", help="output PNG (default: grid.png)")
-    p.add_argument("--num", type=int, default=64, help="number of images (default: 64)")
     p.add_argument("--seed", type=int, default=0, help="seed; sample i depends only on (seed, i)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the run's sample.steps)")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), metavar="NAME",
@@ -49,10 +47,35 @@ def sample_parser(prog: str = "sample.py") -> Parser:
                    help=f"time grid, one of: {', '.join(sorted(SCHEDULES))} (default: the sampler's own)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight (1 = none)")
     p.add_argument("--class-label", type=int, help="draw only this class (default: classes in turn)")
-    p.add_argument("--nrow", type=int, help="images per grid row (default: square)")
     p.add_argument("--batch-size", type=int, default=256, help="images per network call (default: 256)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPUs with AMX)")
+
+
+def sample_parser(prog: str = "sample.py") -> Parser:
+    p = Parser(prog=prog, description="Sample a trained model into a PNG grid.")
+    _sampling_flags(p)
+    p.add_argument("--out", default="grid.png", help="output PNG (default: grid.png)")
+    p.add_argument("--num", type=int, default=64, help="number of images (default: 64)")
+    p.add_argument("--nrow", type=int, help="images per grid row (default: square)")
+    return p
+
+
+def eval_parser(prog: str = "eval.py") -> Parser:
+    p = Parser(prog=prog, description="Score a trained MNIST model: FID, precision/recall and class coverage "
+                                      "in the feature space of genkit's MNIST classifier, beside the same "
+                                      "metrics for as many real training digits (the floor).")
+    _sampling_flags(p)
+    p.add_argument("--num", type=int, default=10000, help="number of samples (default: 10000)")
+    p.add_argument("--json", default="eval.json", help="where to write the results (default: eval.json)")
+    return p
+
+
+def plot_loss_parser(prog: str = "genkit plot-loss") -> Parser:
+    p = Parser(prog=prog, description="Plot the training loss of one or more runs into a PNG.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="training output directories (holding metrics.jsonl)")
+    p.add_argument("--out", default="loss.png", help="output PNG (default: loss.png)")
+    p.add_argument("--linear", action="store_true", help="linear instead of logarithmic loss axis")
     return p
 
 
@@ -74,7 +97,7 @@ def _train(args) -> None:
     print(f"done: final checkpoint {final}")
 
 
-def _sample(args) -> None:
+def _check_sampling_flags(args) -> None:
     for flag in ("num", "batch_size"):
         if getattr(args, flag) <= 0:
             raise ConfigError(f"--{flag.replace('_', '-')}: must be positive, got {getattr(args, flag)}")
@@ -82,16 +105,55 @@ def _sample(args) -> None:
         raise ConfigError(f"--steps: must be positive, got {args.steps}")
     if args.guidance is not None and args.guidance < 0:
         raise ConfigError(f"--guidance: must not be negative, got {args.guidance}")
+
+
+def _draw(args):
+    """Load the checkpoint and draw `args.num` images; returns (model, images in [0, 1], labels)."""
     import genkit
-    from genkit.images import save_grid
 
     model = genkit.load(args.checkpoint, ema=not args.raw_weights)
+    labels = model.labels_for(args.class_label, args.num)
     images = model.sample(args.num, seed=args.seed, sampler=args.sampler, steps=args.steps,
-                          guidance=args.guidance, labels=args.class_label, schedule=args.schedule,
-                          batch_size=args.batch_size,
-                          bf16=args.bf16)
+                          guidance=args.guidance, labels=labels, schedule=args.schedule,
+                          batch_size=args.batch_size, bf16=args.bf16)
+    return model, images, labels
+
+
+def _sample(args) -> None:
+    from genkit.images import save_grid
+
+    _check_sampling_flags(args)
+    model, images, _ = _draw(args)
     path = save_grid(images, args.out, nrow=args.nrow)
     print(f"wrote {path} ({args.num} images, {model.last_nfe} network evaluations each)")
+
+
+def _eval(args) -> None:
+    import json
+
+    from genkit.evaluation import Evaluator
+
+    _check_sampling_flags(args)
+    model, images, labels = _draw(args)
+    evaluator = Evaluator(model.cfg.data)
+    scores, floor = evaluator.score(images, labels, seed=args.seed), evaluator.floor(args.num, seed=args.seed)
+    sc = model.cfg.sample
+    report = {"checkpoint": str(model.directory), "num": args.num, "seed": args.seed,
+              "sampler": args.sampler or sc.sampler, "steps": args.steps or sc.steps,
+              "guidance": sc.guidance if args.guidance is None else args.guidance,
+              "nfe": model.last_nfe, "metrics": scores, "real_data_floor": floor}
+    print(f"{'metric':<20}{'model':>10}{'real data':>12}")
+    for key, value in scores.items():
+        print(f"{key:<20}{value:>10.4g}{floor.get(key, float('nan')):>12.4g}")
+    with open(args.json, "w") as out:
+        json.dump(report, out, indent=2)
+    print(f"wrote {args.json} ({args.num} samples, {model.last_nfe} network evaluations each)")
+
+
+def _plot_loss(args) -> None:
+    from genkit.plots import plot_loss
+
+    print(f"wrote {plot_loss(args.runs, args.out, log_scale=not args.linear)}")
 
 
 def train_main(argv=None) -> int:
@@ -102,15 +164,26 @@ def sample_main(argv=None) -> int:
     return _run(_sample, sample_parser().parse_args(argv))
 
 
+def eval_main(argv=None) -> int:
+    return _run(_eval, eval_parser().parse_args(argv))
+
+
+COMMANDS = {
+    "train": (train_parser, _train, "train a model from a YAML recipe"),
+    "sample": (sample_parser, _sample, "sample a trained model into a PNG grid"),
+    "eval": (eval_parser, _eval, "score a trained MNIST model (FID, precision/recall, coverage)"),
+    "plot-loss": (plot_loss_parser, _plot_loss, "plot training losses into a PNG"),
+}
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"train": (train_parser, _train), "sample": (sample_parser, _sample)}
-    if not argv or argv[0] not in commands:
+    if not argv or argv[0] not in COMMANDS:
         if argv and argv[0] in ("-h", "--help"):
-            print("usage: genkit {train,sample} ...\n\n  train   train a model from a YAML recipe\n"
-                  "  sample  sample a trained model into a PNG grid\n\nRun genkit COMMAND --help for details.")
+            lines = "\n".join(f"  {name:<10} {text}" for name, (_, _, text) in COMMANDS.items())
+            print(f"usage: genkit {{{','.join(COMMANDS)}}} ...\n\n{lines}\n\nRun genkit COMMAND --help for details.")
             return 0
-        print(f"error: expected a command: {', '.join(commands)} (see genkit --help)", file=sys.stderr)
+        print(f"error: expected a command: {', '.join(COMMANDS)} (see genkit --help)", file=sys.stderr)
         return 2
-    make, fn = commands[argv[0]]
+    make, fn, _ = COMMANDS[argv[0]]
     return _run(fn, make(f"genkit {argv[0]}").parse_args(argv[1:]))

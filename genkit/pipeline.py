@@ -16,6 +16,7 @@ class GenerativeModel:
 
     def __init__(self, cfg: Config, net: torch.nn.Module, device: str | torch.device = "cpu"):
         self.cfg, self.device = cfg, torch.device(device)
+        self.directory: Path | None = None  # the checkpoint it was loaded from, if any
         self.net = net.to(self.device).eval()
         self.method = build_method(cfg)
         self.path = self.method.path
@@ -49,7 +50,7 @@ class GenerativeModel:
         fn = DiffusersSampler(scheduler, seed) if scheduler is not None else self._sampler(name)
         if steps <= 0:
             raise ConfigError(f"--steps: must be positive, got {steps}")
-        labels = self._labels(labels, n)
+        labels = self.labels_for(labels, n)
         schedule = schedule or DEFAULT_SCHEDULE.get(name if isinstance(name, str) else "", "uniform")
         if isinstance(schedule, str):
             if schedule not in SCHEDULES:
@@ -78,7 +79,7 @@ class GenerativeModel:
             raise ConfigError(f"--sampler: unknown sampler '{sampler}'; choose from {', '.join(SAMPLERS)}")
         return SAMPLERS[sampler]
 
-    def _labels(self, labels, n: int) -> torch.Tensor | None:
+    def labels_for(self, labels, n: int) -> torch.Tensor | None:
         if labels is None:
             return self.default_labels(n)
         if self.num_classes == 0:
@@ -97,5 +98,7 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu")
     """Load a run directory or checkpoint directory for sampling (safetensors + YAML only)."""
     from genkit.checkpoint import load_export
 
-    cfg, net, _ = load_export(path, ema=ema)
-    return GenerativeModel(cfg, net, device)
+    cfg, net, directory = load_export(path, ema=ema)
+    model = GenerativeModel(cfg, net, device)
+    model.directory = directory
+    return model

@@ -1,6 +1,7 @@
 """The training loop on `accelerate.Accelerator`: generic over the method (its `loss`)."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -19,6 +20,9 @@ from genkit.data import batch_indices, load_images
 from genkit.ema import EMA
 from genkit.methods import build_method
 from genkit.nets import build_net
+
+
+METRICS_FILE = "metrics.jsonl"  # one JSON line per log step, for `genkit plot-loss`
 
 
 class TrainingDiverged(RuntimeError):
@@ -201,8 +205,12 @@ class Trainer:
                     mean = sum(window) / max(1, len(window))
                     mean = acc.reduce(torch.tensor(mean, device=acc.device), "mean").item()
                     rate = (self.step - start_step) * tc.batch_size / (time.perf_counter() - started)
-                    acc.log({"loss": mean, "lr": self.scheduler.get_last_lr()[0], "img_per_s": rate,
-                             "bad_steps": self.bad_steps_total}, step=self.step)
+                    record = {"loss": mean, "lr": self.scheduler.get_last_lr()[0], "img_per_s": rate,
+                              "bad_steps": self.bad_steps_total}
+                    acc.log(record, step=self.step)
+                    if main:
+                        with open(self.out / METRICS_FILE, "a") as log:
+                            log.write(json.dumps({"step": self.step, **record}) + "\n")
                     bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.0f}", bad=self.bad_steps_total)
                     window = []
                 if main and tc.sample_every and self.step % tc.sample_every == 0 and self.step < tc.max_steps:

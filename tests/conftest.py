@@ -20,15 +20,16 @@ def fresh_accelerate_state():
 
 @pytest.fixture(scope="session")
 def imagefolder(tmp_path_factory):
-    """32 grey 20x20 images in class folders 0..3: bright squares whose position encodes the class."""
+    """Grey 20x20 images in class folders 0..3 (32 train, 16 test): bright squares whose position
+    encodes the class."""
     root = tmp_path_factory.mktemp("imagefolder")
     rng = np.random.default_rng(0)
-    for i in range(32):
-        label = i % 4
+    for i in range(48):
+        label, split = i % 4, "train" if i < 32 else "test"
         img = (rng.random((20, 20)) * 40).astype(np.uint8)
         r, c = divmod(label, 2)
         img[2 + 8 * r:10 + 8 * r, 2 + 8 * c:10 + 8 * c] = 230
-        folder = root / "train" / str(label)
+        folder = root / split / str(label)
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img, mode="L").save(folder / f"{i}.png")
     return root

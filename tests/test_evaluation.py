@@ -1,0 +1,124 @@
+"""Metrics against closed forms and toy manifolds; the committed classifier's accuracy; sanity on MNIST."""
+import json
+import math
+
+import pytest
+import torch
+
+from genkit.config import DataConfig
+from genkit.data import load_images
+from genkit.evaluation import Evaluator, class_coverage, fid, frechet_distance, load_classifier, precision_recall
+from genkit.evaluation.classifier import accuracy
+
+
+def random_spd(d: int, seed: int) -> torch.Tensor:
+    a = torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return a @ a.T / d + 0.1 * torch.eye(d, dtype=torch.float64)
+
+
+def test_frechet_distance_of_identical_gaussians_is_zero():
+    cov = random_spd(6, 0)
+    assert frechet_distance(torch.ones(6), cov, torch.ones(6), cov) == pytest.approx(0, abs=1e-9)
+
+
+def test_frechet_distance_diagonal_closed_form():
+    a, b = torch.tensor([1.0, 4.0, 0.25]), torch.tensor([9.0, 1.0, 0.25])
+    mu1, mu2 = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 1.0, 0.0])
+    expected = 5.0 + float(((a.sqrt() - b.sqrt()) ** 2).sum())  # |mu1 - mu2|^2 + sum (sqrt a - sqrt b)^2
+    assert frechet_distance(mu1, torch.diag(a), mu2, torch.diag(b)) == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_distance_matches_the_nonsymmetric_formula():
+    """tr (S1 S2)^1/2 = sum of square roots of the (real, positive) eigenvalues of S1 S2."""
+    s1, s2 = random_spd(5, 1), random_spd(5, 2)
+    mu1, mu2 = torch.zeros(5, dtype=torch.float64), torch.full((5,), 0.5, dtype=torch.float64)
+    cross = torch.linalg.eigvals(s1 @ s2).real.sqrt().sum()
+    expected = float((mu1 - mu2).square().sum() + torch.trace(s1 + s2) - 2 * cross)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
+
+
+def test_fid_of_shifted_gaussian_samples_approaches_closed_form():
+    g = torch.Generator().manual_seed(0)
+    d, n = 4, 200_000
+    scale = torch.tensor([1.0, 2.0, 0.5, 1.0])
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = torch.randn(n, d, generator=g, dtype=torch.float64) * scale + 1.0
+    expected = d * 1.0 + float(((scale - 1) ** 2).sum())  # mean shift 1 per axis; diagonal covariances
+    assert fid(x, y) == pytest.approx(expected, abs=0.03)
+    assert fid(x, x) == pytest.approx(0, abs=1e-9)
+
+
+def circle(n: int, start: float = 0.0, end: float = 2 * math.pi, seed: int = 0) -> torch.Tensor:
+    angles = start + (end - start) * torch.rand(n, generator=torch.Generator().manual_seed(seed))
+    return torch.stack([angles.cos(), angles.sin()], 1)
+
+
+def test_precision_recall_on_toy_manifolds():
+    real = circle(2000, seed=0)
+    p, r = precision_recall(real, circle(2000, seed=1))
+    assert p > 0.95 and r > 0.95  # the same manifold
+    p, r = precision_recall(real, circle(2000, 0, math.pi, seed=2))  # only half of it
+    assert p > 0.95 and 0.4 < r < 0.65
+    p, r = precision_recall(real, circle(2000, seed=3) + 5.0)  # somewhere else entirely
+    assert p == 0 and r == 0
+    with pytest.raises(ValueError, match="more than 3 points"):
+        precision_recall(real, real[:3])
+
+
+def test_class_coverage_extremes():
+    uniform = torch.eye(10).repeat(5, 1)  # 50 certain samples, 5 per class
+    assert class_coverage(uniform) == {"class_entropy": pytest.approx(1.0), "confident_fraction": 1.0,
+                                       "classes_hit": 10}
+    collapsed = torch.full((20, 10), 0.05)
+    collapsed[:, 3] = 0.55  # every sample the same class, none confidently
+    assert class_coverage(collapsed) == {"class_entropy": 0.0, "confident_fraction": 0.0, "classes_hit": 1}
+
+
+@pytest.fixture(scope="module")
+def mnist_evaluator():
+    return Evaluator(DataConfig(), progress=False)
+
+
+def test_committed_classifier_reaches_99_percent_on_the_test_split():
+    test = load_images(DataConfig(), split="test", progress=False)
+    assert accuracy(load_classifier(), test.images, test.labels) >= 0.99
+
+
+def test_real_digits_score_near_zero_and_noise_scores_badly(mnist_evaluator):
+    floor = mnist_evaluator.floor(1000)
+    noise = mnist_evaluator.score(torch.rand(1000, 1, 32, 32))
+    assert floor["fid"] < 5 and floor["precision"] > 0.6 and floor["recall"] > 0.6
+    assert floor["label_accuracy"] > 0.98 and floor["class_entropy"] > 0.99
+    assert noise["fid"] > 50 * floor["fid"] and noise["precision"] < 0.05
+
+
+def test_evaluator_takes_28_px_images(mnist_evaluator):
+    train = load_images(DataConfig(image_size=28), split="train", limit=500, progress=False)
+    scores = mnist_evaluator.score(train.images.float() / 255, train.labels)
+    assert scores["label_accuracy"] > 0.97 and scores["fid"] < 20
+
+
+def test_eval_cli_writes_json_table(tmp_path, tiny_cfg):
+    from genkit.cli import eval_main
+    from genkit.training import train
+
+    cfg = tiny_cfg("train.max_steps=2")
+    train(cfg)
+    out = tmp_path / "eval.json"
+    code = eval_main(["--checkpoint", cfg.output_dir, "--num", "8", "--steps", "2", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert code == 0 and report["num"] == 8 and report["nfe"] > 0
+    assert set(report["metrics"]) >= {"fid", "precision", "recall", "class_entropy", "label_accuracy"}
+    assert report["real_data_floor"]["fid"] >= 0
+
+
+def test_plot_loss_from_a_run(tmp_path, tiny_cfg):
+    from genkit.cli import main
+    from genkit.training import train
+
+    cfg = tiny_cfg()
+    train(cfg)
+    out = tmp_path / "loss.png"
+    assert main(["plot-loss", cfg.output_dir, "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["plot-loss", str(tmp_path / "nothing")]) == 2
