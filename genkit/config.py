@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -63,17 +64,51 @@ class DataConfig:
 
 
 @dataclass
+class SDEConfig:
+    """Score-SDE processes (Song et al. 2021); see `genkit.paths.sde` and `genkit.methods.sde`."""
+
+    kind: str = "vp"  # vp | subvp | ve
+    beta_min: float = 0.1  # vp, subvp
+    beta_max: float = 20.0
+    sigma_min: float = 0.01  # ve
+    sigma_max: float = 50.0
+    t_eps: float = 1e-5  # training draws t ~ U(t_eps, 1)
+    likelihood_weighting: bool = False  # weight the loss by g(t)^2 (Song et al. 2021b) instead of sigma^2
+
+
+@dataclass
+class FlowConfig:
+    """Rectified flow with SD3's timestep densities (Esser et al. 2024); see `genkit.methods.flow`."""
+
+    time_density: str = "logit_normal"  # uniform | logit_normal | mode | cosmap
+    logit_mean: float = 0.0  # logit_normal(m, s)
+    logit_std: float = 1.0
+    mode_scale: float = 1.29  # mode(s)
+    shift: float = 1.0  # t' = a t / (1 + (a - 1) t) in training and sampling
+    density_as: str = "sample"  # sample: draw t from the density; weight: draw t uniformly, weight the loss
+
+
+@dataclass
 class MethodConfig:
-    name: str = "ddpm"
+    name: str = "ddpm"  # ddpm | sde | flow
     num_timesteps: int = 1000
     beta_schedule: str = "linear"  # linear | scaled_linear | cosine | sigmoid
     beta_start: float = 0.0001
     beta_end: float = 0.02
-    prediction: str = "eps"  # eps | x0 | v
+    prediction: str = "auto"  # auto (eps; velocity for flow) | eps | x0 | v | velocity
     zero_terminal_snr: bool = False  # rescale betas so that t = 1 is pure noise (Lin et al. 2024)
     loss_weighting: str = "plain"  # plain | min_snr | trunc_snr
     snr_gamma: float = 5.0  # gamma of min_snr
     p_uncond: float = 0.1  # probability of dropping the label (classifier-free guidance)
+    sde: SDEConfig = field(default_factory=SDEConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+
+    @property
+    def resolved_prediction(self) -> str:
+        """The prediction kind, with `auto` made concrete for the method."""
+        if self.prediction != "auto":
+            return self.prediction
+        return "velocity" if self.name == "flow" else "eps"
 
 
 @dataclass
@@ -119,9 +154,12 @@ class Config:
 CHOICES = {
     "model.name": ("unet", "dit"),
     "data.fit": ("pad", "resize"),
-    "method.name": ("ddpm",),
+    "method.name": ("ddpm", "sde", "flow"),
     "method.beta_schedule": ("linear", "scaled_linear", "cosine", "sigmoid"),
-    "method.prediction": ("eps", "x0", "v"),
+    "method.prediction": ("auto", "eps", "x0", "v", "velocity"),
+    "method.sde.kind": ("vp", "subvp", "ve"),
+    "method.flow.time_density": ("uniform", "logit_normal", "mode", "cosmap"),
+    "method.flow.density_as": ("sample", "weight"),
     "method.loss_weighting": ("plain", "min_snr", "trunc_snr"),
     "train.mixed_precision": ("no", "bf16"),
 }
@@ -188,7 +226,8 @@ def validate(cfg: Config) -> None:
         "train.max_bad_steps", "data.image_size", "data.channels", "method.num_timesteps",
         "sample.steps", "sample.num", "method.snr_gamma", "model.unet.channels", "model.unet.num_res_blocks",
         "model.unet.head_channels", "model.dit.patch_size", "model.dit.hidden_size",
-        "model.dit.depth", "model.dit.num_heads", "model.dit.mlp_ratio",
+        "model.dit.depth", "model.dit.num_heads", "model.dit.mlp_ratio", "method.flow.logit_std",
+        "method.flow.shift",
     ]
     for key in positive:
         if not _get_dotted(cfg, key) > 0:
@@ -206,8 +245,23 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}: must lie in [0, 1), got {_get_dotted(cfg, key)}")
     if not 0 < cfg.method.beta_start < cfg.method.beta_end < 1:
         raise ConfigError("method.beta_start, method.beta_end: need 0 < beta_start < beta_end < 1")
-    if cfg.method.zero_terminal_snr and cfg.method.prediction == "eps":
+    m = cfg.method
+    if m.zero_terminal_snr and m.resolved_prediction == "eps":
         raise ConfigError("method.prediction: eps cannot be inverted at zero terminal SNR; use v or x0")
+    if m.name == "flow" and m.resolved_prediction == "eps":
+        raise ConfigError("method.prediction: eps cannot be inverted at t = 1 of a flow; use velocity, x0 or v")
+    if m.name != "ddpm" and m.loss_weighting != "plain":
+        raise ConfigError(f"method.loss_weighting: {m.loss_weighting} is for ddpm; sde has method.sde.likelihood_weighting, "
+                          "flow method.flow.density_as=weight")
+    if not 0 < m.sde.beta_min < m.sde.beta_max:
+        raise ConfigError("method.sde.beta_min, method.sde.beta_max: need 0 < beta_min < beta_max")
+    if not 0 < m.sde.sigma_min < m.sde.sigma_max:
+        raise ConfigError("method.sde.sigma_min, method.sde.sigma_max: need 0 < sigma_min < sigma_max")
+    if not 0 < m.sde.t_eps < 0.1:
+        raise ConfigError(f"method.sde.t_eps: must lie in (0, 0.1), got {m.sde.t_eps}")
+    if not -1 < m.flow.mode_scale < 2 / (math.pi - 2):
+        raise ConfigError(f"method.flow.mode_scale: must lie in (-1, {2 / (math.pi - 2):.3f}) for a monotone map, "
+                          f"got {m.flow.mode_scale}")
     if cfg.sample.guidance < 0:
         raise ConfigError(f"sample.guidance: must not be negative, got {cfg.sample.guidance}")
     unet, dit, size = cfg.model.unet, cfg.model.dit, cfg.data.image_size

@@ -31,8 +31,11 @@ class GaussianMixture:
         comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         return self.means[comp] + self.std * torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64)
 
-    def eps(self, x: torch.Tensor, t: torch.Tensor, path: GaussianPath) -> torch.Tensor:
-        """The exact E[eps | x_t] for x [B, D], t [B]: [B, D] float64."""
+    def posterior(self, x: torch.Tensor, t: torch.Tensor, path: GaussianPath) -> tuple[torch.Tensor, torch.Tensor]:
+        """The exact E[x0 | x_t] and E[eps | x_t] for x [B, D], t [B]: two [B, D] float64.
+
+        Per component, E[x0 | x_t, k] = mu_k + alpha std^2 (x_t - alpha mu_k) / var_t, which stays
+        finite where alpha = 0 (pure noise); eps follows from x_t = alpha x0 + sigma eps."""
         x = x.double()
         a = path.alpha(t.double())[:, None, None]  # [B, 1, 1]
         s = path.sigma(t.double())[:, None, None]
@@ -40,12 +43,21 @@ class GaussianMixture:
         diff = x[:, None, :] - a * self.means[None]  # [B, K, D]
         logits = torch.log(self.weights)[None] - (diff**2).sum(-1) / (2 * var[..., 0])  # [B, K]
         resp = torch.softmax(logits, dim=1)[..., None]  # [B, K, 1]
-        return s[:, 0] * (resp * diff).sum(1) / var[:, 0]
+        x0 = (resp * (self.means[None] + a * self.std**2 * diff / var)).sum(1)
+        eps = s[:, 0] * (resp * diff).sum(1) / var[:, 0]
+        return x0, eps
 
-    def as_net(self, path: GaussianPath):
-        """A denoiser net(x [B, *shape], t [B], y=None) -> eps [B, *shape] in x's dtype."""
+    def eps(self, x: torch.Tensor, t: torch.Tensor, path: GaussianPath) -> torch.Tensor:
+        """The exact E[eps | x_t] for x [B, D], t [B]: [B, D] float64."""
+        return self.posterior(x, t, path)[1]
+
+    def as_net(self, path: GaussianPath, prediction: str = "eps"):
+        """A denoiser net(x [B, *shape], t [B], y=None) -> the exact `prediction` [B, *shape] in x's dtype."""
         def net(x, t, y=None):
-            return self.eps(x.reshape(len(x), -1), t, path).reshape(x.shape).to(x.dtype)
+            t = t.double()
+            x = x / path.net_input(torch.ones_like(x, dtype=torch.float64), t)  # undo the input scaling
+            x0, eps = self.posterior(x.reshape(len(x), -1), t, path)
+            return path.from_x0_eps(x0, eps, t, prediction).reshape(x.shape).to(x.dtype)
         return net
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from genkit.config import MethodConfig
+from genkit.methods.base import DenoisingMethod, loss_weight
 from genkit.paths import DiscreteVPPath
 
 
@@ -38,45 +38,25 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     return 1 - alphas
 
 
-def loss_weight(snr: torch.Tensor, prediction: str, weighting: str, gamma: float) -> torch.Tensor:
-    """Per-sample weight on the MSE of a `prediction`-space loss.
-
-    `plain` weighs every prediction space as is. `min_snr` is min(SNR, gamma) in x0 space
-    (Hang et al. 2023); `trunc_snr` is max(SNR, 1) in x0 space (Salimans & Ho 2022). An x0-space
-    weight w becomes w / SNR for eps and w / (SNR + 1) for v, since ||eps err||^2 = SNR ||x0 err||^2.
-    """
-    if weighting == "plain":
-        return torch.ones_like(snr)
+def snr_weight(snr: torch.Tensor, prediction: str, weighting: str, gamma: float) -> torch.Tensor:
+    """Per-sample weight on a `prediction`-space loss: `min_snr` is min(SNR, gamma) in x0 space
+    (Hang et al. 2023), `trunc_snr` max(SNR, 1) in x0 space (Salimans & Ho 2022)."""
     x0_weight = snr.clamp(max=gamma) if weighting == "min_snr" else snr.clamp(min=1)
-    per_space = {"x0": 1.0, "eps": snr, "v": snr + 1}[prediction]
-    return x0_weight / per_space
+    return loss_weight(snr, prediction, x0_weight)
 
 
-class DDPM:
-    """Noise-prediction training on the discrete VP path; the net sees t = (k + 1) / T."""
+class DDPM(DenoisingMethod):
+    """Noise-prediction training on the discrete VP path; the net sees t = (k + 1) / T for a
+    uniformly drawn step k."""
 
     def __init__(self, cfg: MethodConfig, num_classes: int = 0):
-        self.cfg = cfg
-        self.null_class = num_classes
-        self.prediction = cfg.prediction
+        super().__init__(cfg, num_classes)
         betas = make_betas(cfg.beta_schedule, cfg.num_timesteps, cfg.beta_start, cfg.beta_end)
         self.path = DiscreteVPPath(rescale_zero_terminal_snr(betas) if cfg.zero_terminal_snr else betas)
 
-    def loss(self, net, x0: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator | None = None):
-        """Weighted mean squared error of the net's prediction at a uniformly drawn step k."""
-        b = x0.shape[0]
-        k = torch.randint(0, self.cfg.num_timesteps, (b,), generator=generator)
-        t = self.path.timestep_to_t(k)
-        eps = torch.randn(x0.shape, generator=generator).to(x0)
-        x_t = self.path.noise(x0, eps, t)
-        target = self.path.from_x0_eps(x0, eps, t, self.prediction)
-        if y is not None and self.cfg.p_uncond > 0:
-            drop = torch.rand(b, generator=generator).to(y.device) < self.cfg.p_uncond
-            y = torch.where(drop, torch.full_like(y, self.null_class), y)
-        pred = net(x_t, t.to(x0), y)
-        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)  # [B]
+    def sample_time(self, n: int, generator: torch.Generator | None):
+        t = self.path.timestep_to_t(torch.randint(0, self.cfg.num_timesteps, (n,), generator=generator))
         if self.cfg.loss_weighting == "plain":
-            return per_sample.mean()
-        snr = torch.exp(self.path.log_snr(t)).to(per_sample)
-        return (loss_weight(snr, self.prediction, self.cfg.loss_weighting, self.cfg.snr_gamma) * per_sample).mean()
-
+            return t, None
+        snr = torch.exp(self.path.log_snr(t))
+        return t, snr_weight(snr, self.prediction, self.cfg.loss_weighting, self.cfg.snr_gamma)

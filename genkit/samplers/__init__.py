@@ -10,6 +10,7 @@ from genkit.samplers.ddim import ddim, ddpm
 from genkit.samplers.diffusers import DiffusersSampler
 from genkit.samplers.ode import dpmpp_2m, dpmpp_2m_pc, euler, heun, ode
 from genkit.samplers.schedules import SCHEDULES
+from genkit.samplers.sde import em, pc
 
 SAMPLERS = {
     "ddpm": ddpm,
@@ -19,11 +20,14 @@ SAMPLERS = {
     "dpmpp_2m": dpmpp_2m,
     "dpmpp_2m_pc": dpmpp_2m_pc,
     "ode": ode,
+    "em": em,
+    "pc": pc,
 }
 
 # The time grid each sampler gets unless the caller names one.
 DEFAULT_SCHEDULE = {"ddpm": "uniform", "ddim": "uniform", "euler": "uniform", "heun": "karras",
-                    "dpmpp_2m": "log_snr", "dpmpp_2m_pc": "log_snr", "ode": "log_snr"}
+                    "dpmpp_2m": "log_snr", "dpmpp_2m_pc": "log_snr", "ode": "log_snr",
+                    "em": "uniform", "pc": "uniform"}
 
 __all__ = ["DEFAULT_SCHEDULE", "SAMPLERS", "SCHEDULES", "BatchNoise", "Denoiser", "DiffusersSampler", "SampleNoise",
-           "ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_pc", "euler", "heun", "ode"]
+           "ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_pc", "em", "euler", "heun", "ode", "pc"]

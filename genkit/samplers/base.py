@@ -30,17 +30,19 @@ class Denoiser:
         self.nfe = 0
 
     def raw(self, x: torch.Tensor, t) -> torch.Tensor:
-        """The (guided) net output at time t (a float or [B] tensor), in float32."""
+        """The (guided) net output at time t (a float or [B] tensor), in x's dtype (float32 at least)."""
         t = torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(x.shape[0])
         self.nfe += 1
         labels, w = self.labels, self.guidance
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        x = self.path.net_input(x, t)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             if labels is None or w == 1:
-                return self.net(x, t.float(), labels).float()
+                return self.net(x, t.float(), labels).to(dtype)
             null = torch.full_like(labels, self.null_class)
             if w == 0:
-                return self.net(x, t.float(), null).float()
-            out = self.net(torch.cat([x, x]), t.float().repeat(2), torch.cat([labels, null])).float()
+                return self.net(x, t.float(), null).to(dtype)
+            out = self.net(torch.cat([x, x]), t.float().repeat(2), torch.cat([labels, null])).to(dtype)
         cond, uncond = out.chunk(2)
         return uncond + w * (cond - uncond)
 

@@ -1,7 +1,8 @@
 """Time grids for samplers: descending t from the start time to 0, [steps + 1] float64.
 
 Each takes the path, so it can place steps by the path's own noise level; `uniform` is evenly
-spaced in t (for DDPM's discrete path it is diffusers' "trailing" spacing), `log_snr` is evenly
+spaced in t (through the path's time warp: SD3's shift for flows; for DDPM's discrete path
+it is diffusers' "trailing" spacing), `log_snr` is evenly
 spaced in log-SNR (Lu et al. 2022), `karras` is EDM's rho-spaced noise levels (Karras et al.
 2022) in sigma / alpha; `trailing`, `leading` and `linspace` are diffusers' spacings of DDPM's
 discrete steps.
@@ -21,7 +22,8 @@ def _finish(path: GaussianPath, t: torch.Tensor) -> torch.Tensor:
 
 
 def uniform(path: GaussianPath, steps: int, t_max: float = 1.0) -> torch.Tensor:
-    return _finish(path, torch.linspace(t_max, 0, steps + 1, dtype=torch.float64)[:-1])
+    u = torch.linspace(t_max, 0, steps + 1, dtype=torch.float64)[:-1]
+    return _finish(path, path.time_warp(u))
 
 
 def log_snr(path: GaussianPath, steps: int, t_max: float = 1.0, t_min: float | None = None) -> torch.Tensor:

@@ -7,6 +7,8 @@ interface, so any sampler drives any net trained on any path.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 PREDICTIONS = ("eps", "x0", "v", "velocity", "score")
@@ -27,6 +29,14 @@ class GaussianPath:
         """Move descending sampling times onto the times a net was trained at (all of (0, 1] here)."""
         return t
 
+    def time_warp(self, u: torch.Tensor) -> torch.Tensor:
+        """The time at fraction u of a uniform sampling clock (identity; flows apply SD3's shift)."""
+        return u
+
+    def net_input(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the net is fed for x_t (as is; paths whose x_t grows large rescale it)."""
+        return x
+
     def alpha(self, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError  # abstract
 
@@ -38,6 +48,28 @@ class GaussianPath:
 
     def d_sigma(self, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError  # abstract
+
+    # -------------------------------------------------- the forward SDE with these marginals
+
+    def drift_coef(self, t: torch.Tensor) -> torch.Tensor:
+        """f(t) of the linear forward SDE dx = f(t) x dt + g(t) dW: f = alpha' / alpha."""
+        return self.d_alpha(t) / self.alpha(t)
+
+    def diffusion_sq(self, t: torch.Tensor) -> torch.Tensor:
+        """g(t)^2 = d(sigma^2)/dt - 2 f sigma^2, so that the SDE's marginals are N(alpha x0, sigma^2)."""
+        s = self.sigma(t)
+        return 2 * s * self.d_sigma(t) - 2 * self.drift_coef(t) * s**2
+
+    def prior_std(self, t_max: float = 1.0) -> float:
+        """Standard deviation of the prior at t_max, N(0, alpha^2 + sigma^2) for unit-variance data."""
+        t = torch.tensor([t_max], dtype=torch.float64)
+        return float((self.alpha(t) ** 2 + self.sigma(t) ** 2).sqrt())
+
+    def prior_logp(self, x: torch.Tensor, t_max: float = 1.0) -> torch.Tensor:
+        """log N(x; 0, prior_std^2 I) summed over all but the batch dimension: [B, ...] -> [B]."""
+        var = self.prior_std(t_max) ** 2
+        d = x[0].numel()
+        return -0.5 * (x.double().flatten(1).square().sum(1) / var + d * math.log(2 * math.pi * var))
 
     def log_snr(self, t: torch.Tensor) -> torch.Tensor:
         """lambda(t) = log(alpha^2 / sigma^2)."""
@@ -90,79 +122,3 @@ class GaussianPath:
         if kind == "velocity":
             return _bcast(self.d_alpha(t), x0) * x0 + _bcast(self.d_sigma(t), x0) * eps
         raise ValueError(f"unknown prediction kind {kind!r}; expected one of {PREDICTIONS}")
-
-
-class DiscreteVPPath(GaussianPath):
-    """DDPM's discrete variance-preserving chain (Ho et al. 2020) as a path in continuous time.
-
-    Step k = 0..T-1 sits at t = (k + 1) / T with alpha^2 = alphas_cumprod[k]; t = 0 is clean
-    data. Between the knots log(alphas_cumprod) follows a monotone cubic Hermite interpolant
-    (Fritsch & Carlson 1980): exact at the knots, with a continuous derivative, so that
-    adaptive ODE solvers see a smooth probability-flow ODE.
-    """
-
-    def __init__(self, betas: torch.Tensor):
-        betas = betas.double()
-        self.num_timesteps = T = len(betas)
-        self.t_min = 1 / T
-        self.betas = betas
-        # floored at 2^-24 as diffusers does, so that a zero-terminal-SNR schedule stays finite
-        self.alphas_cumprod = torch.cumprod(1 - betas, dim=0).clamp(min=2.0**-24)
-        # log alpha-bar at the T + 1 knots t = 0, 1/T, ..., 1, and its slopes there
-        self._y = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(self.alphas_cumprod)])
-        secant = torch.diff(self._y) * T  # [T]
-        inner = 2 / (1 / secant[:-1] + 1 / secant[1:])  # harmonic mean: monotone (all secants < 0)
-        self._m = torch.cat([secant[:1], inner, secant[-1:]])
-
-    def timestep_to_t(self, k: torch.Tensor) -> torch.Tensor:
-        return (k.double() + 1) / self.num_timesteps
-
-    def snap(self, t: torch.Tensor) -> torch.Tensor:
-        """Round to the discrete steps, dropping repeats."""
-        T = self.num_timesteps
-        return torch.unique_consecutive((t * T).round().clamp(min=1)) / T
-
-    def _interp(self, t: torch.Tensor):
-        """log alpha-bar(t) and its derivative."""
-        T = self.num_timesteps
-        pos = t.double().clamp(0, 1) * T
-        i = pos.floor().long().clamp(max=T - 1)
-        s = pos - i
-        y0, y1 = self._y.to(t.device)[i], self._y.to(t.device)[i + 1]
-        m0, m1 = self._m.to(t.device)[i] / T, self._m.to(t.device)[i + 1] / T  # slopes per unit of s
-        value = (2 * s**3 - 3 * s**2 + 1) * y0 + (s**3 - 2 * s**2 + s) * m0 + (3 * s**2 - 2 * s**3) * y1 + (s**3 - s**2) * m1
-        slope = (6 * s**2 - 6 * s) * (y0 - y1) + (3 * s**2 - 4 * s + 1) * m0 + (3 * s**2 - 2 * s) * m1
-        return value, slope * T
-
-    def alpha(self, t):
-        return torch.exp(0.5 * self._interp(t)[0])
-
-    def sigma(self, t):
-        return torch.sqrt(-torch.expm1(self._interp(t)[0]))
-
-    def d_alpha(self, t):
-        log_abar, slope = self._interp(t)
-        return 0.5 * slope * torch.exp(0.5 * log_abar)
-
-    def d_sigma(self, t):
-        log_abar, slope = self._interp(t)
-        return -0.5 * slope * torch.exp(log_abar) / torch.sqrt(-torch.expm1(log_abar))
-
-    def timesteps(self, steps: int, spacing: str = "trailing") -> torch.Tensor:
-        """Descending sampling times on the discrete grid, followed by t = 0: [steps + 1].
-
-        Spacings follow diffusers' names (Lin et al. 2024, table 2): `trailing` starts at the
-        last step T - 1, `leading` and `linspace` at or below it.
-        """
-        T = self.num_timesteps
-        if not 0 < steps <= T:
-            raise ValueError(f"steps must lie in 1..{T} for a {T}-step DDPM, got {steps}")
-        if spacing == "trailing":
-            ks = torch.round(torch.arange(T, 0, -T / steps, dtype=torch.float64)) - 1
-        elif spacing == "leading":
-            ks = torch.arange(steps, dtype=torch.float64).flip(0) * (T // steps)
-        elif spacing == "linspace":
-            ks = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().flip(0)
-        else:
-            raise ValueError(f"unknown timestep spacing {spacing!r}; expected trailing, leading or linspace")
-        return torch.cat([self.timestep_to_t(ks), torch.zeros(1, dtype=torch.float64)])

@@ -1,0 +1,50 @@
+"""What the Gaussian-path methods share: noise the data on the path, predict, regress."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from genkit.config import MethodConfig
+from genkit.paths import GaussianPath
+
+
+def loss_weight(snr: torch.Tensor, prediction: str, x0_weight: torch.Tensor) -> torch.Tensor:
+    """Turn a weight on the x0-space error into one on a `prediction`-space error, since
+    |eps error|^2 = SNR |x0 error|^2 and |v error|^2 = (SNR + 1) |x0 error|^2."""
+    per_space = {"x0": torch.ones_like(snr), "eps": snr, "v": snr + 1}
+    if prediction not in per_space:
+        raise ValueError(f"SNR weighting is defined for eps, x0 and v predictions, not {prediction!r}")
+    return x0_weight / per_space[prediction]
+
+
+class DenoisingMethod:
+    """A net regressed onto `prediction` at x_t = alpha x0 + sigma eps for t from `sample_time`.
+
+    Subclasses set `self.path` and define `sample_time(n, generator) -> (t [n] float64, weight
+    [n] or None)`. Labels are dropped to the null class with probability `p_uncond` for
+    classifier-free guidance.
+    """
+
+    path: GaussianPath
+
+    def __init__(self, cfg: MethodConfig, num_classes: int = 0):
+        self.cfg = cfg
+        self.null_class = num_classes
+        self.prediction = cfg.resolved_prediction
+
+    def sample_time(self, n: int, generator: torch.Generator | None):
+        raise NotImplementedError  # abstract
+
+    def loss(self, net, x0: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator | None = None):
+        """Weighted mean squared error of the net's prediction at a randomly drawn time."""
+        b = x0.shape[0]
+        t, weight = self.sample_time(b, generator)
+        eps = torch.randn(x0.shape, generator=generator).to(x0)
+        x_t = self.path.noise(x0, eps, t)
+        target = self.path.from_x0_eps(x0, eps, t, self.prediction)
+        if y is not None and self.cfg.p_uncond > 0:
+            drop = torch.rand(b, generator=generator).to(y.device) < self.cfg.p_uncond
+            y = torch.where(drop, torch.full_like(y, self.null_class), y)
+        pred = net(self.path.net_input(x_t, t), t.to(x0), y)
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)  # [B]
+        return per_sample.mean() if weight is None else (weight.to(per_sample) * per_sample).mean()

@@ -1,0 +1,131 @@
+"""Rectified flow: SD3's timestep densities against their closed forms, the shift, parity with
+diffusers' FlowMatchEulerDiscreteScheduler, and sampling with the exact velocity."""
+import math
+
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from genkit.config import ConfigError, FlowConfig, MethodConfig, load_config
+from genkit.methods import RectifiedFlow
+from genkit.methods.time_densities import CosMap, LogitNormal, Mode, Uniform
+from genkit.oracles import GaussianMixture, sliced_wasserstein
+from genkit.paths import FlowPath
+from genkit.paths.flow import shift_time, unshift_time
+from genkit.samplers import DEFAULT_SCHEDULE, SAMPLERS, SCHEDULES, BatchNoise, Denoiser
+
+DENSITIES = {"uniform": Uniform(), "logit_normal": LogitNormal(0.0, 1.0), "logit_normal(1, 0.6)": LogitNormal(1.0, 0.6),
+             "mode(1.29)": Mode(1.29), "mode(-0.5)": Mode(-0.5), "cosmap": CosMap()}
+
+
+@pytest.mark.parametrize("name", list(DENSITIES))
+def test_sampled_times_follow_the_density(name):
+    """Kolmogorov-Smirnov: the largest CDF gap of 20,000 seeded draws stays under the 1% critical value."""
+    density, n = DENSITIES[name], 20_000
+    t = density.sample(n, torch.Generator().manual_seed(0)).sort().values
+    assert t.min() > 0 and t.max() < 1
+    upper = torch.arange(1, n + 1, dtype=torch.float64) / n
+    cdf = density.cdf(t)
+    ks = torch.maximum(upper - cdf, cdf - (upper - 1 / n)).max()
+    assert ks < 1.63 / math.sqrt(n)
+
+
+@pytest.mark.parametrize("name", list(DENSITIES))
+def test_pdf_is_the_derivative_of_the_cdf_and_integrates_to_one(name):
+    density = DENSITIES[name]
+    t = torch.linspace(0.01, 0.99, 99, dtype=torch.float64)
+    h = 1e-6
+    assert torch.allclose(density.pdf(t), (density.cdf(t + h) - density.cdf(t - h)) / (2 * h), rtol=1e-4, atol=1e-6)
+    grid = torch.linspace(1e-6, 1 - 1e-6, 200_001, dtype=torch.float64)
+    assert torch.trapezoid(density.pdf(grid), grid) == pytest.approx(1.0, abs=2e-3)
+
+
+def test_cosmap_density_is_the_papers():
+    t = torch.linspace(0.05, 0.95, 7, dtype=torch.float64)
+    assert torch.allclose(CosMap().pdf(t), 2 / (math.pi - 2 * math.pi * t + 2 * math.pi * t**2))
+
+
+def test_shift_is_sd3s_and_inverts():
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)
+    for a in (0.5, 1.0, 3.0):
+        assert torch.allclose(shift_time(t, a), a * t / (1 + (a - 1) * t))
+        assert torch.allclose(unshift_time(shift_time(t, a), a), t)
+    assert torch.all(shift_time(t[1:-1], 3.0) > t[1:-1])  # a > 1 spends more time at high noise
+
+
+@pytest.mark.parametrize("density_as", ["sample", "weight"])
+@pytest.mark.parametrize("density, shift", [("logit_normal", 1.0), ("mode", 1.0), ("cosmap", 3.0), ("logit_normal", 3.0)])
+def test_sampling_and_weighting_give_the_same_expected_loss(density, shift, density_as):
+    """E[L(t)] under the shifted density, for a test loss L(t) = (1 - t)^2 + sin(3t)."""
+    cfg = MethodConfig(name="flow", flow=FlowConfig(time_density=density, shift=shift, density_as=density_as))
+    t, w = RectifiedFlow(cfg).sample_time(400_000, torch.Generator().manual_seed(0))
+    w = torch.ones_like(t) if w is None else w
+    estimate = (w * ((1 - t) ** 2 + torch.sin(3 * t))).mean()
+    base = RectifiedFlow(cfg).density  # the exact value, by quadrature over the unshifted variable
+    u = torch.linspace(1e-7, 1 - 1e-7, 400_001, dtype=torch.float64)
+    s = shift_time(u, shift)
+    exact = torch.trapezoid(base.pdf(u) * ((1 - s) ** 2 + torch.sin(3 * s)), u)
+    assert estimate == pytest.approx(float(exact), abs=0.01)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+@pytest.mark.parametrize("steps", [4, 28])
+def test_euler_matches_diffusers_flow_match_euler_step_for_step(shift, steps):
+    """The same velocities on diffusers' own (shifted) sigmas give the same iterates."""
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    scheduler.set_timesteps(steps)
+    sigmas = scheduler.sigmas.double()  # [steps + 1], ending at 0
+    path = FlowPath(shift)
+
+    def net(x, t, y=None):  # any smooth velocity field
+        return torch.sin(3 * x) * t.to(x)[:, None] + 0.5 * x
+
+    g = torch.Generator().manual_seed(0)
+    x_ours = torch.randn(8, 6, generator=g, dtype=torch.float64)
+    x_theirs = x_ours.clone()
+    for i in range(steps):
+        x_ours = SAMPLERS["euler"](Denoiser(net, path, "velocity"), x_ours, sigmas[i:i + 2])
+        sigma = sigmas[i].expand(8)
+        x_theirs = scheduler.step(net(x_theirs, sigma), scheduler.timesteps[i], x_theirs).prev_sample.double()
+        assert torch.allclose(x_ours, x_theirs, atol=1e-5), i
+
+
+def test_our_uniform_grid_is_diffusers_without_the_double_shift():
+    """diffusers spaces sigmas from 1 to shift(1/1000) and shifts again; genkit spaces u evenly
+    from 1 to 0 and shifts once. The first `steps` points differ only through that end point."""
+    steps, shift = 10, 3.0
+    ours = SCHEDULES["uniform"](FlowPath(shift), steps)
+    expected = shift_time(torch.linspace(1, 0, steps + 1, dtype=torch.float64), shift)
+    assert torch.allclose(ours, expected)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    scheduler.set_timesteps(steps)
+    end = shift_time(torch.tensor(1e-3, dtype=torch.float64), shift)
+    theirs = shift_time(torch.linspace(1, float(end), steps, dtype=torch.float64), shift)
+    assert torch.allclose(scheduler.sigmas[:-1].double(), theirs, atol=1e-6)
+
+
+MIXTURE = GaussianMixture(torch.tensor([[-0.6, 0.3], [0.5, 0.5], [0.1, -0.7]]), std=0.15)
+N = 3000
+DATA = MIXTURE.sample(N, torch.Generator().manual_seed(1)).float()
+FLOOR = sliced_wasserstein(MIXTURE.sample(N, torch.Generator().manual_seed(9)).float(), DATA)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+@pytest.mark.parametrize("name, steps", [("euler", 200), ("heun", 30), ("ode", 10), ("dpmpp_2m", 30), ("ddim", 200)])
+def test_flow_samplers_with_the_exact_velocity_reproduce_the_mixture(name, steps, shift):
+    path = FlowPath(shift)
+    denoiser = Denoiser(MIXTURE.as_net(path, "velocity"), path, "velocity")
+    ts = SCHEDULES[DEFAULT_SCHEDULE[name]](path, steps)
+    out = SAMPLERS[name](denoiser, torch.randn(N, 2, generator=torch.Generator().manual_seed(2)), ts, BatchNoise(3))
+    assert torch.allclose(out.mean(0), DATA.mean(0), atol=0.03)
+    assert torch.allclose(torch.cov(out.T), torch.cov(DATA.T), atol=0.03)
+    assert sliced_wasserstein(out, DATA) < 1.5 * FLOOR
+
+
+def test_flow_config_defaults_to_velocity_and_refuses_eps():
+    cfg = load_config(None, ["method.name=flow"])
+    assert cfg.method.resolved_prediction == "velocity" and cfg.method.flow.time_density == "logit_normal"
+    with pytest.raises(ConfigError, match="eps cannot be inverted"):
+        load_config(None, ["method.name=flow", "method.prediction=eps"])
+    with pytest.raises(ConfigError, match="mode_scale"):
+        load_config(None, ["method.name=flow", "method.flow.mode_scale=2.0"])
