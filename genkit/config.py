@@ -122,6 +122,7 @@ class SampleConfig:
 @dataclass
 class TrainConfig:
     max_steps: int = 3000
+    max_minutes: float = 0.0  # also stop (with a checkpoint) after this much wall time; 0 = no limit
     batch_size: int = 128  # global batch, split over processes and accumulation steps
     grad_accum: int = 1
     lr: float = 1e-3
@@ -235,6 +236,7 @@ def validate(cfg: Config) -> None:
     non_negative = [
         "train.weight_decay", "train.warmup_steps", "train.grad_clip", "train.sample_every",
         "train.checkpoint_every", "train.checkpoints_keep", "train.cpu_threads", "model.num_classes",
+        "train.max_minutes",
         "model.unet.dropout",
     ]
     for key in non_negative:

@@ -58,8 +58,9 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, estimator: str = "hutchi
         v, div = _velocity_and_divergence(denoiser, state[0], float(t), e)
         return v, div.to(state[1])
 
-    start = (x, torch.zeros(x.shape[0], dtype=torch.float64, device=x.device))
-    times = torch.tensor([t_min, t_max], dtype=torch.float64)
+    # torchdiffeq integrates the tuple state in one dtype: keep it the data's (a net's float32)
+    start = (x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
+    times = torch.tensor([t_min, t_max], dtype=x.dtype)
     x_end, delta = (s[-1] for s in odeint(dynamics, start, times, method=method, rtol=rtol, atol=atol))
     prior = prior_logp(x_end) if prior_logp is not None else denoiser.path.prior_logp(x_end, t_max)
     return prior.double() + delta

@@ -72,6 +72,19 @@ class GenerativeModel:
             out.append(((x.clamp(-1, 1) + 1) / 2).cpu())
         return torch.cat(out)
 
+    def bits_per_dim(self, images: torch.Tensor, batch_size: int = 50, seed: int = 0, progress: bool = True,
+                     bf16: bool = False, **options) -> tuple[float, float, int]:
+        """Bits/dim of uint8 images [N, C, H, W] under the model's probability-flow ODE (the
+        unconditional density p(x): the null class of a conditional model), with uniform
+        dequantization: (mean, standard error, network evaluations per batch). `options` go to
+        `genkit.likelihood.log_likelihood` (estimator, probe, method, rtol, atol, t_min)."""
+        from genkit.likelihood import dataset_bits_per_dim
+
+        def denoiser():
+            return Denoiser(self.net, self.path, self.method.prediction, bf16=bf16)
+        with torch.no_grad():
+            return dataset_bits_per_dim(denoiser, images.to(self.device), batch_size, seed, progress, **options)
+
     def _sampler(self, sampler):
         if callable(sampler):
             return sampler

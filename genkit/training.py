@@ -172,6 +172,12 @@ class Trainer:
         self.scheduler.step()
         return total, ok
 
+    def out_of_time(self, started: float) -> bool:
+        """Whether any process has used up `train.max_minutes` (all processes agree)."""
+        over = time.perf_counter() - started > 60 * self.cfg.train.max_minutes
+        flag = torch.tensor(float(over), device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, "max").item())
+
     def fit(self) -> Path:
         acc, tc = self.accelerator, self.cfg.train
         if self.resume_from is not None:
@@ -217,6 +223,9 @@ class Trainer:
                     self.sample_grid()
                 if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < tc.max_steps:
                     last_saved = self.save()
+                if tc.max_minutes and self.out_of_time(started):
+                    tqdm.write(f"genkit: train.max_minutes={tc.max_minutes} reached at step {self.step}")
+                    break
         finally:
             bar.close()
         last_saved = self.save()

@@ -59,3 +59,29 @@ def test_help_lists_samplers_and_overrides():
 def test_print_config_shows_resolved_values():
     result = run("train.py", "--config", "configs/ddpm_unet_mnist.yaml", "--print-config", "train.lr=3e-4")
     assert result.returncode == 0 and "lr: 0.0003" in result.stdout
+
+
+@pytest.mark.parametrize("method, samplers", [
+    (["method.name=sde", "method.sde.kind=subvp"], ["em", "pc", "ode"]),
+    (["method.name=sde", "method.sde.kind=ve"], ["pc", "dpmpp_2m_pc"]),
+    (["method.name=flow", "method.flow.time_density=mode", "method.flow.shift=2"], ["euler", "heun", "ode"]),
+])
+def test_sde_and_flow_runs_train_and_sample_from_the_cli(imagefolder, tmp_path, method, samplers):
+    out = tmp_path / "run"
+    result = run("train.py", *tiny_overrides(imagefolder, out), "train.max_steps=2", *method)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for sampler in samplers:
+        png = tmp_path / f"{sampler}.png"
+        result = run("sample.py", "--checkpoint", str(out), "--out", str(png), "--num", "4", "--steps", "3",
+                     "--sampler", sampler, *(["--option", "snr=0.05", "--option", "n_corrector=2"] if sampler == "pc" else []))
+        assert result.returncode == 0 and png.is_file(), result.stderr[-2000:]
+
+
+def test_eval_bits_per_dim_and_bad_options(trained_run, tmp_path):
+    out = tmp_path / "eval.json"
+    result = run("eval.py", "--checkpoint", str(trained_run), "--num", "8", "--steps", "2", "--bpd", "2",
+                 "--json", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "bits_per_dim" in result.stdout and '"nfe_per_batch"' in out.read_text()
+    result = run("sample.py", "--checkpoint", str(trained_run), "--sampler", "ddim", "--option", "snr=1")
+    assert result.returncode == 2 and "has no option 'snr'" in result.stderr
