@@ -140,6 +140,7 @@ class TrainConfig:
     cpu_threads: int = 0  # torch threads per process on CPU; 0 = cores / local processes
     compile: bool = False  # torch.compile the net (minutes of compilation before the first step)
     resume: str = ""  # "", a checkpoint directory, or "latest"
+    init_from: str = ""  # start from these weights (a run or checkpoint directory), e.g. a 1-rectified flow
 
 
 @dataclass

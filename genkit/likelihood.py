@@ -68,7 +68,7 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, estimator: str = "hutchi
 
 def dequantize(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Uniform dequantization of uint8 images k into the model's scale: x = (k + u) / 127.5 - 1."""
-    u = torch.rand(images.shape, generator=generator)
+    u = torch.rand(images.shape, generator=generator).to(images.device)
     return (images.float() + u) / 127.5 - 1
 
 

@@ -33,15 +33,16 @@ class GenerativeModel:
     def sample(self, n: int, seed: int = 0, sampler=None, steps: int | None = None,
                guidance: float | None = None, labels=None, schedule=None, scheduler=None,
                batch_size: int = 256, progress: bool = True, bf16: bool = False,
-               clip_x0: bool = True, **sampler_kwargs) -> torch.Tensor:
-        """Draw `n` images [n, C, H, W] in [0, 1].
+               clip_x0: bool = True, offset: int = 0, return_noise: bool = False, **sampler_kwargs):
+        """Draw `n` images [n, C, H, W] in [0, 1] (with `return_noise`, also the starting noise
+        each was drawn from: (images, noise)).
 
         `sampler` is a name from `genkit.samplers.SAMPLERS` or a function with the sampler
         signature; `scheduler` any diffusers scheduler instance instead; `schedule` a name from
         `genkit.samplers.SCHEDULES` or a function (path, steps) -> times (default: the
         sampler's own); `labels` an int, a sequence of class ids, or None (class i mod K for
         sample i); `clip_x0` clamps every x0 estimate to the data range [-1, 1].
-        Sample i depends only on (seed, i), not on `batch_size`.
+        Sample i depends only on (seed, offset + i), not on `batch_size`.
         """
         sc = self.cfg.sample
         steps = sc.steps if steps is None else steps
@@ -59,18 +60,20 @@ class GenerativeModel:
         ts = schedule(self.path, steps)
         shape = (self.cfg.data.channels, self.cfg.data.image_size, self.cfg.data.image_size)
         prior_std = float((self.path.alpha(ts[:1]) ** 2 + self.path.sigma(ts[:1]) ** 2).sqrt())
-        out, self.last_nfe = [], 0  # network evaluations per sample (the most any batch needed)
+        out, starts, self.last_nfe = [], [], 0  # NFE per sample (the most any batch needed)
         for start in tqdm(range(0, n, batch_size), desc="sampling", disable=not progress or n <= batch_size):
             idx = torch.arange(start, min(n, start + batch_size))
-            noise = SampleNoise(seed, idx.tolist(), self.device)
+            noise = SampleNoise(seed, (idx + offset).tolist(), self.device)
             denoiser = Denoiser(self.net, self.path, self.method.prediction,
                                 labels=None if labels is None else labels[idx].to(self.device),
                                 guidance=guidance, null_class=self.num_classes, clip_x0=clip_x0, bf16=bf16)
             x = noise.randn(*shape) * prior_std
+            if return_noise:
+                starts.append(x.cpu())
             x = fn(denoiser, x, ts, noise, progress=progress and n <= batch_size, **sampler_kwargs)
             self.last_nfe = max(self.last_nfe, denoiser.nfe)
             out.append(((x.clamp(-1, 1) + 1) / 2).cpu())
-        return torch.cat(out)
+        return (torch.cat(out), torch.cat(starts)) if return_noise else torch.cat(out)
 
     def bits_per_dim(self, images: torch.Tensor, batch_size: int = 50, seed: int = 0, progress: bool = True,
                      bf16: bool = False, **options) -> tuple[float, float, int]:

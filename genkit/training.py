@@ -16,10 +16,11 @@ from tqdm.auto import tqdm
 
 from genkit import checkpoint as ckpt
 from genkit.config import Config, ConfigError, to_dict
-from genkit.data import batch_indices, load_images
+from genkit.data import batch_indices, load_images, resolve_data_path
 from genkit.ema import EMA
 from genkit.methods import build_method
 from genkit.nets import build_net
+from genkit.reflow import PairData, is_pairs_dir, load_pairs
 
 
 METRICS_FILE = "metrics.jsonl"  # one JSON line per log step, for `genkit plot-loss`
@@ -79,12 +80,14 @@ class Trainer:
                               f"train.grad_accum = {world} x {tc.grad_accum}")
         self.resume_from = self._find_resume()
         set_seed(tc.seed)  # same initial weights on every process
-        self.data = load_images(cfg.data, progress=self.accelerator.is_main_process)
+        self.data = self._load_data()
         if self.data.images.shape[1] != cfg.data.channels:
             raise ConfigError(f"data.channels: the model takes {cfg.data.channels} channels, "
                               f"the data has {self.data.images.shape[1]}")
         self.method = build_method(cfg)
         net = build_net(cfg)
+        if tc.init_from:
+            net.load_state_dict(ckpt.load_export(tc.init_from, ema=True)[1].state_dict())
         self.num_params = sum(p.numel() for p in net.parameters())
         if tc.compile:
             net.compile()  # in place: parameter names, hence checkpoints, stay as they are
@@ -94,6 +97,15 @@ class Trainer:
         self.ema = EMA(self.accelerator.unwrap_model(self.net), tc.ema_decay)
         self.accelerator.register_for_checkpointing(self.scheduler, self.ema)
         self.step, self.bad_steps_total = 0, 0
+
+    def _load_data(self):
+        """Images, or (noise, sample) pairs from `genkit reflow` when data.path holds them."""
+        path = resolve_data_path(self.cfg.data.path)
+        if is_pairs_dir(path):
+            if self.cfg.method.name != "flow":
+                raise ConfigError(f"data.path: {path} holds reflow pairs, which train method.name=flow only")
+            return load_pairs(path)
+        return load_images(self.cfg.data, progress=self.accelerator.is_main_process)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -154,12 +166,14 @@ class Trainer:
         gen = step_generator(tc.seed, self.step, rank)
         x0, y = self.data.batch(idx, gen if self.cfg.data.hflip else None)
         x0 = x0.to(acc.device)
+        noise = self.data.noise(idx).to(acc.device) if isinstance(self.data, PairData) else None
         y = y.to(acc.device) if (y is not None and self.cfg.model.num_classes > 0) else None
         total = 0.0
         for i, micro in enumerate(torch.arange(len(idx)).chunk(tc.grad_accum)):
             sync = i == tc.grad_accum - 1
             with nullcontext() if sync else acc.no_sync(self.net):
-                loss = self.method.loss(self.net, x0[micro], None if y is None else y[micro], gen)
+                loss = self.method.loss(self.net, x0[micro], None if y is None else y[micro], gen,
+                                        noise=None if noise is None else noise[micro])
                 acc.backward(loss / tc.grad_accum)
             total += loss.item() / tc.grad_accum
         max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")

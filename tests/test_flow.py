@@ -129,3 +129,43 @@ def test_flow_config_defaults_to_velocity_and_refuses_eps():
         load_config(None, ["method.name=flow", "method.prediction=eps"])
     with pytest.raises(ConfigError, match="mode_scale"):
         load_config(None, ["method.name=flow", "method.flow.mode_scale=2.0"])
+
+
+def test_straightness_is_zero_for_straight_paths_and_positive_for_crossing_ones():
+    from genkit.reflow import straightness
+
+    path = FlowPath()
+    x1 = torch.randn(500, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    point = GaussianMixture(torch.tensor([[0.5, -0.5]]), std=0.0)  # one point: every path is a line
+    assert straightness(Denoiser(point.as_net(path, "velocity"), path, "velocity"), x1, steps=20) < 1e-12
+    two = GaussianMixture(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]), std=0.05)
+    assert straightness(Denoiser(two.as_net(path, "velocity"), path, "velocity"), x1, steps=20) > 0.01
+
+
+def test_reflow_pairs_resume_and_train(tiny_cfg, tmp_path):
+    import genkit
+    from genkit.reflow import generate_pairs, load_pairs
+    from genkit.training import train
+
+    cfg = tiny_cfg("method.name=flow", "train.max_steps=2")
+    train(cfg)
+    model = genkit.load(cfg.output_dir)
+    out = tmp_path / "pairs"
+    generate_pairs(model, out, num=10, steps=2, shard_size=4, progress=False)
+    first = load_pairs(out)
+    assert first.x0.shape == (10, 1, 16, 16) and first.labels.tolist() == [i % 4 for i in range(10)]
+    # the pairs are the sampler's own: the noise reproduces the sample
+    again = model.sample(10, steps=2, sampler="euler", labels=first.labels, progress=False)
+    assert torch.allclose(again * 2 - 1, first.x0, atol=1e-6)
+    (out / "pairs-00001.safetensors").unlink()  # as if killed before the second shard
+    with pytest.raises(ConfigError, match="rerun"):
+        load_pairs(out)
+    generate_pairs(model, out, num=10, steps=2, shard_size=4, progress=False)
+    assert torch.equal(load_pairs(out).noises, first.noises)
+    with pytest.raises(ConfigError, match="other settings"):
+        generate_pairs(model, out, num=10, steps=3, shard_size=4, progress=False)
+    rf2 = tiny_cfg("method.name=flow", f"data.path={out}", f"train.init_from={cfg.output_dir}",
+                   f"output_dir={tmp_path / 'rf2'}", "train.batch_size=4", "train.max_steps=2")
+    assert train(rf2).is_dir()
+    with pytest.raises(ConfigError, match="flow only"):
+        train(tiny_cfg(f"data.path={out}", f"output_dir={tmp_path / 'ddpm'}"))

@@ -35,11 +35,13 @@ class DenoisingMethod:
     def sample_time(self, n: int, generator: torch.Generator | None):
         raise NotImplementedError  # abstract
 
-    def loss(self, net, x0: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator | None = None):
-        """Weighted mean squared error of the net's prediction at a randomly drawn time."""
+    def loss(self, net, x0: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator | None = None,
+             noise: torch.Tensor | None = None):
+        """Weighted mean squared error of the net's prediction at a randomly drawn time; `noise`
+        couples each x0 with its own noise (reflow pairs) instead of fresh draws."""
         b = x0.shape[0]
         t, weight = self.sample_time(b, generator)
-        eps = torch.randn(x0.shape, generator=generator).to(x0)
+        eps = torch.randn(x0.shape, generator=generator).to(x0) if noise is None else noise.to(x0)
         x_t = self.path.noise(x0, eps, t)
         target = self.path.from_x0_eps(x0, eps, t, self.prediction)
         if y is not None and self.cfg.p_uncond > 0:

@@ -1,0 +1,248 @@
+"""Sample quality at a fixed CPU training budget: genkit's recipes against a diffusers baseline.
+
+Each recipe trains with its default config for `--budget-minutes` of wall time on this machine
+(the LR schedule's horizon is the number of steps that fit, measured in a short calibration
+run first; data loading and calibration are not counted). Then, for NFE 5, 10 and 20, every
+candidate sampler (`CANDIDATES`; at NFE 50 only the first) draws `--num` class-conditional
+samples (classes in turn) and the best FID in the MNIST classifier's feature space is reported,
+beside the real-data floor: as many real training digits scored the same way.
+
+The diffusers baseline follows diffusers' unconditional training example
+(examples/unconditional_image_generation): UNet2DModel of about the genkit UNet's size,
+DDPMScheduler (1000 linear steps), AdamW lr 2e-4 with warm-up and cosine decay, EMA, fp32,
+batch 64; sampled with DDIMScheduler at the same NFEs.
+
+    python benchmarks/quality.py --budget-minutes 10 --json quality.json --plot quality.png
+    python benchmarks/quality.py --phase train ...   # train only (the timed part)
+    python benchmarks/quality.py --phase eval ...    # sample and score runs trained before
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from genkit.config import load_config
+from genkit.evaluation import Evaluator
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = {"DDPM-UNet": "ddpm_unet_mnist", "VP-SDE-UNet": "sde_vp_unet_mnist", "RF-UNet": "rf_unet_mnist",
+           "RF-DiT": "rf_dit_mnist"}
+NFES = (5, 10, 20, 50)
+# candidate samplers per method, and the steps that spend a given NFE
+CANDIDATES = {"ddpm": ("dpmpp_2m_pc", "ddim"), "sde": ("dpmpp_2m_pc", "ddim"), "flow": ("heun", "euler")}
+
+
+def steps_for(sampler: str, nfe: int) -> int:
+    return (nfe + 1) // 2 if sampler == "heun" else nfe  # heun: 2 steps - 1 evaluations
+
+
+# ------------------------------------------------------------------------------------- genkit
+
+
+def recipe_config(recipe: str, workdir: Path, overrides=()):
+    return load_config(ROOT / "configs" / f"{RECIPES[recipe]}.yaml",
+                       [f"output_dir={workdir / RECIPES[recipe]}", "train.sample_every=0",
+                        "train.checkpoint_every=0", *overrides])
+
+
+def calibrate(recipe: str, workdir: Path, steps: int = 12) -> float:
+    """Training steps per second of a recipe's default config (after 2 warm-up steps)."""
+    from genkit.training import Trainer
+
+    cfg = recipe_config(recipe, workdir / "calibration", [f"train.max_steps={steps}"])
+    trainer = Trainer(cfg)
+    trainer.train_step()
+    trainer.train_step()
+    started = time.perf_counter()
+    for _ in range(steps - 2):
+        trainer.train_step()
+    return (steps - 2) / (time.perf_counter() - started)
+
+
+def train_recipe(recipe: str, workdir: Path, minutes: float) -> dict:
+    from accelerate.state import AcceleratorState, GradientState
+
+    from genkit.training import Trainer
+
+    rate = calibrate(recipe, workdir)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    steps = max(10, int(rate * minutes * 60 * 0.98))
+    cfg = recipe_config(recipe, workdir, [f"train.max_steps={steps}", f"train.max_minutes={minutes}",
+                                          f"train.warmup_steps={min(100, steps // 10)}"])
+    started = time.perf_counter()
+    trainer = Trainer(cfg)
+    trainer.fit()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    return {"recipe": recipe, "library": "genkit", "steps": trainer.step, "train_seconds": time.perf_counter() - started,
+            "params": trainer.num_params}
+
+
+def eval_recipe(recipe: str, workdir: Path, evaluator: Evaluator, num: int, device: str) -> list[dict]:
+    import genkit
+
+    model = genkit.load(workdir / RECIPES[recipe], device=device)
+    labels = model.default_labels(num)
+    bf16 = device == "cpu"
+    rows = []
+    for nfe in NFES:
+        best = None
+        candidates = CANDIDATES[model.cfg.method.name]
+        for sampler in candidates[:1] if nfe >= 50 else candidates:  # at 50 NFE the samplers agree
+            images = model.sample(num, seed=0, sampler=sampler, steps=steps_for(sampler, nfe), labels=labels,
+                                  progress=False, bf16=bf16)
+            fid = evaluator.score(images, labels)["fid"]
+            tqdm.write(f"{recipe:12s} NFE {model.last_nfe:3d} {sampler:12s} FID {fid:8.2f}")
+            if best is None or fid < best["fid"]:
+                best = {"recipe": recipe, "library": "genkit", "nfe": nfe, "nfe_used": model.last_nfe, "fid": fid,
+                        "sampler": sampler}
+        rows.append(best)
+    return rows
+
+
+# ------------------------------------------------------------------------------------- diffusers
+
+
+def diffusers_unet():
+    from diffusers import UNet2DModel
+
+    # 1.62M parameters, against genkit's 1.74M UNet
+    return UNet2DModel(sample_size=32, in_channels=1, out_channels=1, block_out_channels=(32, 64, 64),
+                       layers_per_block=2, norm_num_groups=32,
+                       down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
+
+
+def train_diffusers(workdir: Path, minutes: float, batch_size: int = 64, lr: float = 2e-4) -> dict:
+    """diffusers' unconditional example loop: noise, predict eps, MSE, AdamW, cosine LR, EMA."""
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from diffusers.training_utils import EMAModel
+
+    from genkit.config import DataConfig
+    from genkit.data import batch_indices, load_images
+
+    torch.manual_seed(0)
+    data = load_images(DataConfig())
+    unet = diffusers_unet()
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
+    ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
+
+    def step(i: int) -> float:
+        x0, _ = data.batch(batch_indices(len(data), batch_size, 0, i))
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, 1000, (batch_size,))
+        loss = F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t).sample, noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        lr_sched.step()
+        opt.zero_grad()
+        ema.step(unet.parameters())
+        return loss.item()
+
+    lr_sched = get_cosine_schedule_with_warmup(opt, 500, 10**9)  # calibrated below
+    started = time.perf_counter()
+    for i in range(5):  # calibration steps count towards the budget here: they train too
+        step(i)
+    rate = 5 / (time.perf_counter() - started)
+    total = max(10, int(rate * minutes * 60))
+    lr_sched = get_cosine_schedule_with_warmup(opt, min(500, total // 10), total, last_epoch=4)
+    i = 5
+    with tqdm(total=total, initial=5, desc="diffusers") as bar:
+        while time.perf_counter() - started < minutes * 60 and i < total:
+            loss = step(i)
+            i += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+    ema.copy_to(unet.parameters())
+    unet.save_pretrained(workdir / "diffusers_baseline")
+    return {"recipe": "DDPM-UNet2DModel", "library": "diffusers", "steps": i,
+            "train_seconds": time.perf_counter() - started, "params": sum(p.numel() for p in unet.parameters())}
+
+
+@torch.no_grad()
+def eval_diffusers(workdir: Path, evaluator: Evaluator, num: int, device: str, batch_size: int = 250) -> list[dict]:
+    from diffusers import DDIMScheduler, UNet2DModel
+
+    unet = UNet2DModel.from_pretrained(workdir / "diffusers_baseline").to(device).eval()
+    rows = []
+    for nfe in NFES:
+        scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+        scheduler.set_timesteps(nfe)
+        images = []
+        g = torch.Generator().manual_seed(0)
+        for start in range(0, num, batch_size):
+            x = torch.randn(min(batch_size, num - start), 1, 32, 32, generator=g).to(device)
+            for t in scheduler.timesteps:
+                x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+            images.append(((x.clamp(-1, 1) + 1) / 2).cpu())
+        fid = evaluator.score(torch.cat(images))["fid"]
+        tqdm.write(f"diffusers    NFE {nfe:3d} ddim         FID {fid:8.2f}")
+        rows.append({"recipe": "DDPM-UNet2DModel", "library": "diffusers", "nfe": nfe, "nfe_used": nfe, "fid": fid,
+                     "sampler": "ddim"})
+    return rows
+
+
+# ------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--budget-minutes", type=float, default=10.0, help="training wall time per recipe")
+    p.add_argument("--json", default="quality.json")
+    p.add_argument("--plot", default="quality.png")
+    p.add_argument("--num", type=int, default=1000, help="samples per FID")
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES) + ["diffusers"],
+                   help=f"any of {', '.join(RECIPES)}, diffusers")
+    p.add_argument("--workdir", default="runs/quality")
+    p.add_argument("--phase", choices=["all", "train", "eval"], default="all")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for sampling")
+    args = p.parse_args()
+    unknown = set(args.recipes) - set(RECIPES) - {"diffusers"}
+    if unknown or args.budget_minutes <= 0 or args.num < 10:
+        p.error(f"unknown recipes {sorted(unknown)}" if unknown else "need --budget-minutes > 0 and --num >= 10")
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    training_log = workdir / "training.json"
+    if args.phase in ("all", "train"):
+        trained = []
+        for recipe in args.recipes:
+            tqdm.write(f"training {recipe} for {args.budget_minutes} minutes")
+            trained.append(train_diffusers(workdir, args.budget_minutes) if recipe == "diffusers"
+                           else train_recipe(recipe, workdir, args.budget_minutes))
+            training_log.write_text(json.dumps({"budget_minutes": args.budget_minutes, "runs": trained}, indent=2))
+    if args.phase == "train":
+        return
+    evaluator = Evaluator(progress=False)
+    floor = evaluator.floor(args.num)["fid"]
+    rows = []
+    for recipe in args.recipes:
+        rows += (eval_diffusers(workdir, evaluator, args.num, args.device) if recipe == "diffusers"
+                 else eval_recipe(recipe, workdir, evaluator, args.num, args.device))
+    for row in rows:
+        row["floor"] = floor
+    training = json.loads(training_log.read_text())["runs"] if training_log.is_file() else []
+    genkit_rows = [r for r in rows if r["library"] == "genkit" and r["nfe"] <= 20]
+    best = min(genkit_rows, key=lambda r: r["fid"]) if genkit_rows else None
+    result = {"budget_minutes": args.budget_minutes, "num_samples": args.num, "floor_fid": floor,
+              "machine": f"{torch.get_num_threads()} CPU threads", "training": training, "rows": rows,
+              "best_genkit_nfe_le_20": best, "best_over_floor": best["fid"] / floor if best else math.nan}
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    from genkit.plots import plot_quality
+
+    plot_quality(rows, args.plot, floor=floor, title=f"MNIST, {args.budget_minutes:g} min of CPU training per recipe")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
