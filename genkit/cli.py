@@ -126,8 +126,8 @@ def _check_sampling_flags(args) -> None:
             raise ConfigError(f"--{flag.replace('_', '-')}: must be positive, got {getattr(args, flag)}")
     if args.steps is not None and args.steps <= 0:
         raise ConfigError(f"--steps: must be positive, got {args.steps}")
-    if args.guidance is not None and args.guidance < 0:
-        raise ConfigError(f"--guidance: must not be negative, got {args.guidance}")
+    if args.guidance is not None and not 0 <= args.guidance < float("inf"):
+        raise ConfigError(f"--guidance: must be a finite number >= 0, got {args.guidance}")
 
 
 def _sampler_options(items: list[str]) -> dict:
@@ -153,11 +153,13 @@ def _draw(args):
         images = model.sample(args.num, seed=args.seed, sampler=args.sampler, steps=args.steps,
                               guidance=args.guidance, labels=labels, schedule=args.schedule,
                               batch_size=args.batch_size, bf16=args.bf16, **options)
-    except TypeError as err:
-        if "unexpected keyword" not in str(err):
+    except (TypeError, ValueError) as err:
+        if not options or isinstance(err, ConfigError):
             raise
         name = args.sampler or model.cfg.sample.sampler
-        raise ConfigError(f"--option: sampler '{name}' has no option {str(err).split('argument')[-1].strip()}")
+        if "unexpected keyword" in str(err):
+            raise ConfigError(f"--option: sampler '{name}' has no option {str(err).split('argument')[-1].strip()}")
+        raise ConfigError(f"--option: sampler '{name}' rejects {' '.join(args.option)}: {str(err).splitlines()[0]}")
     return model, images, labels
 
 

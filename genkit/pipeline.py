@@ -57,7 +57,10 @@ class GenerativeModel:
             if schedule not in SCHEDULES:
                 raise ConfigError(f"--schedule: unknown schedule '{schedule}'; choose from {', '.join(SCHEDULES)}")
             schedule = SCHEDULES[schedule]
-        ts = schedule(self.path, steps)
+        try:
+            ts = schedule(self.path, steps)
+        except ValueError as err:
+            raise ConfigError(f"--schedule: {err}") from None
         shape = (self.cfg.data.channels, self.cfg.data.image_size, self.cfg.data.image_size)
         prior_std = float((self.path.alpha(ts[:1]) ** 2 + self.path.sigma(ts[:1]) ** 2).sqrt())
         out, starts, self.last_nfe = [], [], 0  # NFE per sample (the most any batch needed)

@@ -87,7 +87,7 @@ class Trainer:
         self.method = build_method(cfg)
         net = build_net(cfg)
         if tc.init_from:
-            net.load_state_dict(ckpt.load_export(tc.init_from, ema=True)[1].state_dict())
+            self._init_weights(net, tc.init_from)
         self.num_params = sum(p.numel() for p in net.parameters())
         if tc.compile:
             net.compile()  # in place: parameter names, hence checkpoints, stay as they are
@@ -97,6 +97,18 @@ class Trainer:
         self.ema = EMA(self.accelerator.unwrap_model(self.net), tc.ema_decay)
         self.accelerator.register_for_checkpointing(self.scheduler, self.ema)
         self.step, self.bad_steps_total = 0, 0
+
+    @staticmethod
+    def _init_weights(net: torch.nn.Module, source: str) -> None:
+        """Start from another run's EMA weights (the nets must have the same shape)."""
+        try:
+            weights = ckpt.load_export(source, ema=True)[1].state_dict()
+            net.load_state_dict(weights)
+        except ConfigError as err:
+            raise ConfigError(f"train.init_from: {str(err).split(': ', 1)[-1]}") from None
+        except RuntimeError as err:
+            raise ConfigError(f"train.init_from: the weights in {source} do not fit this run's net "
+                              f"({str(err).splitlines()[0]})") from None
 
     def _load_data(self):
         """Images, or (noise, sample) pairs from `genkit reflow` when data.path holds them."""

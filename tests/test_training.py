@@ -65,8 +65,8 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tiny_cfg):
     trainer = Trainer(tiny_cfg("train.max_steps=8", "train.max_bad_steps=3", "train.checkpoint_every=2"))
     real_loss = trainer.method.loss
 
-    def poisoned(net, x0, y, generator):
-        loss = real_loss(net, x0, y, generator)
+    def poisoned(net, x0, y, generator, noise=None):
+        loss = real_loss(net, x0, y, generator, noise)
         return loss * math.nan if trainer.step in (2, 5, 6, 7) else loss
 
     trainer.method.loss = poisoned

@@ -1,0 +1,162 @@
+"""Reliability: random command lines fail in one line or run; SIGKILL at random moments never
+breaks a checkpoint and resuming reaches the uninterrupted weights; two processes train as one."""
+import contextlib
+import io
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+
+from genkit.checkpoint import list_checkpoints, load_export, read_trainer_state
+from genkit.cli import sample_main, train_main
+from genkit.config import load_config
+from genkit.training import train
+from tests.conftest import tiny_overrides
+from tests.test_config import keys, values
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def call(main, argv) -> tuple[int, str]:
+    """Run a CLI entry point in-process: (exit status, stderr)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return code, err.getvalue()
+
+
+def assert_ran_or_one_line(code: int, stderr: str) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip() and "it/s]" not in line and "s/it]" not in line]
+    if code == 0:
+        return
+    assert code == 2, stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(keys, values), max_size=4))
+def test_train_cli_with_random_overrides_runs_or_fails_in_one_line(pairs):
+    code, stderr = call(train_main, ["--print-config", *[f"{k}={v}" for k, v in pairs]])
+    assert_ran_or_one_line(code, stderr)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(imagefolder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reliability") / "run"
+    train(load_config(None, tiny_overrides(imagefolder, out) + ["train.max_steps=2"]))
+    return out
+
+
+SAMPLE_FLAGS = st.one_of(
+    st.tuples(st.just("--num"), st.integers(-2, 4).map(str)),
+    st.tuples(st.just("--steps"), st.integers(-2, 4).map(str)),
+    st.tuples(st.just("--sampler"), st.sampled_from(["ddim", "ddpm", "euler", "heun", "em", "pc", "ode", "dpmpp_2m",
+                                                      "magic", ""])),
+    st.tuples(st.just("--schedule"), st.sampled_from(["uniform", "log_snr", "karras", "trailing", "leading", "x"])),
+    st.tuples(st.just("--guidance"), st.sampled_from(["-1", "0", "1", "2.5", "nan", "inf", "abc"])),
+    st.tuples(st.just("--class-label"), st.integers(-2, 12).map(str)),
+    st.tuples(st.just("--batch-size"), st.integers(-1, 3).map(str)),
+    st.tuples(st.just("--seed"), st.sampled_from(["0", "7", "-1", "x"])),
+    st.tuples(st.just("--option"), st.sampled_from(["eta=0.5", "eta=abc", "snr=0.1", "method=rk4", "method=magic",
+                                                    "denoise=false", "n_corrector=-1", "x", "=1"])),
+    st.tuples(st.just("--checkpoint"), st.sampled_from(["/no/such/run", "."])),
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(SAMPLE_FLAGS, max_size=4))
+def test_sample_cli_with_random_flags_runs_or_fails_in_one_line(tiny_run, tmp_path, flags):
+    argv = ["--checkpoint", str(tiny_run), "--out", str(tmp_path / "grid.png"), "--num", "2", "--steps", "2"]
+    for flag, value in flags:
+        argv += [flag, value]
+    code, stderr = call(sample_main, argv)
+    assert_ran_or_one_line(code, stderr)
+
+
+def weights(path: Path) -> dict:
+    return load_file(str(path / "net.safetensors"))
+
+
+def test_sigkill_at_random_moments_leaves_loadable_checkpoints_and_exact_resume(imagefolder, tmp_path):
+    out = tmp_path / "killed"
+    args = tiny_overrides(imagefolder, out) + ["train.max_steps=30", "train.checkpoint_every=1",
+                                               "train.checkpoints_keep=0", "model.unet.dropout=0.1"]
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "train.py", *args, "train.resume=latest"], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(4.0, 9.0))  # start-up takes a few seconds; then a step or a save is under way
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.wait()
+        for checkpoint in list_checkpoints(out):  # every published checkpoint is complete
+            load_export(checkpoint)
+            assert read_trainer_state(checkpoint)["step"] == int(checkpoint.name.split("-")[1])
+            assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "optimizer.bin").is_file()
+    assert kills >= 2
+    done = subprocess.run([sys.executable, "train.py", *args, "train.resume=latest"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    uninterrupted = train(load_config(None, tiny_overrides(imagefolder, tmp_path / "whole") + args[-4:]))
+    resumed, reference = weights(list_checkpoints(out)[-1]), weights(uninterrupted)
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
+@pytest.mark.slow
+def test_two_processes_train_log_and_checkpoint_once_and_resume_in_one(imagefolder, tmp_path):
+    out = tmp_path / "ddp"
+    args = tiny_overrides(imagefolder, out) + ["train.max_steps=4", "train.log_every=1"]
+    two = subprocess.run(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "train.py", *args],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("done: final checkpoint") == 1
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 4  # logged by one process only
+    assert [p.name for p in list_checkpoints(out)] == ["step-000002", "step-000004"]
+    one = subprocess.run([sys.executable, "train.py", *args[:-2], "train.max_steps=6", "train.resume=latest"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert read_trainer_state(list_checkpoints(out)[-1])["step"] == 6
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["data.channels=3"], "data.channels: the model takes 3 channels, the data has 1"),
+    (["train.lr=-1"], "train.lr: must be positive"),
+    (["model.name=dit", "model.dit.patch_size=5"], "does not divide data.image_size"),
+    (["model.name=dit", "model.dit.num_heads=3"], "does not divide model.dit.hidden_size"),
+    (["train.batch_size=1000"], "larger than the data set"),
+    (["train.resume=/no/such/step"], "not a checkpoint directory"),
+    (["train.init_from=/no/such/run"], "does not exist"),
+])
+def test_train_cli_bad_inputs_fail_before_work_in_one_line(imagefolder, tmp_path, extra, needle):
+    code, stderr = call(train_main, tiny_overrides(imagefolder, tmp_path / "run") + extra)
+    assert_ran_or_one_line(code, stderr)
+    assert code == 2 and needle in stderr, stderr
+
+
+def test_empty_data_directory_fails_in_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, stderr = call(train_main, [f"data.path={tmp_path / 'empty'}", f"output_dir={tmp_path / 'run'}"])
+    assert code == 2 and stderr.startswith("error: data.path") and stderr.count("\n") == 1, stderr
+
+
+def test_checkpoint_of_another_architecture_is_refused(tiny_run, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(list_checkpoints(tiny_run)[-1], other)
+    config = other / "config.yaml"
+    config.write_text(config.read_text().replace("channels: 32", "channels: 64"))
+    code, stderr = call(sample_main, ["--checkpoint", str(other), "--out", str(tmp_path / "x.png")])
+    assert code == 2 and "do not fit the net its config describes" in stderr and stderr.count("\n") == 1, stderr
