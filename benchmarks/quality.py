@@ -35,7 +35,7 @@ RECIPES = {"DDPM-UNet": "ddpm_unet_mnist", "VP-SDE-UNet": "sde_vp_unet_mnist", "
            "RF-DiT": "rf_dit_mnist"}
 NFES = (5, 10, 20, 50)
 # candidate samplers per method, and the steps that spend a given NFE
-CANDIDATES = {"ddpm": ("dpmpp_2m_pc", "ddim"), "sde": ("dpmpp_2m_pc", "ddim"), "flow": ("heun", "euler")}
+CANDIDATES = {"ddpm": ("dpmpp_2m_pc", "ddim"), "sde": ("dpmpp_2m_pc", "ddim"), "flow": ("dpmpp_2m", "heun")}
 
 
 def steps_for(sampler: str, nfe: int) -> int:
@@ -206,6 +206,8 @@ def main() -> None:
                    help=f"any of {', '.join(RECIPES)}, diffusers")
     p.add_argument("--workdir", default="runs/quality")
     p.add_argument("--phase", choices=["all", "train", "eval"], default="all")
+    p.add_argument("--update", action="store_true",
+                   help="keep the rows of other recipes already in --json (re-score some recipes only)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for sampling")
     args = p.parse_args()
     unknown = set(args.recipes) - set(RECIPES) - {"diffusers"}
@@ -231,6 +233,10 @@ def main() -> None:
                  else eval_recipe(recipe, workdir, evaluator, args.num, args.device))
     for row in rows:
         row["floor"] = floor
+    if args.update and Path(args.json).is_file():
+        kept = [r for r in json.loads(Path(args.json).read_text())["rows"]
+                if r["recipe"] not in args.recipes and not (r["library"] == "diffusers" and "diffusers" in args.recipes)]
+        rows = kept + rows
     training = json.loads(training_log.read_text())["runs"] if training_log.is_file() else []
     genkit_rows = [r for r in rows if r["library"] == "genkit" and r["nfe"] <= 20]
     best = min(genkit_rows, key=lambda r: r["fid"]) if genkit_rows else None

@@ -14,11 +14,16 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+def one_line(text: str) -> str:
+    """`text` with line breaks and other control characters escaped (a key may hold any)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(text))
+
+
 def _run(fn, args) -> int:
     try:
         fn(args)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0
 
@@ -76,6 +81,7 @@ def eval_parser(prog: str = "eval.py") -> Parser:
                         "(dopri5, Hutchinson estimator; slow: minutes per 100 images on a CPU)")
     p.add_argument("--bpd-estimator", choices=["hutchinson", "exact"], default="hutchinson",
                    help="divergence estimator for --bpd (exact: one backward pass per pixel)")
+    p.add_argument("--bpd-tol", type=float, default=1e-5, help="dopri5's rtol = atol for --bpd (default: 1e-5)")
     return p
 
 
@@ -120,10 +126,14 @@ def _train(args) -> None:
     print(f"done: final checkpoint {final}")
 
 
-def _check_sampling_flags(args) -> None:
-    for flag in ("num", "batch_size"):
+def _require_positive(args, *flags: str) -> None:
+    for flag in flags:
         if getattr(args, flag) <= 0:
             raise ConfigError(f"--{flag.replace('_', '-')}: must be positive, got {getattr(args, flag)}")
+
+
+def _check_sampling_flags(args) -> None:
+    _require_positive(args, "num", "batch_size")
     if args.steps is not None and args.steps <= 0:
         raise ConfigError(f"--steps: must be positive, got {args.steps}")
     if args.guidance is not None and not 0 <= args.guidance < float("inf"):
@@ -180,6 +190,8 @@ def _eval(args) -> None:
     _check_sampling_flags(args)
     if args.bpd < 0:
         raise ConfigError(f"--bpd: must not be negative, got {args.bpd}")
+    if not 0 < args.bpd_tol < 1:
+        raise ConfigError(f"--bpd-tol: must lie in (0, 1), got {args.bpd_tol}")
     model, images, labels = _draw(args)
     evaluator = Evaluator(model.cfg.data)
     scores, floor = evaluator.score(images, labels, seed=args.seed), evaluator.floor(args.num, seed=args.seed)
@@ -188,17 +200,18 @@ def _eval(args) -> None:
               "sampler": args.sampler or sc.sampler, "steps": args.steps or sc.steps,
               "guidance": sc.guidance if args.guidance is None else args.guidance,
               "nfe": model.last_nfe, "metrics": scores, "real_data_floor": floor}
-    print(f"{'metric':<20}{'model':>10}{'real data':>12}")
     if args.bpd:
         from genkit.data import load_images
 
         test = load_images(model.cfg.data, split="test", limit=args.bpd)
-        bpd, err, nfe = model.bits_per_dim(test.images, seed=args.seed, estimator=args.bpd_estimator, bf16=args.bf16)
+        bpd, err, nfe = model.bits_per_dim(test.images, seed=args.seed, estimator=args.bpd_estimator, bf16=args.bf16,
+                                           rtol=args.bpd_tol, atol=args.bpd_tol)
         report["bits_per_dim"] = {"images": len(test), "mean": bpd, "stderr": err, "nfe_per_batch": nfe,
                                   "estimator": args.bpd_estimator}
         scores = {**scores, "bits_per_dim": bpd}
+    print(f"{'metric':<20}{'model':>10}{'real data':>12}")
     for key, value in scores.items():
-        print(f"{key:<20}{value:>10.4g}{floor.get(key, float('nan')):>12.4g}")
+        print(f"{key:<20}{value:>10.4g}" + (f"{floor[key]:>12.4g}" if key in floor else f"{'-':>12}"))
     with open(args.json, "w") as out:
         json.dump(report, out, indent=2)
     print(f"wrote {args.json} ({args.num} samples, {model.last_nfe} network evaluations each)")
@@ -208,9 +221,7 @@ def _reflow(args) -> None:
     import genkit
     from genkit.reflow import generate_pairs
 
-    for flag in ("num", "steps", "batch_size"):
-        if getattr(args, flag) <= 0:
-            raise ConfigError(f"--{flag.replace('_', '-')}: must be positive, got {getattr(args, flag)}")
+    _require_positive(args, "num", "steps", "batch_size")
     model = genkit.load(args.checkpoint)
     out = generate_pairs(model, args.out, args.num, steps=args.steps, sampler=args.sampler, seed=args.seed,
                          batch_size=args.batch_size, bf16=args.bf16)

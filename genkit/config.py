@@ -318,7 +318,7 @@ def _unknown_key(key: str, candidates: list[str]) -> str:
         hit = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(tails), n=1, cutoff=0.6)
         close = [tails[hit[0]]] if hit else []
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return f"unknown config key '{key}'{hint}"
+    return f"unknown config key {key!r}{hint}"
 
 
 def _parse_scalar(text: str):

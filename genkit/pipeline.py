@@ -8,7 +8,16 @@ from tqdm.auto import tqdm
 
 from genkit.config import Config, ConfigError
 from genkit.methods import build_method
+from genkit.paths import FlowPath
 from genkit.samplers import DEFAULT_SCHEDULE, SAMPLERS, SCHEDULES, Denoiser, DiffusersSampler, SampleNoise
+
+
+def default_schedule(sampler, path) -> str:
+    """The sampler's own time grid; on a flow, Euler and Heun step evenly in (shifted) t, the grid
+    rectified flows are trained for (Karras' grid, Heun's default elsewhere, wastes steps there)."""
+    if isinstance(path, FlowPath) and sampler in ("euler", "heun"):
+        return "uniform"
+    return DEFAULT_SCHEDULE.get(sampler if isinstance(sampler, str) else "", "uniform")
 
 
 class GenerativeModel:
@@ -52,7 +61,7 @@ class GenerativeModel:
         if steps <= 0:
             raise ConfigError(f"--steps: must be positive, got {steps}")
         labels = self.labels_for(labels, n)
-        schedule = schedule or DEFAULT_SCHEDULE.get(name if isinstance(name, str) else "", "uniform")
+        schedule = schedule or default_schedule(name, self.path)
         if isinstance(schedule, str):
             if schedule not in SCHEDULES:
                 raise ConfigError(f"--schedule: unknown schedule '{schedule}'; choose from {', '.join(SCHEDULES)}")

@@ -16,6 +16,15 @@ def _pyplot():
     return plt
 
 
+def _save(fig, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    _pyplot().close(fig)
+    return out
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """A run's logged records, one per step (a resumed run's later record for a step wins)."""
     path = Path(run_dir) / "metrics.jsonl"
@@ -43,12 +52,7 @@ def plot_loss(run_dirs: list[str | Path], out: str | Path, log_scale: bool = Tru
     ax.set(xlabel="step", ylabel="training loss", yscale="log" if log_scale else "linear")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_quality(rows: list[dict], out: str | Path, floor: float | None = None, title: str = "") -> Path:
@@ -67,9 +71,4 @@ def plot_quality(rows: list[dict], out: str | Path, floor: float | None = None, 
            xscale="log", yscale="log", title=title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)

@@ -87,6 +87,7 @@ def weights(path: Path) -> dict:
     return load_file(str(path / "net.safetensors"))
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_leaves_loadable_checkpoints_and_exact_resume(imagefolder, tmp_path):
     out = tmp_path / "killed"
     args = tiny_overrides(imagefolder, out) + ["train.max_steps=30", "train.checkpoint_every=1",
@@ -131,7 +132,6 @@ def test_two_processes_train_log_and_checkpoint_once_and_resume_in_one(imagefold
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["data.channels=3"], "data.channels: the model takes 3 channels, the data has 1"),
     (["train.lr=-1"], "train.lr: must be positive"),
     (["model.name=dit", "model.dit.patch_size=5"], "does not divide data.image_size"),
     (["model.name=dit", "model.dit.num_heads=3"], "does not divide model.dit.hidden_size"),
