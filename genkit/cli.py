@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from genkit.config import ConfigError
@@ -118,12 +119,15 @@ def _train(args) -> None:
         return
     from genkit.training import TrainingDiverged, train
 
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under a launcher, speak once
     try:
         final = train(cfg)
     except TrainingDiverged as err:
-        print(f"error: {err}", file=sys.stderr)
+        if main_process:
+            print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1)
-    print(f"done: final checkpoint {final}")
+    if main_process:
+        print(f"done: final checkpoint {final}")
 
 
 def _require_positive(args, *flags: str) -> None:
