@@ -8,16 +8,7 @@ from tqdm.auto import tqdm
 
 from genkit.config import Config, ConfigError
 from genkit.methods import build_method
-from genkit.paths import FlowPath
-from genkit.samplers import DEFAULT_SCHEDULE, SAMPLERS, SCHEDULES, Denoiser, DiffusersSampler, SampleNoise
-
-
-def default_schedule(sampler, path) -> str:
-    """The sampler's own time grid; on a flow, Euler and Heun step evenly in (shifted) t, the grid
-    rectified flows are trained for (Karras' grid, Heun's default elsewhere, wastes steps there)."""
-    if isinstance(path, FlowPath) and sampler in ("euler", "heun"):
-        return "uniform"
-    return DEFAULT_SCHEDULE.get(sampler if isinstance(sampler, str) else "", "uniform")
+from genkit.samplers import SAMPLERS, SCHEDULES, Denoiser, DiffusersSampler, SampleNoise, default_schedule
 
 
 class GenerativeModel:
