@@ -90,14 +90,18 @@ def weights(path: Path) -> dict:
 @pytest.mark.slow
 def test_sigkill_at_random_moments_leaves_loadable_checkpoints_and_exact_resume(imagefolder, tmp_path):
     out = tmp_path / "killed"
-    args = tiny_overrides(imagefolder, out) + ["train.max_steps=30", "train.checkpoint_every=1",
+    args = tiny_overrides(imagefolder, out) + ["train.max_steps=60", "train.checkpoint_every=1",
                                                "train.checkpoints_keep=0", "model.unet.dropout=0.1"]
     rng = random.Random(0)
     kills = 0
     for _ in range(4):
+        before = len(list_checkpoints(out))
         proc = subprocess.Popen([sys.executable, "train.py", *args, "train.resume=latest"], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(4.0, 9.0))  # start-up takes a few seconds; then a step or a save is under way
+        deadline = time.monotonic() + 300
+        while len(list_checkpoints(out)) == before and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # wait until this run is training and saving
+        time.sleep(rng.uniform(0.0, 0.3))  # then kill it at a random moment of a step or a save
         if proc.poll() is None:
             proc.kill()
             kills += 1
