@@ -65,22 +65,26 @@ def calibrate(recipe: str, workdir: Path, steps: int = 12) -> float:
     return (steps - 2) / (time.perf_counter() - started)
 
 
-def train_recipe(recipe: str, workdir: Path, minutes: float) -> dict:
+def reset_accelerate() -> None:
+    """Let the next Trainer in this process build its own accelerate state."""
     from accelerate.state import AcceleratorState, GradientState
 
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def train_recipe(recipe: str, workdir: Path, minutes: float) -> dict:
     from genkit.training import Trainer
 
     rate = calibrate(recipe, workdir)
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate()
     steps = max(10, int(rate * minutes * 60 * 0.98))
     cfg = recipe_config(recipe, workdir, [f"train.max_steps={steps}", f"train.max_minutes={minutes}",
                                           f"train.warmup_steps={min(100, steps // 10)}"])
     started = time.perf_counter()
     trainer = Trainer(cfg)
     trainer.fit()
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate()
     return {"recipe": recipe, "library": "genkit", "steps": trainer.step, "train_seconds": time.perf_counter() - started,
             "params": trainer.num_params}
 

@@ -101,9 +101,10 @@ class Trainer:
     @staticmethod
     def _init_weights(net: torch.nn.Module, source: str) -> None:
         """Start from another run's EMA weights (the nets must have the same shape)."""
+        from safetensors.torch import load_file
+
         try:
-            weights = ckpt.load_export(source, ema=True)[1].state_dict()
-            net.load_state_dict(weights)
+            net.load_state_dict(load_file(str(ckpt.resolve_checkpoint(source) / ckpt.EMA_FILE)))
         except ConfigError as err:
             raise ConfigError(f"train.init_from: {str(err).split(': ', 1)[-1]}") from None
         except RuntimeError as err:
