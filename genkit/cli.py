@@ -42,13 +42,15 @@ def train_parser(prog: str = "train.py") -> Parser:
 
 def _sampling_flags(p: Parser) -> None:
     """Flags shared by `sample` and `eval`: which checkpoint, and how to draw from it."""
+    from genkit.config import AUTOREGRESSIVE_SAMPLERS
     from genkit.samplers import SAMPLERS, SCHEDULES
 
     p.add_argument("--checkpoint", required=True, help="run directory (newest checkpoint) or checkpoint directory")
     p.add_argument("--seed", type=int, default=0, help="seed; sample i depends only on (seed, i)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the run's sample.steps)")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), metavar="NAME",
-                   help=f"one of: {', '.join(sorted(SAMPLERS))} (default: the run's sample.sampler)")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS) + list(AUTOREGRESSIVE_SAMPLERS), metavar="NAME",
+                   help=f"one of: {', '.join(sorted(SAMPLERS))}; autoregressive models: "
+                        f"{' or '.join(AUTOREGRESSIVE_SAMPLERS)} (default: the run's sample.sampler)")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), metavar="NAME",
                    help=f"time grid, one of: {', '.join(sorted(SCHEDULES))} (default: the sampler's own)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight (1 = none)")
@@ -73,7 +75,10 @@ def sample_parser(prog: str = "sample.py") -> Parser:
 def eval_parser(prog: str = "eval.py") -> Parser:
     p = Parser(prog=prog, description="Score a trained MNIST model: FID, precision/recall and class coverage "
                                       "in the feature space of genkit's MNIST classifier, beside the same "
-                                      "metrics for as many real training digits (the floor).")
+                                      "metrics for as many real training digits (the floor). For an "
+                                      "autoregressive model: the exact test NLL of the first --num test digits "
+                                      "(binarized with --seed), and, if it is class-conditional, generative "
+                                      "classification by argmax_y log p(x | y) + log p(y).")
     _sampling_flags(p)
     p.add_argument("--num", type=int, default=10000, help="number of samples (default: 10000)")
     p.add_argument("--json", default="eval.json", help="where to write the results (default: eval.json)")
@@ -156,12 +161,12 @@ def _sampler_options(items: list[str]) -> dict:
     return options
 
 
-def _draw(args):
-    """Load the checkpoint and draw `args.num` images; returns (model, images in [0, 1], labels)."""
+def _draw(args, model=None):
+    """Load the checkpoint (unless given) and draw `args.num` images; returns (model, images in [0, 1], labels)."""
     import genkit
 
     options = _sampler_options(args.option)
-    model = genkit.load(args.checkpoint, ema=not args.raw_weights)
+    model = model or genkit.load(args.checkpoint, ema=not args.raw_weights)
     labels = model.labels_for(args.class_label, args.num)
     try:
         images = model.sample(args.num, seed=args.seed, sampler=args.sampler, steps=args.steps,
@@ -189,14 +194,19 @@ def _sample(args) -> None:
 def _eval(args) -> None:
     import json
 
+    import genkit
     from genkit.evaluation import Evaluator
+    from genkit.pipeline import AutoregressiveModel
 
     _check_sampling_flags(args)
     if args.bpd < 0:
         raise ConfigError(f"--bpd: must not be negative, got {args.bpd}")
     if not 0 < args.bpd_tol < 1:
         raise ConfigError(f"--bpd-tol: must lie in (0, 1), got {args.bpd_tol}")
-    model, images, labels = _draw(args)
+    model = genkit.load(args.checkpoint, ema=not args.raw_weights)
+    if isinstance(model, AutoregressiveModel):
+        return _eval_autoregressive(args, model)
+    model, images, labels = _draw(args, model)
     evaluator = Evaluator(model.cfg.data)
     scores, floor = evaluator.score(images, labels, seed=args.seed), evaluator.floor(args.num, seed=args.seed)
     sc = model.cfg.sample
@@ -219,6 +229,27 @@ def _eval(args) -> None:
     with open(args.json, "w") as out:
         json.dump(report, out, indent=2)
     print(f"wrote {args.json} ({args.num} samples, {model.last_nfe} network evaluations each)")
+
+
+def _eval_autoregressive(args, model) -> None:
+    import json
+
+    from genkit.data import label_frequencies, load_images
+
+    for flag in ("steps", "sampler", "schedule", "guidance", "class_label", "option", "bpd"):
+        if getattr(args, flag):
+            raise ConfigError(f"--{flag.replace('_', '-')}: does not apply to an autoregressive model, whose "
+                              f"likelihood is exact and needs no sampling")
+    test = load_images(model.cfg.data, split="test", limit=args.num)
+    prior = label_frequencies(model.cfg.data, model.num_classes) if model.num_classes else None
+    scores = model.evaluate(test.images, test.labels, prior, seed=args.seed, batch_size=args.batch_size,
+                            bf16=args.bf16)
+    report = {"checkpoint": str(model.directory), "seed": args.seed, "bf16": args.bf16, **scores}
+    for key, value in scores.items():
+        print(f"{key:<26}{value:>12.6g}")
+    with open(args.json, "w") as out:
+        json.dump(report, out, indent=2)
+    print(f"wrote {args.json} ({len(test)} test images)")
 
 
 def _reflow(args) -> None:
@@ -253,7 +284,7 @@ def eval_main(argv=None) -> int:
 COMMANDS = {
     "train": (train_parser, _train, "train a model from a YAML recipe"),
     "sample": (sample_parser, _sample, "sample a trained model into a PNG grid"),
-    "eval": (eval_parser, _eval, "score a trained MNIST model (FID, precision/recall, coverage)"),
+    "eval": (eval_parser, _eval, "score a trained MNIST model (FID, precision/recall, coverage; NLL)"),
     "reflow": (reflow_parser, _reflow, "draw (noise, sample) pairs from a flow for reflow training"),
     "plot-loss": (plot_loss_parser, _plot_loss, "plot training losses into a PNG"),
 }

@@ -44,11 +44,31 @@ class DiTConfig:
 
 
 @dataclass
+class PixelCNNConfig:
+    """Gated PixelCNN without blind spot (van den Oord et al. 2016b); see `genkit.nets.pixelcnn`."""
+
+    channels: int = 64  # width of the vertical and horizontal stacks
+    num_layers: int = 8  # gated blocks after the input layer
+    kernel_size: int = 3  # of the gated blocks (odd)
+    input_kernel_size: int = 7  # of the input layer (odd)
+    head_channels: int = 256  # hidden width of the output head
+
+
+@dataclass
+class MADEConfig:
+    """MADE (Germain et al. 2015); `model.name: fvsbn` is the same net with no hidden layer."""
+
+    hidden: tuple[int, ...] = (500,)  # hidden layer widths
+
+
+@dataclass
 class ModelConfig:
-    name: str = "unet"  # unet | dit
+    name: str = "unet"  # unet | dit (denoisers); pixelcnn | made | fvsbn (autoregressive)
     num_classes: int = 10  # 0 for an unconditional model; class id `num_classes` is the null class
     unet: UNetConfig = field(default_factory=UNetConfig)
     dit: DiTConfig = field(default_factory=DiTConfig)
+    pixelcnn: PixelCNNConfig = field(default_factory=PixelCNNConfig)
+    made: MADEConfig = field(default_factory=MADEConfig)
 
 
 @dataclass
@@ -89,8 +109,15 @@ class FlowConfig:
 
 
 @dataclass
+class AutoregressiveConfig:
+    """Exact-likelihood training of an autoregressive net; see `genkit.methods.autoregressive`."""
+
+    levels: int = 2  # 2: Bernoulli pixels, dynamically binarized; 256: a categorical over grey levels
+
+
+@dataclass
 class MethodConfig:
-    name: str = "ddpm"  # ddpm | sde | flow
+    name: str = "ddpm"  # ddpm | sde | flow | autoregressive
     num_timesteps: int = 1000
     beta_schedule: str = "linear"  # linear | scaled_linear | cosine | sigmoid
     beta_start: float = 0.0001
@@ -102,6 +129,7 @@ class MethodConfig:
     p_uncond: float = 0.1  # probability of dropping the label (classifier-free guidance)
     sde: SDEConfig = field(default_factory=SDEConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
+    autoregressive: AutoregressiveConfig = field(default_factory=AutoregressiveConfig)
 
     @property
     def resolved_prediction(self) -> str:
@@ -113,7 +141,7 @@ class MethodConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str = "ddim"
+    sampler: str = "ddim"  # a diffusion sampler; cached | naive for autoregressive models
     steps: int = 50
     guidance: float = 1.0  # classifier-free guidance weight; 1 = plain conditional model
     num: int = 64
@@ -154,9 +182,10 @@ class Config:
 
 
 CHOICES = {
-    "model.name": ("unet", "dit"),
+    "model.name": ("unet", "dit", "pixelcnn", "made", "fvsbn"),
     "data.fit": ("pad", "resize"),
-    "method.name": ("ddpm", "sde", "flow"),
+    "method.name": ("ddpm", "sde", "flow", "autoregressive"),
+    "method.autoregressive.levels": (2, 256),
     "method.beta_schedule": ("linear", "scaled_linear", "cosine", "sigmoid"),
     "method.prediction": ("auto", "eps", "x0", "v", "velocity"),
     "method.sde.kind": ("vp", "subvp", "ve"),
@@ -222,14 +251,15 @@ def validate(cfg: Config) -> None:
     for key, allowed in CHOICES.items():
         value = _get_dotted(cfg, key)
         if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
     positive = [
         "train.max_steps", "train.batch_size", "train.grad_accum", "train.lr", "train.log_every",
         "train.max_bad_steps", "data.image_size", "data.channels", "method.num_timesteps",
         "sample.steps", "sample.num", "method.snr_gamma", "model.unet.channels", "model.unet.num_res_blocks",
         "model.unet.head_channels", "model.dit.patch_size", "model.dit.hidden_size",
         "model.dit.depth", "model.dit.num_heads", "model.dit.mlp_ratio", "method.flow.logit_std",
-        "method.flow.shift",
+        "method.flow.shift", "model.pixelcnn.channels", "model.pixelcnn.num_layers",
+        "model.pixelcnn.head_channels",
     ]
     for key in positive:
         if not _get_dotted(cfg, key) > 0:
@@ -267,6 +297,7 @@ def validate(cfg: Config) -> None:
                           f"got {m.flow.mode_scale}")
     if cfg.sample.guidance < 0:
         raise ConfigError(f"sample.guidance: must not be negative, got {cfg.sample.guidance}")
+    _validate_autoregressive(cfg)
     unet, dit, size = cfg.model.unet, cfg.model.dit, cfg.data.image_size
     if not unet.channel_mult or min(unet.channel_mult) <= 0:
         raise ConfigError(f"model.unet.channel_mult: needs positive entries, got {list(unet.channel_mult)}")
@@ -289,6 +320,36 @@ def validate(cfg: Config) -> None:
                 f"model.dit.num_heads: {dit.num_heads} does not divide model.dit.hidden_size {dit.hidden_size}")
         if (dit.hidden_size // dit.num_heads) % 2 or dit.hidden_size % 4:
             raise ConfigError("model.dit.hidden_size: needs hidden_size % 4 == 0 and an even head width")
+
+
+AUTOREGRESSIVE_NETS = ("pixelcnn", "made", "fvsbn")
+AUTOREGRESSIVE_SAMPLERS = ("cached", "naive")
+
+
+def _validate_autoregressive(cfg: Config) -> None:
+    """Autoregressive nets go with the autoregressive method, one channel, and their samplers."""
+    ar_net, ar_method = cfg.model.name in AUTOREGRESSIVE_NETS, cfg.method.name == "autoregressive"
+    if ar_net != ar_method:
+        raise ConfigError(f"method.name: {cfg.method.name} does not train model.name={cfg.model.name} "
+                          f"(autoregressive goes with {', '.join(AUTOREGRESSIVE_NETS)}, and only with them)")
+    if not ar_method:
+        return
+    if cfg.data.channels != 1:
+        raise ConfigError(f"data.channels: autoregressive models take one channel, got {cfg.data.channels}")
+    if cfg.model.name != "pixelcnn" and cfg.method.autoregressive.levels != 2:
+        raise ConfigError(f"method.autoregressive.levels: {cfg.model.name} models binary pixels (levels=2)")
+    if cfg.model.name == "pixelcnn":
+        p = cfg.model.pixelcnn
+        for key, k in [("kernel_size", p.kernel_size), ("input_kernel_size", p.input_kernel_size)]:
+            if k < 1 or k % 2 == 0:
+                raise ConfigError(f"model.pixelcnn.{key}: must be a positive odd number, got {k}")
+    if cfg.model.name == "made" and (not cfg.model.made.hidden or min(cfg.model.made.hidden) <= 0):
+        raise ConfigError(f"model.made.hidden: needs positive widths, got {list(cfg.model.made.hidden)}")
+    if cfg.sample.sampler not in AUTOREGRESSIVE_SAMPLERS:
+        raise ConfigError(f"sample.sampler: autoregressive models sample with "
+                          f"{' or '.join(AUTOREGRESSIVE_SAMPLERS)}, got {cfg.sample.sampler!r}")
+    if cfg.sample.sampler == "cached" and cfg.model.name != "pixelcnn":
+        raise ConfigError(f"sample.sampler: cached sampling is for pixelcnn; {cfg.model.name} samples naive")
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -98,6 +98,16 @@ def load_images(cfg: DataConfig, split: str | None = None, limit: int | None = N
     return ImageData(images.contiguous(), torch.tensor(labels) if has_labels else None)
 
 
+def label_frequencies(cfg: DataConfig, num_classes: int, split: str | None = None) -> torch.Tensor:
+    """The fraction of each class among a split's labels, an empirical p(y): [num_classes]."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    ds = datasets.load_dataset(resolve_data_path(cfg.path), split=split or cfg.split)
+    labels = torch.tensor(ds[cfg.label_column])
+    return torch.bincount(labels, minlength=num_classes).double() / len(labels)
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The permutation of n examples used in `epoch`: a pure function of (seed, epoch), which
     makes the data order exactly reproducible on resume."""

@@ -86,6 +86,8 @@ class Trainer:
                               f"the data has {self.data.images.shape[1]}")
         self.method = build_method(cfg)
         net = build_net(cfg)
+        if getattr(net, "channels_last", False):  # faster convolutions on CPU for nets that say so
+            net = net.to(memory_format=torch.channels_last)
         if tc.init_from:
             self._init_weights(net, tc.init_from)
         self.num_params = sum(p.numel() for p in net.parameters())
@@ -162,11 +164,11 @@ class Trainer:
     def sample_grid(self) -> Path:
         """An 8x8 grid from the EMA weights with the config's sampler, fixed seed."""
         from genkit.images import save_grid
-        from genkit.pipeline import GenerativeModel
+        from genkit.pipeline import build_model
 
         net = build_net(self.cfg)
         net.load_state_dict(self.ema.shadow)
-        images = GenerativeModel(self.cfg, net.eval()).sample(64, seed=0, progress=False)
+        images = build_model(self.cfg, net.eval()).sample(64, seed=0, progress=False)
         return save_grid(images, self.out / "samples" / f"step-{self.step:06d}.png", nrow=8)
 
     # ------------------------------------------------------------------ loop
@@ -240,11 +242,14 @@ class Trainer:
                     rate = (self.step - start_step) * tc.batch_size / (time.perf_counter() - started)
                     record = {"loss": mean, "lr": self.scheduler.get_last_lr()[0], "img_per_s": rate,
                               "bad_steps": self.bad_steps_total}
+                    if hasattr(self.method, "log_terms"):  # exact likelihoods: nats/image, bits/dim
+                        record.update(self.method.log_terms(mean, self.data.images[0].numel()))
                     acc.log(record, step=self.step)
                     if main:
                         with open(self.out / METRICS_FILE, "a") as log:
                             log.write(json.dumps({"step": self.step, **record}) + "\n")
-                    bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.0f}", bad=self.bad_steps_total)
+                    shown = {"nats": f"{record['nats_per_image']:.2f}"} if "nats_per_image" in record else {}
+                    bar.set_postfix(loss=f"{mean:.4f}", **shown, img_s=f"{rate:.0f}", bad=self.bad_steps_total)
                     window = []
                 if main and tc.sample_every and self.step % tc.sample_every == 0 and self.step < tc.max_steps:
                     self.sample_grid()

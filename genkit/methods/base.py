@@ -17,6 +17,15 @@ def loss_weight(snr: torch.Tensor, prediction: str, x0_weight: torch.Tensor) -> 
     return x0_weight / per_space[prediction]
 
 
+def drop_labels(y: torch.Tensor | None, p: float, null_class: int, generator: torch.Generator | None):
+    """Replace each label by the null class with probability p (classifier-free guidance,
+    Ho & Salimans 2022): one net learns p(x | y) and p(x)."""
+    if y is None or p <= 0:
+        return y
+    drop = torch.rand(len(y), generator=generator).to(y.device) < p
+    return torch.where(drop, torch.full_like(y, null_class), y)
+
+
 class DenoisingMethod:
     """A net regressed onto `prediction` at x_t = alpha x0 + sigma eps for t from `sample_time`.
 
@@ -44,9 +53,7 @@ class DenoisingMethod:
         eps = torch.randn(x0.shape, generator=generator).to(x0) if noise is None else noise.to(x0)
         x_t = self.path.noise(x0, eps, t)
         target = self.path.from_x0_eps(x0, eps, t, self.prediction)
-        if y is not None and self.cfg.p_uncond > 0:
-            drop = torch.rand(b, generator=generator).to(y.device) < self.cfg.p_uncond
-            y = torch.where(drop, torch.full_like(y, self.null_class), y)
+        y = drop_labels(y, self.cfg.p_uncond, self.null_class, generator)
         pred = net(self.path.net_input(x_t, t), t.to(x0), y)
         per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)  # [B]
         return per_sample.mean() if weight is None else (weight.to(per_sample) * per_sample).mean()

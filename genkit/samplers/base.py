@@ -79,6 +79,11 @@ class SampleNoise:
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return self.randn(*x.shape[1:]).to(x.dtype)
 
+    def rand(self, *shape: int) -> torch.Tensor:
+        """Uniform [0, 1) float64 noise [B, *shape], one row per sample stream."""
+        rows = [torch.rand(shape, generator=g, dtype=torch.float64) for g in self.generators]
+        return torch.stack(rows).to(self.device)
+
 
 class BatchNoise:
     """One random stream for the whole batch: fast for large synthetic batches, but a sample
