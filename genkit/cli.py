@@ -237,7 +237,7 @@ def _eval_autoregressive(args, model) -> None:
     from genkit.data import label_frequencies, load_images
 
     for flag in ("steps", "sampler", "schedule", "guidance", "class_label", "option", "bpd"):
-        if getattr(args, flag):
+        if getattr(args, flag) not in (None, [], 0) or (flag == "class_label" and args.class_label is not None):
             raise ConfigError(f"--{flag.replace('_', '-')}: does not apply to an autoregressive model, whose "
                               f"likelihood is exact and needs no sampling")
     test = load_images(model.cfg.data, split="test", limit=args.num)

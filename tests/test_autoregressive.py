@@ -229,6 +229,11 @@ def test_eval_cli_reports_nll_and_classification(pixelcnn_run, tmp_path):
     assert "nll_nats" in result.stdout
 
 
+def test_eval_cli_refuses_sampling_flags_for_autoregressive_models(pixelcnn_run):
+    result = run("eval.py", "--checkpoint", str(pixelcnn_run), "--num", "2", "--class-label", "0")
+    assert result.returncode == 2 and "--class-label: does not apply" in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--steps", "5"], "--steps: does not apply"),
     (["--sampler", "ddim"], "--sampler: autoregressive models sample with cached or naive"),
