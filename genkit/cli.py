@@ -236,10 +236,11 @@ def _eval_autoregressive(args, model) -> None:
 
     from genkit.data import label_frequencies, load_images
 
-    for flag in ("steps", "sampler", "schedule", "guidance", "class_label", "option", "bpd"):
-        if getattr(args, flag) not in (None, [], 0) or (flag == "class_label" and args.class_label is not None):
-            raise ConfigError(f"--{flag.replace('_', '-')}: does not apply to an autoregressive model, whose "
-                              f"likelihood is exact and needs no sampling")
+    given = [f for f in ("steps", "sampler", "schedule", "guidance", "class_label") if getattr(args, f) is not None]
+    given += [f for f in ("option", "bpd") if getattr(args, f)]
+    if given:
+        raise ConfigError(f"--{given[0].replace('_', '-')}: does not apply to an autoregressive model, whose "
+                          f"likelihood is exact and needs no sampling")
     test = load_images(model.cfg.data, split="test", limit=args.num)
     prior = label_frequencies(model.cfg.data, model.num_classes) if model.num_classes else None
     scores = model.evaluate(test.images, test.labels, prior, seed=args.seed, batch_size=args.batch_size,

@@ -43,12 +43,12 @@ def raster_scan(evaluator, height: int, width: int, levels: int, choose, progres
             evaluator.set_pixel(i, j, to_net_input(pixels, levels))
 
 
-def make_evaluator(net, how: str, y, batch: int, height: int, width: int, dtype=torch.float32):
-    """A `naive` or `cached` evaluator of `net` for a batch of images."""
-    device = next(net.parameters()).device
+def make_evaluator(net, how: str, y, batch: int, height: int, width: int):
+    """A `naive` or `cached` evaluator of `net` for a batch of images, in the net's dtype."""
     if how == "cached":
         return net.cache(y, batch, height, width)
-    return NaiveEvaluator(net, y, batch, height, width, device, dtype)
+    p = next(net.parameters())
+    return NaiveEvaluator(net, y, batch, height, width, p.device, p.dtype)
 
 
 @torch.no_grad()
@@ -56,7 +56,7 @@ def sample(net, uniforms: torch.Tensor, y: torch.Tensor | None, levels: int, how
            progress: bool = False) -> torch.Tensor:
     """Draw pixels [B, 1, H, W] (long, 0..levels-1), pixel (i, j) from uniforms[:, i, j]."""
     b, h, w = uniforms.shape
-    evaluator = make_evaluator(net, how, y, b, h, w, next(net.parameters()).dtype)
+    evaluator = make_evaluator(net, how, y, b, h, w)
     out = torch.zeros(b, 1, h, w, dtype=torch.long, device=uniforms.device)
 
     def choose(i, j, logits):
@@ -71,7 +71,7 @@ def sample(net, uniforms: torch.Tensor, y: torch.Tensor | None, levels: int, how
 def conditionals(net, pixels: torch.Tensor, y: torch.Tensor | None, levels: int, how: str = "cached") -> torch.Tensor:
     """log p(x_i | x_<i) of given images [B, 1, H, W], pixel by pixel as a sampler sees them: [B, H, W]."""
     b, _, h, w = pixels.shape
-    evaluator = make_evaluator(net, how, y, b, h, w, next(net.parameters()).dtype)
+    evaluator = make_evaluator(net, how, y, b, h, w)
     out = torch.zeros(b, h, w, dtype=torch.float64, device=pixels.device)
 
     def choose(i, j, logits):
