@@ -117,7 +117,7 @@ def eval_recipe(recipe: str, workdir: Path, evaluator: Evaluator, num: int, devi
 def diffusers_unet():
     from diffusers import UNet2DModel
 
-    # 1.62M parameters, against genkit's 1.74M UNet
+    # 1.62M parameters, against genkit's 1.65M UNet
     return UNet2DModel(sample_size=32, in_channels=1, out_channels=1, block_out_channels=(32, 64, 64),
                        layers_per_block=2, norm_num_groups=32,
                        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
@@ -237,11 +237,13 @@ def main() -> None:
                  else eval_recipe(recipe, workdir, evaluator, args.num, args.device))
     for row in rows:
         row["floor"] = floor
-    if args.update and Path(args.json).is_file():
-        kept = [r for r in json.loads(Path(args.json).read_text())["rows"]
-                if r["recipe"] not in args.recipes and not (r["library"] == "diffusers" and "diffusers" in args.recipes)]
-        rows = kept + rows
     training = json.loads(training_log.read_text())["runs"] if training_log.is_file() else []
+    if args.update and Path(args.json).is_file():
+        def rerun(entry):
+            return entry["recipe"] in args.recipes or (entry["library"] == "diffusers" and "diffusers" in args.recipes)
+        previous = json.loads(Path(args.json).read_text())
+        rows = [r for r in previous["rows"] if not rerun(r)] + rows
+        training = [t for t in previous.get("training", []) if not rerun(t)] + [t for t in training if rerun(t)]
     genkit_rows = [r for r in rows if r["library"] == "genkit" and r["nfe"] <= 20]
     best = min(genkit_rows, key=lambda r: r["fid"]) if genkit_rows else None
     result = {"budget_minutes": args.budget_minutes, "num_samples": args.num, "floor_fid": floor,

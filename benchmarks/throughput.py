@@ -2,7 +2,8 @@
 
 One process, one step = forward + backward + AdamW on a batch of 64 32x32x1 images, in fp32 and
 in bf16 autocast. Every diffusers UNet2DModel layout tried that lies within 10% of the genkit
-UNet's parameters is timed, and the ratio is taken against the fastest.
+UNet's parameters is timed, and the ratio is taken against the fastest. Every net and precision
+is timed in turn, block by block, so that the machine's slow spells fall on all of them alike.
 Also reports achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode) against a plain bf16
 matmul timed in the same run.
 
@@ -83,26 +84,33 @@ def flops_per_step(net: torch.nn.Module) -> int:
     return counter.get_total_flops()
 
 
-def time_steps(step, seconds: float, repeats: int = 5) -> float:
-    """Median seconds per step over `repeats` blocks of about `seconds` / repeats each."""
-    for _ in range(3):  # warm-up: oneDNN builds its kernels on first use
-        step()
-    start = time.perf_counter()
-    step()
-    per_block = max(1, int(seconds / repeats / (time.perf_counter() - start)))
-    blocks = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(per_block):
+def time_round_robin(steps: dict, seconds: float, repeats: int = 5) -> dict:
+    """Median seconds per step of each entry, over `repeats` blocks of about `seconds` / repeats.
+
+    The blocks are taken in turn (one block of every entry per round), so that a slow spell of a
+    shared machine falls on all entries alike instead of on whichever ran then.
+    """
+    per_block = {}
+    for name, step in steps.items():
+        for _ in range(3):  # warm-up: oneDNN builds its kernels on first use
             step()
-        blocks.append((time.perf_counter() - start) / per_block)
-    return statistics.median(blocks)
+        start = time.perf_counter()
+        step()
+        per_block[name] = max(1, int(seconds / repeats / (time.perf_counter() - start)))
+    blocks = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(per_block[name]):
+                step()
+            blocks[name].append((time.perf_counter() - start) / per_block[name])
+    return {name: statistics.median(b) for name, b in blocks.items()}
 
 
 def matmul_gflops(bf16: bool, n: int = 2048) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        seconds = time_steps(lambda: a @ b, 2.0)
+        seconds = time_round_robin({"matmul": lambda: a @ b}, 2.0)["matmul"]
     return 2 * n**3 / seconds / 1e9
 
 
@@ -120,16 +128,17 @@ def main() -> None:
     nets.update(diffusers_unets(n_params(nets["genkit-unet"])))
 
     peak = {"fp32": matmul_gflops(False), "bf16": matmul_gflops(True)}
+    flops = {name: flops_per_step(net) for name, net in nets.items()}
+    steps = {(name, precision): make_step(net, precision == "bf16")
+             for name, net in nets.items() for precision in ("fp32", "bf16")}
+    seconds = time_round_robin(steps, args.seconds)
     rows = []
-    for name, net in nets.items():
-        flops = flops_per_step(net)
-        for precision in ("fp32", "bf16"):
-            seconds = time_steps(make_step(net, precision == "bf16"), args.seconds)
-            row = {"net": name, "params": n_params(net), "precision": precision,
-                   "img_per_s": round(BATCH / seconds, 1), "gflop_per_s": round(flops / seconds / 1e9, 1),
-                   "matmul_gflop_per_s": round(peak[precision], 1)}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    for (name, precision), sec in seconds.items():
+        row = {"net": name, "params": n_params(nets[name]), "precision": precision,
+               "img_per_s": round(BATCH / sec, 1), "gflop_per_s": round(flops[name] / sec / 1e9, 1),
+               "matmul_gflop_per_s": round(peak[precision], 1)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
 
     def best(prefix):
         return max(r["img_per_s"] for r in rows if r["net"].startswith(prefix))

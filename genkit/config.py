@@ -26,10 +26,15 @@ class UNetConfig:
 
     channels: int = 64  # width of the first level
     channel_mult: tuple[int, ...] = (1, 2, 2)  # width multiplier per resolution level
-    num_res_blocks: int = 2  # residual blocks per level on the way down
+    num_res_blocks: tuple[int, ...] = (2,)  # residual blocks on the way down: one count, or one per level
     attention_resolutions: tuple[int, ...] = (8,)  # feature-map sizes that get self-attention
     head_channels: int = 32  # channels per attention head
     dropout: float = 0.0
+
+    def blocks_per_level(self) -> tuple[int, ...]:
+        """`num_res_blocks` as one count per level (a single count, or a bare int, is repeated)."""
+        counts = (self.num_res_blocks,) if isinstance(self.num_res_blocks, int) else tuple(self.num_res_blocks)
+        return counts * len(self.channel_mult) if len(counts) == 1 else counts
 
 
 @dataclass
@@ -255,7 +260,7 @@ def validate(cfg: Config) -> None:
     positive = [
         "train.max_steps", "train.batch_size", "train.grad_accum", "train.lr", "train.log_every",
         "train.max_bad_steps", "data.image_size", "data.channels", "method.num_timesteps",
-        "sample.steps", "sample.num", "method.snr_gamma", "model.unet.channels", "model.unet.num_res_blocks",
+        "sample.steps", "sample.num", "method.snr_gamma", "model.unet.channels",
         "model.unet.head_channels", "model.dit.patch_size", "model.dit.hidden_size",
         "model.dit.depth", "model.dit.num_heads", "model.dit.mlp_ratio", "method.flow.logit_std",
         "method.flow.shift", "model.pixelcnn.channels", "model.pixelcnn.num_layers",
@@ -301,6 +306,11 @@ def validate(cfg: Config) -> None:
     unet, dit, size = cfg.model.unet, cfg.model.dit, cfg.data.image_size
     if not unet.channel_mult or min(unet.channel_mult) <= 0:
         raise ConfigError(f"model.unet.channel_mult: needs positive entries, got {list(unet.channel_mult)}")
+    if not unet.num_res_blocks or min(unet.num_res_blocks) <= 0:
+        raise ConfigError(f"model.unet.num_res_blocks: needs positive entries, got {list(unet.num_res_blocks)}")
+    if len(unet.num_res_blocks) not in (1, len(unet.channel_mult)):
+        raise ConfigError(f"model.unet.num_res_blocks: give one count or one per level of model.unet.channel_mult "
+                          f"({len(unet.channel_mult)}), got {list(unet.num_res_blocks)}")
     if cfg.model.name == "unet":
         levels = len(unet.channel_mult) - 1
         if size % 2**levels:

@@ -70,6 +70,8 @@ def test_geometry_constraints():
     assert "does not divide data.image_size" in error_of("model.name=dit", "model.dit.patch_size=5")
     assert "does not divide model.dit.hidden_size" in error_of("model.name=dit", "model.dit.num_heads=5")
     assert "not divisible by 2**2" in error_of("data.image_size=30")
+    assert "one count or one per level" in error_of("model.unet.num_res_blocks=[1,2]")
+    assert "needs positive entries" in error_of("model.unet.num_res_blocks=[1,0,2]")
 
 
 def test_bad_files(tmp_path):

@@ -23,9 +23,10 @@ def perturb(net, scale=0.05, seed=0):
     (UNet(UNetConfig(channels=32, channel_mult=(1,), num_res_blocks=1, attention_resolutions=()), 1, 12, 3), 1, 12),
     (UNet(UNetConfig(channels=32, channel_mult=(1, 2, 3), num_res_blocks=1, attention_resolutions=(4, 8)), 3, 16, 0), 3, 16),
     (UNet(UNetConfig(channels=64, channel_mult=(1, 1), num_res_blocks=2, head_channels=64, dropout=0.1), 2, 8, 10), 2, 8),
+    (UNet(UNetConfig(channels=32, channel_mult=(1, 2, 2), num_res_blocks=(1, 3, 2)), 1, 16, 10), 1, 16),
     (DiT(DiTConfig(patch_size=2, hidden_size=32, depth=1, num_heads=2), 1, 6, 5), 1, 6),
     (DiT(DiTConfig(patch_size=4, hidden_size=48, depth=2, num_heads=3, mlp_ratio=2.0), 3, 16, 0), 3, 16),
-], ids=["unet-1level-12px", "unet-3levels-rgb", "unet-2ch", "dit-6px", "dit-p4-rgb"])
+], ids=["unet-1level-12px", "unet-3levels-rgb", "unet-2ch", "unet-blocks-per-level", "dit-6px", "dit-p4-rgb"])
 def test_output_shape_for_odd_configs(net, channels, size):
     x = torch.randn(3, channels, size, size)
     y = torch.randint(0, net.num_classes, (3,)) if net.num_classes else None
@@ -58,6 +59,16 @@ def test_dit_blocks_are_identity_at_init():
 def test_unet_output_is_zero_at_init():
     net = UNet(UNetConfig(channels=32, channel_mult=(1, 2)), 1, 8, 10)
     assert torch.equal(net(torch.randn(2, 1, 8, 8), torch.rand(2)), torch.zeros(2, 1, 8, 8))
+
+
+def test_unet_blocks_per_level_and_narrowing_upsample():
+    net = UNet(UNetConfig(channels=32, channel_mult=(1, 2, 3), num_res_blocks=(1, 3, 2)), 1, 16, 10)
+    assert [len(level.res) for level in net.down] == [1, 3, 2]
+    assert [len(level.res) for level in net.up] == [3, 4, 2]  # coarsest first; one extra block per level
+    # each upsampling conv hands the next finer level its own width
+    assert [(conv.in_channels, conv.out_channels) for conv in net.upsample] == [(96, 64), (64, 32)]
+    same = UNet(UNetConfig(channels=32, channel_mult=(1, 2), num_res_blocks=2), 1, 8, 10)
+    assert [len(level.res) for level in same.down] == [2, 2]
 
 
 def test_position_embedding_closed_form():

@@ -4,6 +4,12 @@ Residual blocks take the time/class embedding as a scale-shift after GroupNorm; 
 resolutions get self-attention; every residual branch and the output convolution start at
 zero. A learned, time-dependent input skip (`InputSkip`) lets the net return its input where
 the target is nearly the input (eps near pure noise).
+
+Two choices keep the full-resolution level cheap, where activations are largest and a CPU step
+is bound by memory traffic: the number of residual blocks is set per level, and upsampling
+narrows to the finer level's width as it doubles the resolution (the up-convolution of the
+original U-Net, Ronneberger et al. 2015) instead of convolving the coarse width at the fine
+resolution.
 """
 from __future__ import annotations
 
@@ -76,11 +82,12 @@ class UNet(nn.Module):
         self.stem = nn.Conv2d(in_channels, ch, 3, padding=1)
 
         widths = [ch * m for m in cfg.channel_mult]
+        blocks = cfg.blocks_per_level()
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
         skips, cur, size = [ch], ch, image_size
         for i, width in enumerate(widths):
             pairs = []
-            for _ in range(cfg.num_res_blocks):
+            for _ in range(blocks[i]):
                 pairs.append((cur, width))
                 cur = width
                 skips.append(cur)
@@ -96,13 +103,13 @@ class UNet(nn.Module):
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for i, width in reversed(list(enumerate(widths))):
             pairs = []
-            for _ in range(cfg.num_res_blocks + 1):  # one more block: it eats the downsample skip
+            for _ in range(blocks[i] + 1):  # one more block: it eats the downsample skip
                 pairs.append((cur + skips.pop(), width))
                 cur = width
             self.up.append(Level(pairs, emb_dim, size in cfg.attention_resolutions, cfg))
             if i > 0:
-                self.upsample.append(nn.Conv2d(cur, cur, 3, padding=1))
-                size *= 2
+                self.upsample.append(nn.Conv2d(cur, widths[i - 1], 3, padding=1))
+                cur, size = widths[i - 1], size * 2
 
         self.head = nn.Sequential(_norm(cur), nn.SiLU(), zero_module(nn.Conv2d(cur, in_channels, 3, padding=1)))
         self.input_skip = InputSkip(emb_dim, in_channels)
