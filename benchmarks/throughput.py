@@ -118,6 +118,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--seconds", type=float, default=15.0, help="timed seconds per net and precision")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time genkit's UNet under torch.compile (not counted in the ratio)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -129,6 +131,9 @@ def main() -> None:
 
     peak = {"fp32": matmul_gflops(False), "bf16": matmul_gflops(True)}
     flops = {name: flops_per_step(net) for name, net in nets.items()}
+    if args.compile:
+        nets["genkit-unet+compile"] = torch.compile(nets["genkit-unet"])
+        flops["genkit-unet+compile"] = flops["genkit-unet"]
     steps = {(name, precision): make_step(net, precision == "bf16")
              for name, net in nets.items() for precision in ("fp32", "bf16")}
     seconds = time_round_robin(steps, args.seconds)
@@ -141,7 +146,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     def best(prefix):
-        return max(r["img_per_s"] for r in rows if r["net"].startswith(prefix))
+        return max(r["img_per_s"] for r in rows if r["net"].startswith(prefix) and not r["net"].endswith("+compile"))
 
     result = {
         "rows": rows,

@@ -131,5 +131,5 @@ class UNet(nn.Module):
             for res, attn in zip(level.res, level.attn):
                 h = attn(res(torch.cat([h, skips.pop()], dim=1), emb))
             if i < len(self.upsample):
-                h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))  # [B, C, 2H, 2W]
+                h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))  # [B, C_finer, 2H, 2W]
         return self.head(h) + self.input_skip(x, emb)
