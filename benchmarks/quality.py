@@ -211,7 +211,7 @@ def main() -> None:
     p.add_argument("--workdir", default="runs/quality")
     p.add_argument("--phase", choices=["all", "train", "eval"], default="all")
     p.add_argument("--update", action="store_true",
-                   help="keep the rows of other recipes already in --json (re-score some recipes only)")
+                   help="keep the rows and training entries of other recipes already in --json (re-run some recipes only)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for sampling")
     args = p.parse_args()
     unknown = set(args.recipes) - set(RECIPES) - {"diffusers"}
