@@ -85,3 +85,15 @@ def test_eval_bits_per_dim_and_bad_options(trained_run, tmp_path):
     assert "bits_per_dim" in result.stdout and '"nfe_per_batch"' in out.read_text()
     result = run("sample.py", "--checkpoint", str(trained_run), "--sampler", "ddim", "--option", "snr=1")
     assert result.returncode == 2 and "has no option 'snr'" in result.stderr
+
+
+@pytest.mark.parametrize("recipe, net", [("ddpm_unet_mnist", "unet with 1.65M"), ("ddpm_dit_mnist", "dit with 7.38M")])
+def test_unet_and_dit_recipes_train_and_sample_a_class_from_the_cli(recipe, net, tmp_path):
+    result = run("train.py", "--config", f"configs/{recipe}.yaml", "train.max_steps=2", "train.batch_size=8",
+                 "train.sample_every=0", f"output_dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert net in result.stdout + result.stderr  # the recipe's own net, at its own size
+    png = tmp_path / "threes.png"
+    result = run("sample.py", "--checkpoint", str(tmp_path / "run"), "--out", str(png), "--num", "4",
+                 "--steps", "2", "--class-label", "3", "--guidance", "2")
+    assert result.returncode == 0 and Image.open(png).size == (2 * 34 + 2, 2 * 34 + 2), result.stderr[-2000:]
