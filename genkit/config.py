@@ -306,11 +306,12 @@ def validate(cfg: Config) -> None:
     unet, dit, size = cfg.model.unet, cfg.model.dit, cfg.data.image_size
     if not unet.channel_mult or min(unet.channel_mult) <= 0:
         raise ConfigError(f"model.unet.channel_mult: needs positive entries, got {list(unet.channel_mult)}")
-    if not unet.num_res_blocks or min(unet.num_res_blocks) <= 0:
-        raise ConfigError(f"model.unet.num_res_blocks: needs positive entries, got {list(unet.num_res_blocks)}")
-    if len(unet.num_res_blocks) not in (1, len(unet.channel_mult)):
+    blocks = unet.blocks_per_level()
+    if not blocks or min(blocks) <= 0:
+        raise ConfigError(f"model.unet.num_res_blocks: needs positive entries, got {list(blocks)}")
+    if len(blocks) != len(unet.channel_mult):
         raise ConfigError(f"model.unet.num_res_blocks: give one count or one per level of model.unet.channel_mult "
-                          f"({len(unet.channel_mult)}), got {list(unet.num_res_blocks)}")
+                          f"({len(unet.channel_mult)}), got {list(blocks)}")
     if cfg.model.name == "unet":
         levels = len(unet.channel_mult) - 1
         if size % 2**levels:
