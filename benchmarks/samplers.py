@@ -1,116 +1,266 @@
-"""Sampler accuracy per network evaluation, against diffusers' schedulers, on an exact oracle.
+"""Sampler accuracy per network evaluation against diffusers' best settings, on exact oracles.
 
-Data: a Gaussian mixture in 16 dimensions (8 components, std 0.05, means uniform in [-1, 1]),
-shaped as 1x4x4 images, under DDPM's linear schedule (T = 1000); the denoiser is the exact
-E[eps | x_t], so every error is the sampler's. Metric: sliced 2-Wasserstein distance (256 fixed
-projections) between 8,000 samples and 8,000 exact draws; the floor is the same distance
-between two exact sample sets. Every sampler runs with the defaults a user gets. genkit's
-samplers also run on the VP SDE (Song et al. 2021: Euler-Maruyama, predictor-corrector) and on
-the rectified-flow path (exact velocity); the ratios against diffusers use DDPM's path only.
+Problems: Gaussian mixtures generated from seeds (`MIXTURES`: dimensions 8 to 64, 4 to 32
+components, isotropic and anisotropic covariances, equal and unequal weights) on three paths:
+DDPM's linear schedule with eps prediction, DDPM's cosine schedule with v prediction, and the
+rectified flow with velocity prediction. The net is the mixture's exact denoiser, so every error
+is the sampler's. Metric: sliced 2-Wasserstein distance (512 projections) between N samples and N
+exact draws, the same starting noise for every row; the floor is the distance between two exact
+sets.
 
-    python benchmarks/samplers.py --json samplers.json
+Each library gets every configuration a user can pick (`genkit_rows`, `diffusers_rows`): for
+diffusers, DDIM, Euler, Heun, DPM-Solver++ (2M, 3M) and UniPC (bh1, bh2; orders 2, 3) with
+trailing, leading and linspace spacing, Karras sigmas and Lu's log-SNR lambdas; on the flow, its
+flow-matching schedulers and DPM-Solver++ / UniPC with flow sigmas. A diffusers scheduler asks
+the oracle at its own timestep, which for fractional timesteps means diffusers' interpolation
+of log sigma between the training steps: the oracle answers at exactly the noise level the
+scheduler integrates with. Per (path, NFE) cell, a row's sliced W2 is averaged over the
+mixtures; the cell's ratio is genkit's best row over diffusers' best row, and `default` is what
+`model.sample()` picks on that path.
+
+    python benchmarks/samplers.py --json benchmarks/results/samplers.json
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import subprocess
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from genkit.methods import make_betas
 from genkit.oracles import GaussianMixture, sliced_wasserstein
-from genkit.paths import DiscreteVPPath, FlowPath, VPPath
-from genkit.samplers import DEFAULT_SCHEDULE, SAMPLERS, SCHEDULES, BatchNoise, Denoiser, DiffusersSampler
+from genkit.paths import DiscreteVPPath, FlowPath, GaussianPath
+from genkit.samplers import SAMPLERS, SCHEDULES, BatchNoise, Denoiser, default_sampler, default_schedule
 
-NFES = (5, 10, 20, 50)
-N = 8000
+T = 1000
+NFES = (5, 10, 20)
+# name -> GaussianMixture.random arguments; `tuning` marks the mixtures the defaults were chosen on
+MIXTURES = {
+    "iso16_k8": dict(components=8, dim=16, std=0.05, seed=0, tuning=True),
+    "aniso64_k16_unequal": dict(components=16, dim=64, std=0.1, anisotropy=4.0, unequal_weights=True, seed=1,
+                                tuning=True),
+    "aniso8_k4_unequal": dict(components=4, dim=8, std=0.25, anisotropy=3.0, unequal_weights=True, seed=2),
+    "iso32_k32_unequal": dict(components=32, dim=32, std=0.02, unequal_weights=True, seed=3),
+}
+PATHS = {  # name -> (genkit path, prediction, diffusers' beta schedule or None for the flow)
+    "ddpm_linear_eps": (DiscreteVPPath(make_betas("linear", T)), "eps", "linear"),
+    "ddpm_cosine_v": (DiscreteVPPath(make_betas("cosine", T)), "v", "squaredcos_cap_v2"),
+    "flow_velocity": (FlowPath(), "velocity", None),
+}
+DIFFUSERS_KIND = {"eps": "epsilon", "v": "v_prediction", "velocity": "flow_prediction"}
 
 
-def diffusers_schedulers() -> dict:
-    """diffusers' schedulers with their defaults, each also with trailing spacing."""
+def steps_for(nfe: int, evals_per_step: int, last_is_one: bool = False) -> int:
+    """The most steps whose evaluations fit in `nfe` (Heun-type samplers spend one on the last step)."""
+    return (nfe - 1) // evals_per_step + 1 if last_is_one else max(1, nfe // evals_per_step)
+
+
+# ---------------------------------------------------------------------------------------- genkit
+
+
+def genkit_rows(path: GaussianPath) -> dict:
+    """label -> (sampler, schedule, evaluations per step, last step costs one, options)."""
+    rows = {}
+    for sampler in ("ddim", "euler", "dpmpp_2m", "dpmpp_2m_pc"):
+        for schedule in ("auto", "uniform", "log_snr", "karras", "flow"):
+            rows[f"{sampler}[{schedule}]"] = (sampler, schedule, 1, False, {})
+    for schedule in ("uniform", "karras", "flow"):
+        rows[f"heun[{schedule}]"] = ("heun", schedule, 2, True, {})
+    rows["ddpm[uniform]"] = ("ddpm", "uniform", 1, False, {})
+    rows["em[uniform]"] = ("em", "uniform", 1, False, {})
+    rows["pc[uniform]"] = ("pc", "uniform", 2, False, {})
+    return rows
+
+
+def run_genkit(mixture, path, prediction, spec, nfe, start):
+    sampler, schedule, per_step, last_is_one, options = spec
+    denoiser = Denoiser(mixture.as_net(path, prediction), path, prediction)
+    ts = SCHEDULES[schedule](path, steps_for(nfe, per_step, last_is_one))
+    out = SAMPLERS[sampler](denoiser, start.clone() * path.prior_std(float(ts[0])), ts, BatchNoise(0), **options)
+    return out, denoiser.nfe
+
+
+# ------------------------------------------------------------------------------------- diffusers
+
+
+class DiffusersTimePath(GaussianPath):
+    """DDPM's noise levels at diffusers' (possibly fractional) timesteps k: log sigma, with
+    sigma^2 = (1 - alpha-bar) / alpha-bar, interpolated linearly between integer steps, the
+    inverse of the schedulers' own `_sigma_to_t`. Here t is the timestep k itself."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor):
+        self.log_sigmas = (0.5 * torch.log((1 - alphas_cumprod) / alphas_cumprod)).numpy()
+
+    def _edm_sigma(self, k):
+        k = torch.as_tensor(k, dtype=torch.float64).reshape(-1)
+        return torch.from_numpy(np.exp(np.interp(k.numpy(), np.arange(len(self.log_sigmas)), self.log_sigmas)))
+
+    def alpha(self, t):
+        return torch.rsqrt(1 + self._edm_sigma(t) ** 2)
+
+    def sigma(self, t):
+        s = self._edm_sigma(t)
+        return s * torch.rsqrt(1 + s**2)
+
+
+class FlowTimePath(FlowPath):
+    """The flow path at diffusers' timesteps k = sigma * T."""
+
+    def alpha(self, t):
+        return 1 - torch.as_tensor(t, dtype=torch.float64) / T
+
+    def sigma(self, t):
+        return torch.as_tensor(t, dtype=torch.float64) / T
+
+
+def diffusers_rows(beta_schedule: str | None, prediction: str) -> dict:
+    """label -> (scheduler class, kwargs, evaluations per step, last step costs one)."""
     from diffusers import (
         DDIMScheduler,
         DPMSolverMultistepScheduler,
         EulerDiscreteScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        FlowMatchHeunDiscreteScheduler,
         HeunDiscreteScheduler,
         UniPCMultistepScheduler,
     )
 
-    out = {}
-    for cls in (DDIMScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler, DPMSolverMultistepScheduler,
-                UniPCMultistepScheduler):
-        for spacing in (None, "trailing"):
-            kwargs = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
-            if cls is DDIMScheduler:
-                kwargs.update(clip_sample=False, set_alpha_to_one=True)
-            if spacing:
-                kwargs["timestep_spacing"] = spacing
-            name = cls.__name__.replace("Scheduler", "") + (f"[{spacing}]" if spacing else "")
-            out[name] = lambda cls=cls, kwargs=kwargs: cls(**kwargs)
-    return out
+    kind = DIFFUSERS_KIND[prediction]
+    rows = {}
+    if beta_schedule is None:  # the flow
+        flow = dict(use_flow_sigmas=True, prediction_type=kind, flow_shift=1.0)
+        rows["FlowMatchEuler"] = (FlowMatchEulerDiscreteScheduler, {}, 1, False)
+        for sigmas in ("karras", "exponential"):
+            rows[f"FlowMatchEuler[{sigmas}]"] = (FlowMatchEulerDiscreteScheduler, {f"use_{sigmas}_sigmas": True}, 1, False)
+        rows["FlowMatchHeun"] = (FlowMatchHeunDiscreteScheduler, {}, 2, True)
+        for order in (2, 3):
+            rows[f"DPMSolverMultistep[{order}M,flow]"] = (DPMSolverMultistepScheduler, dict(solver_order=order, **flow), 1, False)
+            for variant in ("bh1", "bh2"):
+                rows[f"UniPC[{variant},{order},flow]"] = (UniPCMultistepScheduler,
+                                                          dict(solver_order=order, solver_type=variant, **flow), 1, False)
+        return rows
+    base = dict(num_train_timesteps=T, beta_schedule=beta_schedule, prediction_type=kind)
+    grids = {"trailing": dict(timestep_spacing="trailing"), "leading": dict(timestep_spacing="leading", steps_offset=1),
+             "linspace": dict(timestep_spacing="linspace"), "karras": dict(use_karras_sigmas=True)}
+    for name, grid in grids.items():
+        if name != "karras":
+            rows[f"DDIM[{name}]"] = (DDIMScheduler, dict(base, clip_sample=False, set_alpha_to_one=True, **grid), 1, False)
+        rows[f"Euler[{name}]"] = (EulerDiscreteScheduler, dict(base, **grid), 1, False)
+        rows[f"Heun[{name}]"] = (HeunDiscreteScheduler, dict(base, **grid), 2, True)
+        for order in (2, 3):
+            rows[f"DPMSolverMultistep[{order}M,{name}]"] = (DPMSolverMultistepScheduler,
+                                                            dict(base, solver_order=order, **grid), 1, False)
+            for variant in ("bh1", "bh2"):
+                rows[f"UniPC[{variant},{order},{name}]"] = (UniPCMultistepScheduler,
+                                                           dict(base, solver_order=order, solver_type=variant, **grid), 1, False)
+    for order in (2, 3):
+        rows[f"DPMSolverMultistep[{order}M,lu_lambdas]"] = (DPMSolverMultistepScheduler,
+                                                           dict(base, solver_order=order, use_lu_lambdas=True), 1, False)
+    return rows
 
 
-def steps_for(nfe: int, second_order_per_step: bool) -> int:
-    """Steps that spend `nfe` evaluations: Heun-type samplers spend 2 per step but 1 on the last."""
-    return (nfe + 1) // 2 if second_order_per_step else nfe
+def run_diffusers(mixture, oracle_path, prediction, spec, nfe, start):
+    cls, kwargs, per_step, last_is_one = spec
+    scheduler = cls(**kwargs)
+    scheduler.set_timesteps(steps_for(nfe, per_step, last_is_one))
+    net = mixture.as_net(oracle_path, "velocity" if prediction == "velocity" else prediction)
+    x, calls = start.clone() * float(getattr(scheduler, "init_noise_sigma", 1.0)), 0  # flow schedulers have neither
+    scale = getattr(scheduler, "scale_model_input", lambda sample, timestep: sample)
+    for k in scheduler.timesteps:
+        k_in = torch.full((len(x),), float(k), dtype=torch.float64)
+        out = net(scale(x, k), k_in)
+        calls += 1
+        x = scheduler.step(out, k, x).prev_sample
+    return x, calls
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def cell_table(rows: list[dict]) -> tuple[list[dict], dict]:
+    """Per (path, NFE): each row's sliced W2 averaged over the mixtures; best of each library;
+    their ratio; the default's ratio to genkit's best."""
+    cells, means = [], {}
+    for r in rows:
+        means.setdefault((r["path"], r["target_nfe"], r["library"], r["row"]), []).append(r["sw2"])
+    for path in PATHS:
+        for nfe in NFES:
+            def best(library):
+                cand = {row: sum(v) / len(v) for (p, n, lib, row), v in means.items()
+                        if p == path and n == nfe and lib == library}
+                name = min(cand, key=cand.get)
+                return name, cand[name], cand
+            g_name, g, g_all = best("genkit")
+            d_name, d, _ = best("diffusers")
+            default = g_all["default"]
+            cells.append({"path": path, "nfe": nfe, "genkit_best": g_name, "genkit_sw2": round(g, 5),
+                          "diffusers_best": d_name, "diffusers_sw2": round(d, 5), "ratio": round(g / d, 3),
+                          "default_sw2": round(default, 5), "default_ratio": round(default / d, 3),
+                          "default_vs_genkit_best": round(default / g, 3)})
+    return cells, means
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--n", type=int, default=8000, help="samples per row (and per exact set)")
+    parser.add_argument("--mixtures", nargs="*", default=list(MIXTURES), choices=list(MIXTURES))
+    parser.add_argument("--paths", nargs="*", default=list(PATHS), choices=list(PATHS))
     args = parser.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 
-    path = DiscreteVPPath(make_betas("linear", 1000))
-    gmm = GaussianMixture.random(8, 16, 0.05, seed=0)
-    data = gmm.sample(N, torch.Generator().manual_seed(1)).float().reshape(N, 1, 4, 4)
-    floor = sliced_wasserstein(data, gmm.sample(N, torch.Generator().manual_seed(2)).float())
-    start = torch.randn(N, 1, 4, 4, generator=torch.Generator().manual_seed(3))
-    rows = []
-
-    def record(sampler, library, nfe, out, target_nfe, path_name="ddpm"):
-        row = {"sampler": sampler, "library": library, "path": path_name, "nfe": nfe, "target_nfe": target_nfe,
-               "sw2": round(sliced_wasserstein(out, data), 5)}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-
-    # genkit's samplers on DDPM's discrete path, on the VP SDE and on the rectified-flow path
-    paths = {"ddpm": (path, "eps", list(SAMPLERS)),
-             "vp_sde": (VPPath(), "eps", ["em", "pc", "ddim", "dpmpp_2m_pc", "ode"]),
-             "flow": (FlowPath(), "velocity", ["euler", "heun", "dpmpp_2m", "dpmpp_2m_pc", "ode"])}
-    for path_name, (p, prediction, names) in paths.items():
-        for name in names:
-            for target in NFES:
-                denoiser = Denoiser(gmm.as_net(p, prediction), p, prediction)
-                if name == "ode":  # adaptive dopri5 spends what the tolerance needs: a fixed-grid rk4 row instead
-                    ts = SCHEDULES["log_snr"](p, max(1, (target - 1) // 4) + 1)
-                    out = SAMPLERS["ode"](denoiser, start.clone(), ts, method="rk4")
-                    record("ode[rk4]", "genkit", denoiser.nfe, out, target, path_name)
-                    continue
-                steps = target // 2 if name == "pc" else steps_for(target, name == "heun")
-                ts = SCHEDULES[DEFAULT_SCHEDULE[name]](p, steps)
-                out = SAMPLERS[name](denoiser, start.clone(), ts, BatchNoise(0))
-                record(name, "genkit", denoiser.nfe, out, target, path_name)
-
-    for name, make in diffusers_schedulers().items():
-        for target in NFES:
-            sched = make()
-            denoiser = Denoiser(gmm.as_net(path), path, "eps")
-            steps = steps_for(target, name.startswith("HeunDiscrete"))
-            ts = torch.zeros(steps + 1)  # only its length matters to the adapter
-            out = DiffusersSampler(sched, seed=0)(denoiser, start.clone(), ts)
-            record(name, "diffusers", denoiser.nfe, out, target)
-
-    def best(library, target):
-        return min(r["sw2"] for r in rows if r["library"] == library and r["target_nfe"] == target
-                   and r["nfe"] <= target and r["path"] == "ddpm")
-
-    result = {"floor": round(floor, 5), "rows": rows,
-              "best_ratio_nfe10": round(best("genkit", 10) / best("diffusers", 10), 3),
-              "best_ratio_nfe5": round(best("genkit", 5) / best("diffusers", 5), 3)}
-    print(json.dumps({k: v for k, v in result.items() if k != "rows"}))
+    rows, floors, began = [], {}, time.time()
+    for m_name in args.mixtures:
+        spec = {k: v for k, v in MIXTURES[m_name].items() if k != "tuning"}
+        mixture = GaussianMixture.random(**spec)
+        data = mixture.sample(args.n, torch.Generator().manual_seed(1)).float()
+        floors[m_name] = round(sliced_wasserstein(data, mixture.sample(args.n, torch.Generator().manual_seed(2)),
+                                                  projections=512), 5)
+        start = torch.randn(args.n, spec["dim"], generator=torch.Generator().manual_seed(3))
+        for p_name in args.paths:
+            path, prediction, beta_schedule = PATHS[p_name]
+            oracle_path = FlowTimePath() if beta_schedule is None else \
+                DiffusersTimePath(DiscreteVPPath(make_betas(beta_schedule.replace("squaredcos_cap_v2", "cosine"), T)).alphas_cumprod)
+            g_rows = genkit_rows(path)
+            g_rows["default"] = next((s for label, s in g_rows.items()
+                                      if s[:2] == (default_sampler(path), default_schedule(default_sampler(path), path))),
+                                     None)
+            jobs = [("genkit", label, s, run_genkit, path) for label, s in g_rows.items()] + \
+                   [("diffusers", label, s, run_diffusers, oracle_path)
+                    for label, s in diffusers_rows(beta_schedule, prediction).items()]
+            for library, label, s, run, p in jobs:
+                for nfe in NFES:
+                    row = {"mixture": m_name, "path": p_name, "library": library, "row": label, "target_nfe": nfe}
+                    try:
+                        out, used = run(mixture, p, prediction, s, nfe, start)
+                    except (AssertionError, IndexError, RuntimeError, ValueError) as err:  # a configuration the library cannot run
+                        out, used, row["error"] = torch.full_like(start, math.nan), 0, f"{type(err).__name__}: {err}"
+                    sw2 = sliced_wasserstein(out.float(), data, projections=512) if torch.isfinite(out).all() else math.inf
+                    row.update(nfe=used, sw2=round(sw2, 5))
+                    assert used <= nfe, row
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    cells, _ = cell_table(rows)
+    result = {"commit": commit, "n": args.n, "projections": 512, "mixtures": {k: MIXTURES[k] for k in args.mixtures},
+              "floors": floors, "seconds": round(time.time() - began),
+              "worst_cell_ratio": max(c["ratio"] for c in cells),
+              "worst_default_vs_genkit_best": max(c["default_vs_genkit_best"] for c in cells),
+              "cells": cells, "rows": rows}
+    for c in cells:
+        print(f"{c['path']:16s} NFE {c['nfe']:2d}  genkit {c['genkit_sw2']:.4f} ({c['genkit_best']})  "
+              f"diffusers {c['diffusers_sw2']:.4f} ({c['diffusers_best']})  ratio {c['ratio']:.3f}  "
+              f"default {c['default_sw2']:.4f} ({c['default_vs_genkit_best']:.3f}x genkit best)")
+    print(json.dumps({k: result[k] for k in ("commit", "floors", "worst_cell_ratio", "worst_default_vs_genkit_best")}))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(args.json)
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ class MethodConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str = "ddim"  # a diffusion sampler; cached | naive for autoregressive models
+    sampler: str = "dpmpp_2m_pc"  # genkit.samplers.default_sampler; cached | naive for autoregressive models
     steps: int = 50
     guidance: float = 1.0  # classifier-free guidance weight; 1 = plain conditional model
     num: int = 64

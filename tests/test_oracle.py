@@ -34,6 +34,29 @@ def test_mixture_eps_is_the_exact_score():
     assert torch.allclose(GMM.eps(x.detach(), t, PATH), -s * score, atol=1e-10)
 
 
+def test_anisotropic_mixture_eps_is_the_exact_score_and_its_draws_have_its_moments():
+    """Full covariances and unequal weights: E[eps | x_t] against autograd of the marginal
+    sum_k w_k N(alpha mu_k, alpha^2 Sigma_k + sigma^2 I); draws and log_prob against torch's
+    MultivariateNormal."""
+    gmm = GaussianMixture.random(3, 4, 0.3, seed=5, anisotropy=4.0, unequal_weights=True)
+    assert not torch.allclose(gmm.weights, gmm.weights.mean().expand(3))
+    covs = gmm.bases @ torch.diag_embed(gmm.variances) @ gmm.bases.transpose(1, 2)  # [K, D, D]
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    for t_ in (0.05, 0.4, 0.9):
+        t = torch.full((6,), t_, dtype=torch.float64)
+        a, s = float(PATH.alpha(t[:1])), float(PATH.sigma(t[:1]))
+        comps = torch.distributions.MultivariateNormal(a * gmm.means, a**2 * covs + s**2 * torch.eye(4))
+        log_p = torch.logsumexp(comps.log_prob(x[:, None, :]) + gmm.weights.log(), dim=1)
+        score = torch.autograd.grad(log_p.sum(), x)[0]
+        assert torch.allclose(gmm.eps(x.detach(), t, PATH), -s * score, atol=1e-9)
+    data = torch.distributions.MultivariateNormal(gmm.means, covs)
+    expected = torch.logsumexp(data.log_prob(x.detach()[:, None, :]) + gmm.weights.log(), dim=1)
+    assert torch.allclose(gmm.log_prob(x.detach()), expected, atol=1e-9)
+    one = GaussianMixture(gmm.means[:1], variances=gmm.variances[:1], bases=gmm.bases[:1])
+    draws = one.sample(200_000, torch.Generator().manual_seed(0))
+    assert torch.allclose(torch.cov(draws.T), covs[0], atol=0.01)
+
+
 @pytest.mark.parametrize("name, steps", [("ddpm", 250), ("ddim", 250), ("euler", 250), ("heun", 60),
                                          ("dpmpp_2m", 40), ("dpmpp_2m_pc", 40), ("ode", 20)])
 def test_samplers_reproduce_mean_and_covariance(name, steps):

@@ -7,9 +7,9 @@ import torch
 
 from genkit.config import ConfigError, MethodConfig, SDEConfig
 from genkit.likelihood import bits_per_dim, dequantize, log_likelihood
-from genkit.methods import ScoreSDE
+from genkit.methods import ScoreSDE, make_betas
 from genkit.oracles import GaussianMixture, sliced_wasserstein
-from genkit.paths import FlowPath, GaussianPath, SubVPPath, VEPath, VPPath
+from genkit.paths import DiscreteVPPath, FlowPath, GaussianPath, SubVPPath, VEPath, VPPath
 from genkit.samplers import DEFAULT_SCHEDULE, SAMPLERS, SCHEDULES, BatchNoise, Denoiser
 
 PATHS = {"vp": VPPath(), "subvp": SubVPPath(), "ve": VEPath(sigma_max=5.0)}
@@ -96,14 +96,11 @@ def test_em_error_falls_with_steps():
     assert errors[0] > errors[1] > errors[2]
 
 
-def test_sde_samplers_refuse_a_flow_start():
-    with pytest.raises(ConfigError, match="singular"):
-        draw(FlowPath(), "em", 5)
-
-
-def test_pc_rejects_unknown_predictor():
-    with pytest.raises(ConfigError, match="predictor"):
+def test_pc_rejects_unknown_predictor_and_negative_counts():
+    with pytest.raises(ValueError, match="predictor"):
         draw(PATHS["vp"], "pc", 5, predictor="magic")
+    with pytest.raises(ValueError, match="n_corrector"):
+        draw(PATHS["vp"], "pc", 5, n_corrector=-5)
 
 
 GAUSS_MEAN, GAUSS_STD, DIM = 0.3, 0.4, 4
@@ -167,3 +164,33 @@ def test_sde_loss_draws_times_in_range_and_is_finite(kind, weighting):
         assert torch.allclose(w, method.path.diffusion_sq(t) / method.path.sigma(t) ** 2)
     loss = method.loss(lambda x, t, y: torch.zeros_like(x), torch.randn(8, 1, 4, 4), None, torch.Generator())
     assert torch.isfinite(loss)
+
+
+def test_pc_langevin_scale_is_the_papers_on_the_cosine_schedule():
+    """Regression: the corrector's step was scaled by (alpha_s / alpha_t)^2 >= 1 instead of
+    algorithm 5's alpha_i = (alpha_t / alpha_s)^2 <= 1; on cosine's first step that is about 1e5
+    and pc diverged (sliced W2 1365 at 5 steps)."""
+    path = DiscreteVPPath(make_betas("cosine", 1000))
+    denoiser = Denoiser(MIXTURE.as_net(path, "v"), path, "v")
+    x = torch.randn(N, 2, generator=torch.Generator().manual_seed(2))
+    out = SAMPLERS["pc"](denoiser, x, SCHEDULES["uniform"](path, 5), BatchNoise(3))
+    assert sliced_wasserstein(out, DATA) < 0.15
+
+
+@pytest.mark.parametrize("name, steps, options", [("em", 400, {}), ("pc", 200, {"snr": 0.1}),
+                                                  ("pc", 200, {"predictor": "ancestral", "snr": 0.1})])
+@pytest.mark.parametrize("where", ["flow", "zero_snr"])
+def test_sde_samplers_start_where_the_reverse_sde_is_singular(name, steps, options, where):
+    """alpha(t = 1) = 0 on a flow and under zero terminal SNR: the first step is the exact
+    posterior step, the rest the reverse SDE; the mixture comes out."""
+    from genkit.methods.ddpm import rescale_zero_terminal_snr
+
+    if where == "flow":
+        path, kind = FlowPath(), "velocity"
+    else:
+        path, kind = DiscreteVPPath(rescale_zero_terminal_snr(make_betas("linear", 1000))), "v"
+    denoiser = Denoiser(MIXTURE.as_net(path, kind), path, kind)
+    x = torch.randn(N, 2, generator=torch.Generator().manual_seed(2))
+    out = SAMPLERS[name](denoiser, x, SCHEDULES["uniform"](path, steps), BatchNoise(3), **options)
+    assert torch.isfinite(out).all()
+    assert sliced_wasserstein(out, DATA) < 2.0 * FLOOR

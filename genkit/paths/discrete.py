@@ -20,8 +20,14 @@ class DiscreteVPPath(GaussianPath):
         self.num_timesteps = T = len(betas)
         self.t_min = 1 / T
         self.betas = betas
-        # floored at 2^-24 as diffusers does, so that a zero-terminal-SNR schedule stays finite
-        self.alphas_cumprod = torch.cumprod(1 - betas, dim=0).clamp(min=2.0**-24)
+        # A zero-terminal-SNR schedule ends on alpha-bar = 0 exactly. That entry alone is floored,
+        # so that its log stays finite: at 2^-24 as in diffusers' Euler and DPM-Solver schedulers,
+        # or at half the entry before it where that is smaller (rescaled linear: 4.2e-9), so that
+        # alpha-bar keeps falling. Every other schedule keeps its own values (cosine ends at 2.4e-9).
+        abar = torch.cumprod(1 - betas, dim=0)
+        if abar[-1] == 0:
+            abar[-1] = min(2.0**-24, float(abar[-2]) / 2) if T > 1 else 2.0**-24
+        self.alphas_cumprod = abar
         # log alpha-bar at the T + 1 knots t = 0, 1/T, ..., 1, and its slopes there
         self._y = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(self.alphas_cumprod)])
         secant = torch.diff(self._y) * T  # [T]
@@ -62,19 +68,25 @@ class DiscreteVPPath(GaussianPath):
         log_abar, slope = self._interp(t)
         return -0.5 * slope * torch.exp(log_abar) / torch.sqrt(-torch.expm1(log_abar))
 
-    def timesteps(self, steps: int, spacing: str = "trailing") -> torch.Tensor:
+    def timesteps(self, steps: int, spacing: str = "trailing", steps_offset: int = 0) -> torch.Tensor:
         """Descending sampling times on the discrete grid, followed by t = 0: [steps + 1].
 
         Spacings follow diffusers' names (Lin et al. 2024, table 2): `trailing` starts at the
-        last step T - 1, `leading` and `linspace` at or below it.
+        last step T - 1, `leading` and `linspace` at or below it; `steps_offset` shifts the
+        `leading` steps up (Stable Diffusion uses 1). Unlike diffusers' float `arange`, trailing
+        spacing gives exactly `steps` distinct steps for every (T, steps).
         """
         T = self.num_timesteps
         if not 0 < steps <= T:
             raise ValueError(f"steps must lie in 1..{T} for a {T}-step DDPM, got {steps}")
-        if spacing == "trailing":
-            ks = torch.round(torch.arange(T, 0, -T / steps, dtype=torch.float64)) - 1
+        if steps_offset and spacing != "leading":
+            raise ValueError("steps_offset applies to leading spacing only")
+        if spacing == "trailing":  # k_i = round(T (steps - i) / steps) - 1, computed without a float stride
+            ks = torch.round(T * (steps - torch.arange(steps, dtype=torch.float64)) / steps) - 1
         elif spacing == "leading":
-            ks = torch.arange(steps, dtype=torch.float64).flip(0) * (T // steps)
+            ks = torch.arange(steps, dtype=torch.float64).flip(0) * (T // steps) + steps_offset
+            if ks[0] > T - 1:
+                raise ValueError(f"steps_offset {steps_offset} puts the first of {steps} leading steps past T - 1 = {T - 1}")
         elif spacing == "linspace":
             ks = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().flip(0)
         else:

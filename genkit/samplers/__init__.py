@@ -25,21 +25,26 @@ SAMPLERS = {
     "pc": pc,
 }
 
-# The time grid each sampler gets unless the caller names one.
-DEFAULT_SCHEDULE = {"ddpm": "uniform", "ddim": "uniform", "euler": "uniform", "heun": "karras",
-                    "dpmpp_2m": "log_snr", "dpmpp_2m_pc": "log_snr", "ode": "log_snr",
-                    "em": "uniform", "pc": "uniform"}
+# The time grid each sampler gets unless the caller names one (see `default_schedule`).
+DEFAULT_SCHEDULE = {"ddpm": "uniform", "ddim": "flow", "euler": "flow", "heun": "flow",
+                    "dpmpp_2m": "auto", "dpmpp_2m_pc": "auto", "ode": "log_snr", "em": "uniform", "pc": "uniform"}
 
+
+def default_sampler(path) -> str:
+    """The sampler `model.sample()` uses unless the config or the caller names one: DPM-Solver++(2M)
+    with its free corrector on the `auto` grid, the best or within 1.1x of the best genkit row on
+    every path and NFE of `benchmarks/samplers.py` (the same on every Gaussian path)."""
+    return "dpmpp_2m_pc"
 
 
 def default_schedule(sampler, path) -> str:
-    """The time grid `sampler` gets on `path` unless the caller names one. On a flow, Euler and
-    Heun step evenly in (shifted) t, the grid rectified flows are trained for; Karras' grid,
-    Heun's default elsewhere, wastes their steps there."""
-    if isinstance(path, FlowPath) and sampler in ("euler", "heun"):
+    """The time grid `sampler` gets on `path` unless the caller names one (`DEFAULT_SCHEDULE`).
+    On a flow, Euler, Heun and DDIM step evenly in (shifted) t, which carries the path's SD3
+    shift; on a flow with shift 1 that is the `flow` grid they get elsewhere."""
+    if isinstance(path, FlowPath) and sampler in ("euler", "heun", "ddim"):
         return "uniform"
     return DEFAULT_SCHEDULE.get(sampler if isinstance(sampler, str) else "", "uniform")
 
 
 __all__ = ["DEFAULT_SCHEDULE", "SAMPLERS", "SCHEDULES", "BatchNoise", "Denoiser", "DiffusersSampler", "SampleNoise",
-           "ddim", "ddpm", "default_schedule", "dpmpp_2m", "dpmpp_2m_pc", "em", "euler", "heun", "ode", "pc"]
+           "ddim", "ddpm", "default_sampler", "default_schedule", "dpmpp_2m", "dpmpp_2m_pc", "em", "euler", "heun", "ode", "pc"]

@@ -29,6 +29,12 @@ class Denoiser:
         self.clip_x0, self.bf16 = clip_x0, bf16
         self.nfe = 0
 
+    def rows(self, index) -> "Denoiser":
+        """The same denoiser for a subset of the batch (its labels follow), counting its own NFE."""
+        labels = None if self.labels is None else self.labels[index]
+        return Denoiser(self.net, self.path, self.prediction, labels, self.guidance, self.null_class,
+                        self.clip_x0, self.bf16)
+
     def raw(self, x: torch.Tensor, t) -> torch.Tensor:
         """The (guided) net output at time t (a float or [B] tensor), in x's dtype (float32 at least)."""
         t = torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(x.shape[0])

@@ -6,6 +6,9 @@ import math
 
 import torch
 
+from tqdm.auto import trange
+
+from genkit.paths import _bcast
 from genkit.samplers.base import Denoiser, time_pairs
 
 
@@ -77,22 +80,113 @@ def dpmpp_2m_pc(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise=Non
     return dpmpp_2m(denoiser, x, ts, noise, progress, corrector=True)
 
 
-def ode(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise=None, progress: bool = False,
-        method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5) -> torch.Tensor:
-    """The probability-flow ODE through torchdiffeq (Chen et al. 2018) with any of its methods.
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
-    Adaptive methods integrate from ts[0] to the smallest positive time ts[-2] to tolerance;
-    fixed-grid methods (euler, midpoint, rk4, ...) step on ts[:-1]. Then one denoising jump to
-    t = 0. The NFE is whatever the solver spends (`denoiser.nfe`).
+
+def ode(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise=None, progress: bool = False,
+        method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, per_sample: bool = True) -> torch.Tensor:
+    """The probability-flow ODE to tolerance, then one denoising jump to t = 0.
+
+    Adaptive methods integrate from ts[0] to the smallest positive time ts[-2]; fixed-grid
+    methods (euler, midpoint, rk4, ...) step on ts[:-1] through torchdiffeq (Chen et al. 2018).
+    An adaptive solver that controls one step size for a whole batch makes each sample depend
+    on its batch-mates, so with `per_sample` (the default) dopri5 runs as `dopri5_per_sample`,
+    one step size per sample in one batched net call, and the other adaptive methods solve each
+    sample on its own (slow for large batches). `per_sample=False` hands the batch to torchdiffeq
+    whole. The NFE is what the solver spends (`denoiser.nfe`: per sample, the most any needed).
     """
+    adaptive = method in ADAPTIVE_METHODS
+    if adaptive and per_sample and method == "dopri5":
+        x = dopri5_per_sample(denoiser, x, float(ts[0]), float(ts[-2]), rtol, atol)
+    elif adaptive and per_sample and len(x) > 1:
+        out, most = [], 0
+        for i in trange(len(x), desc="ode", disable=not progress, leave=False):
+            one = denoiser.rows(slice(i, i + 1))
+            out.append(_torchdiffeq_solve(one, x[i:i + 1], ts, method, rtol, atol))
+            most = max(most, one.nfe)
+        denoiser.nfe += most
+        x = torch.cat(out)
+    else:
+        x = _torchdiffeq_solve(denoiser, x, ts, method, rtol, atol)
+    return denoiser(x, float(ts[-2]))[0]
+
+
+def _torchdiffeq_solve(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, method: str, rtol: float, atol: float):
     from torchdiffeq import odeint
 
     def velocity(t, y):
         return _velocity(denoiser, y, float(t))[0]
 
-    adaptive = method in ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-    grid = ts[[0, -2]] if adaptive else ts[:-1]
+    grid = ts[[0, -2]] if method in ADAPTIVE_METHODS else ts[:-1]
     # adaptive solvers otherwise step past the end and interpolate back, evaluating at t < t_end
-    options = {"jump_t": grid[-1:]} if adaptive else None
-    x = odeint(velocity, x, grid, method=method, rtol=rtol, atol=atol, options=options)[-1]
-    return denoiser(x, float(ts[-2]))[0]
+    options = {"jump_t": grid[-1:]} if method in ADAPTIVE_METHODS else None
+    return odeint(velocity, x, grid, method=method, rtol=rtol, atol=atol, options=options)[-1]
+
+
+# Dormand & Prince (1980) RK5(4)7FM: nodes, stages, 5th-order weights, and 5th minus 4th order weights
+_DP_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0)
+_DP_A = ((1 / 5,),
+         (3 / 40, 9 / 40),
+         (44 / 45, -56 / 15, 32 / 9),
+         (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+         (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656))
+_DP_B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84)
+_DP_E = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)
+
+
+def dopri5_per_sample(denoiser: Denoiser, x: torch.Tensor, t0: float, t1: float, rtol: float, atol: float,
+                      max_steps: int = 10_000) -> torch.Tensor:
+    """Dormand-Prince 5(4) on the probability-flow ODE from t0 to t1 with a time and a step size
+    per sample (Hairer, Norsett & Wanner, Solving ODEs I, II.4 and II.5): every stage is one
+    batched net call at each sample's own time, and each sample accepts, rejects and resizes its
+    steps by its own error alone (RMS of err / (atol + rtol max(|x|, |x_new|)) <= 1)."""
+    n = len(x)
+    x = x.clone()
+    t = torch.full((n,), t0, dtype=torch.float64)
+    nfe = torch.zeros(n, dtype=torch.long)
+
+    def f(rows, y, tt):  # velocity of the rows `rows` at their own times tt [R]
+        sub = denoiser.rows(rows)
+        x0, eps = sub(y, tt)
+        nfe[rows] += 1
+        return denoiser.path.from_x0_eps(x0, eps, tt, "velocity")
+
+    def rms(v, scale):
+        return (v / scale).flatten(1).square().mean(1).sqrt().double()
+
+    # initial step per sample (Hairer et al., II.4): h = 0.01 |x| / |f|, refined by a trial Euler step
+    everyone = torch.arange(n)
+    k1 = f(everyone, x, t)
+    scale = atol + rtol * x.abs()
+    d0, d1 = rms(x, scale), rms(k1, scale)
+    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
+    direction = -1.0 if t1 < t0 else 1.0
+    h0 = torch.minimum(h0, torch.full_like(h0, abs(t1 - t0)))
+    k_trial = f(everyone, x + _bcast(direction * h0, x) * k1, t + direction * h0)
+    d2 = rms(k_trial - k1, scale) / h0
+    h1 = torch.where(torch.maximum(d1, d2) <= 1e-15, torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3),
+                     (0.01 / torch.maximum(d1, d2)) ** (1 / 5))
+    h = torch.minimum(100 * h0, h1)  # [B] step lengths, > 0
+    for _ in range(max_steps):
+        live = (t - t1).abs() > 1e-12 * max(1.0, abs(t1))
+        if not live.any():
+            break
+        rows = live.nonzero()[:, 0]
+        y, tt, k = x[rows], t[rows], [k1[rows]]
+        step = direction * torch.minimum(h[rows], (t1 - tt).abs())  # [R], never past t1
+        hb = _bcast(step, y)
+        for c, a in zip(_DP_C[1:], _DP_A):
+            k.append(f(rows, y + hb * sum(ai * ki for ai, ki in zip(a, k)), tt + c * step))
+        y_new = y + hb * sum(bi * ki for bi, ki in zip(_DP_B, k))
+        k_last = f(rows, y_new, tt + step)  # first stage of the next step (FSAL)
+        err = hb * sum(ei * ki for ei, ki in zip(_DP_E, k + [k_last]))
+        ratio = rms(err, atol + rtol * torch.maximum(y.abs(), y_new.abs()))
+        accept = ratio <= 1
+        acc = rows[accept]
+        x[acc], t[acc], k1[acc] = y_new[accept], tt[accept] + step[accept], k_last[accept]
+        factor = (0.9 * ratio.clamp(min=1e-10) ** -0.2).clamp(0.2, 10.0)
+        h[rows] = step.abs() * torch.where(accept, factor, factor.clamp(max=1.0))
+    else:
+        raise RuntimeError(f"dopri5 did not reach t = {t1} in {max_steps} steps; loosen rtol/atol")
+    denoiser.nfe += int(nfe.max())
+    return x
