@@ -72,10 +72,13 @@ class GaussianMixture:
             z = torch.einsum("nde,ne->nd", self.bases[comp], z)
         return self.means[comp] + z
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """The data's log density at x [B, D]: [B] float64."""
-        z = self._to_basis(x.double()) - self._mean_coords[None]  # [B, K, D]
-        var = self.variances[None]
+    def log_prob(self, x: torch.Tensor, t: torch.Tensor | None = None, path: GaussianPath | None = None) -> torch.Tensor:
+        """log p_t(x) [B] float64 for x [B, D]: the data's density (t None), or the marginal of x_t
+        on `path` at one time t, sum_k w_k N(x; alpha mu_k, alpha^2 Sigma_k + sigma^2 I)."""
+        a, s = (1.0, 0.0) if t is None else (float(path.alpha(torch.as_tensor(t, dtype=torch.float64).reshape(1))),
+                                              float(path.sigma(torch.as_tensor(t, dtype=torch.float64).reshape(1))))
+        z = self._to_basis(x.double()) - a * self._mean_coords[None]  # [B, K, D]
+        var = a**2 * self.variances[None] + s**2
         comp = -0.5 * ((z**2 / var) + torch.log(2 * math.pi * var)).sum(-1)  # [B, K]
         return torch.logsumexp(torch.log(self.weights)[None] + comp, dim=1)
 

@@ -97,3 +97,11 @@ def test_unet_and_dit_recipes_train_and_sample_a_class_from_the_cli(recipe, net,
     result = run("sample.py", "--checkpoint", str(tmp_path / "run"), "--out", str(png), "--num", "4",
                  "--steps", "2", "--class-label", "3", "--guidance", "2")
     assert result.returncode == 0 and Image.open(png).size == (2 * 34 + 2, 2 * 34 + 2), result.stderr[-2000:]
+
+
+def test_sampler_options_read_numbers_as_users_type_them():
+    from genkit.cli import _sampler_options
+
+    options = _sampler_options(["rtol=1e-4", "snr=0.16", "n_corrector=2", "per_sample=false", "method=rk4"])
+    assert options == {"rtol": 1e-4, "snr": 0.16, "n_corrector": 2, "per_sample": False, "method": "rk4"}
+    assert isinstance(options["rtol"], float) and isinstance(options["n_corrector"], int)

@@ -1,4 +1,6 @@
 """Every sampler, driven by the exact denoiser of a Gaussian mixture, reproduces the data."""
+import math
+
 import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
@@ -6,7 +8,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteS
 from genkit.methods import make_betas
 from genkit.oracles import GaussianMixture, sliced_wasserstein
 from genkit.paths import DiscreteVPPath
-from genkit.samplers import DEFAULT_SCHEDULE, SAMPLERS, SCHEDULES, BatchNoise, Denoiser, DiffusersSampler
+from genkit.samplers import SAMPLERS, SCHEDULES, BatchNoise, Denoiser, DiffusersSampler, default_schedule
 
 N = 3000
 PATH = DiscreteVPPath(make_betas("linear", 1000))
@@ -17,7 +19,7 @@ FLOOR = sliced_wasserstein(GMM.sample(N, torch.Generator().manual_seed(9)).float
 
 def run(name, steps, schedule=None, **kwargs):
     denoiser = Denoiser(GMM.as_net(PATH), PATH, "eps")
-    ts = SCHEDULES[schedule or DEFAULT_SCHEDULE[name]](PATH, steps)
+    ts = SCHEDULES[schedule or default_schedule(name, PATH)](PATH, steps)
     x = torch.randn(N, 2, generator=torch.Generator().manual_seed(2))
     return SAMPLERS[name](denoiser, x, ts, BatchNoise(3), **kwargs), denoiser.nfe
 
@@ -49,6 +51,7 @@ def test_anisotropic_mixture_eps_is_the_exact_score_and_its_draws_have_its_momen
         log_p = torch.logsumexp(comps.log_prob(x[:, None, :]) + gmm.weights.log(), dim=1)
         score = torch.autograd.grad(log_p.sum(), x)[0]
         assert torch.allclose(gmm.eps(x.detach(), t, PATH), -s * score, atol=1e-9)
+        assert torch.allclose(gmm.log_prob(x.detach(), t[:1], PATH), log_p.detach(), atol=1e-9)  # the marginal
     data = torch.distributions.MultivariateNormal(gmm.means, covs)
     expected = torch.logsumexp(data.log_prob(x.detach()[:, None, :]) + gmm.weights.log(), dim=1)
     assert torch.allclose(gmm.log_prob(x.detach()), expected, atol=1e-9)
@@ -120,3 +123,51 @@ def test_diffusers_adapter_rejects_another_schedule():
     denoiser = Denoiser(GMM.as_net(PATH), PATH, "eps")
     with pytest.raises(ConfigError, match="beta schedule differs"):
         DiffusersSampler(DDIMScheduler(beta_schedule="scaled_linear"))(denoiser, torch.randn(4, 2), torch.zeros(3))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, 9, 10, 30])
+def test_sigma_clock_grids_end_at_zero_and_match_their_paths_own_clocks(steps):
+    """`flow` and `angle` space the noise level sigma / alpha by the flow's and the cosine
+    schedule's clocks down to 0: on those paths they are uniform in t, and on any path every
+    evaluation lies strictly between the start and t = 0 (none is spent at a nearly clean time)."""
+    from genkit.paths import FlowPath
+
+    flow_path = FlowPath()
+    assert torch.allclose(SCHEDULES["flow"](flow_path, steps)[1:], torch.linspace(1, 0, steps + 1)[1:].double(),
+                          atol=2e-3)
+    cosine = DiscreteVPPath(make_betas("cosine", 1000))
+    angles = SCHEDULES["angle"](cosine, steps)
+    assert torch.allclose(angles[1:-1], torch.linspace(1, 0, steps + 1)[1:-1].double(), atol=0.02)
+    for path in (PATH, cosine, flow_path):
+        for name in ("flow", "angle", "auto"):
+            ts = SCHEDULES[name](path, steps)
+            assert len(ts) == steps + 1 and ts[-1] == 0 and (ts.diff() < 0).all(), (name, steps)
+            if name != "auto" or steps < 10:  # the last evaluation's noise level sigma / alpha is about 1 / steps
+                assert float(torch.exp(-0.5 * path.log_snr(ts[-2:-1]))) > 0.5 / steps, (name, steps)
+
+
+def test_auto_grid_switches_to_capped_log_snr_at_ten_steps():
+    from genkit.paths import FlowPath
+
+    for path in (PATH, DiscreteVPPath(make_betas("cosine", 1000)), FlowPath()):
+        assert torch.equal(SCHEDULES["auto"](path, 9), SCHEDULES["flow"](path, 9))
+        ts = SCHEDULES["auto"](path, 10)
+        lam = path.log_snr(ts[:-1])
+        assert lam[0] >= -2 * math.log(80.0) - 0.05  # sigma / alpha capped at 80 (up to DDPM's discrete steps)
+        assert (lam.diff() > 0).all()
+
+
+def test_default_sampler_is_the_configs_and_runs_on_every_path():
+    from genkit.config import SampleConfig
+    from genkit.paths import FlowPath, VPPath
+    from genkit.samplers import default_sampler
+
+    for path, kind in [(PATH, "eps"), (DiscreteVPPath(make_betas("cosine", 1000)), "v"), (VPPath(), "eps"),
+                       (FlowPath(), "velocity")]:
+        name = default_sampler(path)
+        assert name == SampleConfig().sampler and default_schedule(name, path) == "auto"
+        denoiser = Denoiser(GMM.as_net(path, kind), path, kind)
+        ts = SCHEDULES["auto"](path, 10)
+        x = torch.randn(N, 2, generator=torch.Generator().manual_seed(2)) * path.prior_std(float(ts[0]))
+        out = SAMPLERS[name](denoiser, x, ts, BatchNoise(3))
+        assert denoiser.nfe == 10 and sliced_wasserstein(out, DATA) < 2 * FLOOR, path  # 10 evaluations

@@ -32,8 +32,8 @@ DEFAULT_SCHEDULE = {"ddpm": "uniform", "ddim": "flow", "euler": "flow", "heun": 
 
 def default_sampler(path) -> str:
     """The sampler `model.sample()` uses unless the config or the caller names one: DPM-Solver++(2M)
-    with its free corrector on the `auto` grid, the best or within 1.1x of the best genkit row on
-    every path and NFE of `benchmarks/samplers.py` (the same on every Gaussian path)."""
+    with its free corrector on the `auto` grid, on every Gaussian path (`benchmarks/samplers.py`:
+    genkit's most accurate row at 5 evaluations on DDPM linear, DDPM cosine and flow paths)."""
     return "dpmpp_2m_pc"
 
 

@@ -53,7 +53,8 @@ class Denoiser:
         return uncond + w * (cond - uncond)
 
     def __call__(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(x.shape[0])
+        t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
+        t = t.reshape(1) if t.dim() == 0 else t  # one time for the batch: the path is evaluated once
         x0, eps = self.path.to_x0_eps(self.raw(x, t), x, t, self.prediction)
         if self.clip_x0:
             x0 = x0.clamp(-1, 1)

@@ -80,6 +80,7 @@ def dpmpp_2m_pc(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise=Non
     return dpmpp_2m(denoiser, x, ts, noise, progress, corrector=True)
 
 
+
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
 

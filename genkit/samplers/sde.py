@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from genkit.config import ConfigError
 from genkit.samplers.base import Denoiser, time_pairs
 from genkit.samplers.ddim import ddim_step
 
