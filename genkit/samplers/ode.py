@@ -152,8 +152,8 @@ def dopri5_per_sample(denoiser: Denoiser, x: torch.Tensor, t0: float, t1: float,
         nfe[rows] += 1
         return denoiser.path.from_x0_eps(x0, eps, tt, "velocity")
 
-    def rms(v, scale):
-        return (v / scale).flatten(1).square().mean(1).sqrt().double()
+    def rms(v, scale):  # per-sample RMS [B], on the CPU with the other per-sample bookkeeping
+        return (v / scale).flatten(1).square().mean(1).sqrt().double().cpu()
 
     # initial step per sample (Hairer et al., II.4): h = 0.01 |x| / |f|, refined by a trial Euler step
     everyone = torch.arange(n)
@@ -173,7 +173,8 @@ def dopri5_per_sample(denoiser: Denoiser, x: torch.Tensor, t0: float, t1: float,
         if not live.any():
             break
         rows = live.nonzero()[:, 0]
-        y, tt, k = x[rows], t[rows], [k1[rows]]
+        on_device = rows.to(x.device)
+        y, tt, k = x[on_device], t[rows], [k1[on_device]]
         step = direction * torch.minimum(h[rows], (t1 - tt).abs())  # [R], never past t1
         hb = _bcast(step, y)
         for c, a in zip(_DP_C[1:], _DP_A):
@@ -183,8 +184,9 @@ def dopri5_per_sample(denoiser: Denoiser, x: torch.Tensor, t0: float, t1: float,
         err = hb * sum(ei * ki for ei, ki in zip(_DP_E, k + [k_last]))
         ratio = rms(err, atol + rtol * torch.maximum(y.abs(), y_new.abs()))
         accept = ratio <= 1
-        acc = rows[accept]
-        x[acc], t[acc], k1[acc] = y_new[accept], tt[accept] + step[accept], k_last[accept]
+        acc, kept = rows[accept].to(x.device), accept.nonzero()[:, 0].to(x.device)
+        x[acc], k1[acc] = y_new[kept], k_last[kept]
+        t[rows[accept]] = tt[accept] + step[accept]
         factor = (0.9 * ratio.clamp(min=1e-10) ** -0.2).clamp(0.2, 10.0)
         h[rows] = step.abs() * torch.where(accept, factor, factor.clamp(max=1.0))
     else:
