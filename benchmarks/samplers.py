@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from genkit.methods import make_betas
-from genkit.oracles import GaussianMixture
+from genkit.oracles import GaussianMixture, SlicedW2
 from genkit.paths import DiscreteVPPath, FlowPath, GaussianPath
 from genkit.samplers import SAMPLERS, SCHEDULES, BatchNoise, Denoiser, default_sampler, default_schedule
 
@@ -186,23 +186,6 @@ def run_diffusers(mixture, oracle_path, prediction, spec, nfe, start):
 # ------------------------------------------------------------------------------------------ main
 
 
-class SlicedW2:
-    """Sliced W2 against a fixed reference set [N, D] (Rabin et al. 2011), its sorted projections
-    computed once: the same figure as `genkit.oracles.sliced_wasserstein(samples, reference)`."""
-
-    def __init__(self, reference: torch.Tensor, projections: int = 512, seed: int = 0):
-        g = torch.Generator().manual_seed(seed)
-        dirs = torch.randn(reference.shape[1], projections, generator=g, dtype=torch.float64)
-        self.dirs = dirs / dirs.norm(dim=0, keepdim=True)
-        self.sorted = (reference.double() @ self.dirs).sort(dim=0).values  # [N, P]
-
-    def __call__(self, samples: torch.Tensor) -> float:
-        if not torch.isfinite(samples).all():
-            return math.inf
-        projected = (samples.reshape(len(samples), -1).double() @ self.dirs).sort(dim=0).values
-        return float(((projected - self.sorted) ** 2).mean().sqrt())
-
-
 def cell_table(rows: list[dict], mixtures=None) -> tuple[list[dict], dict]:
     """Per (path, NFE): each row's sliced W2 averaged over the mixtures (all, or those named);
     best of each library; their ratio; the default's ratio to genkit's best."""
@@ -270,7 +253,7 @@ def main() -> None:
         spec = {k: v for k, v in MIXTURES[m_name].items() if k not in ("tuning", "skip")}
         mixture = GaussianMixture.random(**spec)
         data = mixture.sample(args.n, torch.Generator().manual_seed(1)).float()
-        distance = SlicedW2(data)
+        distance = SlicedW2(data, projections=512)
         floors[m_name] = round(distance(mixture.sample(args.n, torch.Generator().manual_seed(2))), 5)
         start = torch.randn(args.n, spec["dim"], generator=torch.Generator().manual_seed(3))
         for p_name in args.paths:

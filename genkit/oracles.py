@@ -115,14 +115,28 @@ class GaussianMixture:
         return net
 
 
+class SlicedW2:
+    """Sliced 2-Wasserstein distance to a fixed reference set [N, D] (Rabin et al. 2011): the root
+    mean over random unit directions of the 1-D W2^2 between sorted projections, with the
+    reference's sorted projections computed once. Samples with a non-finite value are infinitely far."""
+
+    def __init__(self, reference: torch.Tensor, projections: int = 256, seed: int = 0):
+        reference = reference.reshape(len(reference), -1).double()
+        g = torch.Generator().manual_seed(seed)
+        dirs = torch.randn(reference.shape[1], projections, generator=g, dtype=torch.float64)
+        self.dirs = dirs / dirs.norm(dim=0, keepdim=True)  # [D, P]
+        self.sorted = (reference @ self.dirs).sort(dim=0).values  # [N, P]
+
+    def __call__(self, samples: torch.Tensor) -> float:
+        if len(samples) != len(self.sorted):
+            raise ValueError("sliced_wasserstein needs samples of equal size")
+        samples = samples.reshape(len(samples), -1).double()
+        if not torch.isfinite(samples).all():
+            return math.inf
+        projected = (samples @ self.dirs).sort(dim=0).values
+        return float(((projected - self.sorted) ** 2).mean().sqrt())
+
+
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 256, seed: int = 0) -> float:
-    """Sliced 2-Wasserstein distance between equal-size samples [N, D] (Rabin et al. 2011):
-    the root mean over random unit directions of the 1-D W2^2 between sorted projections."""
-    a, b = a.reshape(len(a), -1).double(), b.reshape(len(b), -1).double()
-    if len(a) != len(b):
-        raise ValueError("sliced_wasserstein needs samples of equal size")
-    g = torch.Generator().manual_seed(seed)
-    dirs = torch.randn(a.shape[1], projections, generator=g, dtype=torch.float64)
-    dirs = dirs / dirs.norm(dim=0, keepdim=True)
-    pa, pb = (a @ dirs).sort(dim=0).values, (b @ dirs).sort(dim=0).values  # [N, P]
-    return float(((pa - pb) ** 2).mean().sqrt())
+    """Sliced 2-Wasserstein distance between equal-size samples [N, D] (see `SlicedW2`)."""
+    return SlicedW2(b, projections, seed)(a)
