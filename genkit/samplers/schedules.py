@@ -47,7 +47,7 @@ def angle(path: GaussianPath, steps: int, t_max: float = 1.0) -> torch.Tensor:
     """Evenly spaced in arctan(sigma / alpha) from the start down to 0 (the cosine schedule's own
     clock, Nichol & Dhariwal 2021): the same noise levels on every path, and no evaluation spent
     at a nearly clean time."""
-    return _clock(path, steps, t_max, lambda sigma: torch.atan(sigma), torch.tan)
+    return _clock(path, steps, t_max, torch.atan, torch.tan)
 
 
 def flow(path: GaussianPath, steps: int, t_max: float = 1.0) -> torch.Tensor:
