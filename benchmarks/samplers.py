@@ -42,12 +42,11 @@ NFES = (5, 10, 20)
 # name -> GaussianMixture.random arguments; `tuning` marks the mixtures the defaults were chosen on. The
 # defaults were also chosen on a 64-d mixture of 16 anisotropic components with unequal weights
 # (GaussianMixture.random(16, 64, 0.1, seed=1, anisotropy=4.0, unequal_weights=True), 4,000 samples),
-# left out here for its cost (0.3 s per evaluation of 8,000 samples on 2 cores). `skip` marks a mixture
-# defined but not yet in a committed run (run it with --mixtures).
+# left out here for its cost (0.3 s per evaluation of 8,000 samples on 2 cores).
 MIXTURES = {
     "iso16_k8": dict(components=8, dim=16, std=0.05, seed=0, tuning=True),
     "aniso8_k4_unequal": dict(components=4, dim=8, std=0.25, anisotropy=3.0, unequal_weights=True, seed=2),
-    "iso32_k32_unequal": dict(components=32, dim=32, std=0.02, unequal_weights=True, seed=3, skip=True),
+    "iso32_k32_unequal": dict(components=32, dim=32, std=0.02, unequal_weights=True, seed=3),
 }
 PATHS = {  # name -> (genkit path, prediction, diffusers' beta schedule or None for the flow)
     "ddpm_linear_eps": (DiscreteVPPath(make_betas("linear", T)), "eps", "linear"),
@@ -233,8 +232,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--from-json", type=Path, help="re-summarize the rows of an earlier run instead of sampling")
     parser.add_argument("--n", type=int, default=8000, help="samples per row (and per exact set)")
-    parser.add_argument("--mixtures", nargs="*", default=[m for m in MIXTURES if not MIXTURES[m].get("skip")],
-                        choices=list(MIXTURES))
+    parser.add_argument("--mixtures", nargs="*", default=list(MIXTURES), choices=list(MIXTURES))
     parser.add_argument("--paths", nargs="*", default=list(PATHS), choices=list(PATHS))
     args = parser.parse_args()
     if args.from_json:
@@ -250,7 +248,7 @@ def main() -> None:
 
     rows, floors, began = [], {}, time.time()
     for m_name in args.mixtures:
-        spec = {k: v for k, v in MIXTURES[m_name].items() if k not in ("tuning", "skip")}
+        spec = {k: v for k, v in MIXTURES[m_name].items() if k != "tuning"}
         mixture = GaussianMixture.random(**spec)
         data = mixture.sample(args.n, torch.Generator().manual_seed(1)).float()
         distance = SlicedW2(data, projections=512)
