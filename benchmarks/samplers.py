@@ -172,7 +172,7 @@ def run_diffusers(mixture, oracle_path, prediction, spec, nfe, start):
     cls, kwargs, per_step, last_is_one = spec
     scheduler = cls(**kwargs)
     scheduler.set_timesteps(steps_for(nfe, per_step, last_is_one))
-    net = mixture.as_net(oracle_path, "velocity" if prediction == "velocity" else prediction)
+    net = mixture.as_net(oracle_path, prediction)
     x, calls = start.clone() * float(getattr(scheduler, "init_noise_sigma", 1.0)), 0  # flow schedulers have neither
     scale = getattr(scheduler, "scale_model_input", lambda sample, timestep: sample)
     for k in scheduler.timesteps:
@@ -185,7 +185,7 @@ def run_diffusers(mixture, oracle_path, prediction, spec, nfe, start):
 # ------------------------------------------------------------------------------------------ main
 
 
-def cell_table(rows: list[dict], mixtures=None) -> tuple[list[dict], dict]:
+def cell_table(rows: list[dict], mixtures=None) -> list[dict]:
     """Per (path, NFE): each row's sliced W2 averaged over the mixtures (all, or those named);
     best of each library; their ratio; the default's ratio to genkit's best."""
     cells, means = [], {}
@@ -206,15 +206,14 @@ def cell_table(rows: list[dict], mixtures=None) -> tuple[list[dict], dict]:
                           "diffusers_best": d_name, "diffusers_sw2": round(d, 5), "ratio": round(g / d, 3),
                           "default_sw2": round(default, 5), "default_ratio": round(default / d, 3),
                           "default_vs_genkit_best": round(default / g, 3)})
-    return cells, means
+    return cells
 
 
 def summarize(result: dict) -> dict:
     """Cells over all mixtures and over the held-out ones (not `tuning`), with a markdown table."""
     rows = result["rows"]
     held_out = [m for m in result["mixtures"] if not result["mixtures"][m].get("tuning")]
-    cells, _ = cell_table(rows)
-    held, _ = cell_table(rows, held_out)
+    cells, held = cell_table(rows), cell_table(rows, held_out)
     lines = ["| path | NFE | genkit default | genkit best | diffusers best | best genkit / best diffusers "
              "| held-out mixtures only |", "|---|---|---|---|---|---|---|"]
     for c, h in zip(cells, held):

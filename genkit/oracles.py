@@ -29,11 +29,8 @@ class GaussianMixture:
             else variances.double()  # [K, D]
         self.bases = None if bases is None else bases.double()  # [K, D, D] or None (the standard basis)
         self.weights = (weights.double() / weights.sum()) if weights is not None else torch.full((k,), 1 / k).double()
-        self._mean_coords = self._to_basis_each(self.means)  # U_k^T mu_k: [K, D]
-
-    def _to_basis_each(self, v: torch.Tensor) -> torch.Tensor:
-        """U_k^T v_k for v [K, D]: [K, D]."""
-        return v if self.bases is None else torch.einsum("kde,kd->ke", self.bases, v)
+        # U_k^T mu_k: [K, D]
+        self._mean_coords = self.means if self.bases is None else torch.einsum("kde,kd->ke", self.bases, self.means)
 
     @classmethod
     def random(cls, components: int, dim: int, std: float, seed: int = 0, anisotropy: float = 1.0,
@@ -72,15 +69,21 @@ class GaussianMixture:
             z = torch.einsum("nde,ne->nd", self.bases[comp], z)
         return self.means[comp] + z
 
+    def _log_joint(self, x: torch.Tensor, a: torch.Tensor, s: torch.Tensor):
+        """For x [B, D] and alpha, sigma [B or 1, 1, 1]: the coordinates z = U_k^T (x - alpha mu_k)
+        [B, K, D], the variances alpha^2 lambda + sigma^2 [B or 1, K, D], and log w_k + log N_k(x) [B, K]."""
+        var = a**2 * self.variances[None] + s**2
+        z = self._to_basis(x.double()) - a * self._mean_coords[None]
+        log_joint = torch.log(self.weights)[None] - 0.5 * (z**2 / var + torch.log(2 * math.pi * var)).sum(-1)
+        return z, var, log_joint
+
     def log_prob(self, x: torch.Tensor, t: torch.Tensor | None = None, path: GaussianPath | None = None) -> torch.Tensor:
         """log p_t(x) [B] float64 for x [B, D]: the data's density (t None), or the marginal of x_t
         on `path` at one time t, sum_k w_k N(x; alpha mu_k, alpha^2 Sigma_k + sigma^2 I)."""
-        a, s = (1.0, 0.0) if t is None else (float(path.alpha(torch.as_tensor(t, dtype=torch.float64).reshape(1))),
-                                              float(path.sigma(torch.as_tensor(t, dtype=torch.float64).reshape(1))))
-        z = self._to_basis(x.double()) - a * self._mean_coords[None]  # [B, K, D]
-        var = a**2 * self.variances[None] + s**2
-        comp = -0.5 * ((z**2 / var) + torch.log(2 * math.pi * var)).sum(-1)  # [B, K]
-        return torch.logsumexp(torch.log(self.weights)[None] + comp, dim=1)
+        t = torch.zeros(1, dtype=torch.float64) if t is None else torch.as_tensor(t, dtype=torch.float64).reshape(1)
+        a, s = (torch.ones(1, 1, 1, dtype=torch.float64), torch.zeros(1, 1, 1, dtype=torch.float64)) if path is None \
+            else (path.alpha(t).reshape(1, 1, 1), path.sigma(t).reshape(1, 1, 1))
+        return torch.logsumexp(self._log_joint(x, a, s)[2], dim=1)
 
     def posterior(self, x: torch.Tensor, t: torch.Tensor, path: GaussianPath) -> tuple[torch.Tensor, torch.Tensor]:
         """The exact E[x0 | x_t] and E[eps | x_t] for x [B, D], t [B]: two [B, D] float64.
@@ -93,10 +96,8 @@ class GaussianMixture:
             t = t[:1]
         a = path.alpha(t)[:, None, None]  # [B or 1, 1, 1]
         s = path.sigma(t)[:, None, None]
-        var = a**2 * self.variances[None] + s**2  # [B or 1, K, D]
-        z = self._to_basis(x) - a * self._mean_coords  # [B, K, D]
-        logits = torch.log(self.weights)[None] - 0.5 * (z**2 / var + torch.log(var)).sum(-1)  # [B, K]
-        resp = torch.softmax(logits, dim=1)[..., None]  # [B, K, 1]
+        z, var, log_joint = self._log_joint(x, a, s)  # [B, K, D], [B or 1, K, D], [B, K]
+        resp = torch.softmax(log_joint, dim=1)[..., None]  # [B, K, 1]
         x0 = resp[..., 0] @ self.means + self._from_basis(resp * a * self.variances[None] * z / var)
         eps = self._from_basis(resp * s * z / var)
         return x0, eps

@@ -12,9 +12,10 @@ from genkit.paths import _bcast
 from genkit.samplers.base import Denoiser, time_pairs
 
 
-def _velocity(denoiser: Denoiser, x: torch.Tensor, t: float):
+def _velocity(denoiser: Denoiser, x: torch.Tensor, t):
+    """The probability-flow velocity and x0 estimate at time t (a float, or [B] per-sample times)."""
     x0, eps = denoiser(x, t)
-    tt = torch.tensor([t], dtype=torch.float64)
+    tt = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
     return denoiser.path.from_x0_eps(x0, eps, tt, "velocity"), x0
 
 
@@ -147,10 +148,8 @@ def dopri5_per_sample(denoiser: Denoiser, x: torch.Tensor, t0: float, t1: float,
     nfe = torch.zeros(n, dtype=torch.long)
 
     def f(rows, y, tt):  # velocity of the rows `rows` at their own times tt [R]
-        sub = denoiser.rows(rows)
-        x0, eps = sub(y, tt)
         nfe[rows] += 1
-        return denoiser.path.from_x0_eps(x0, eps, tt, "velocity")
+        return _velocity(denoiser.rows(rows), y, tt)[0]
 
     def rms(v, scale):  # per-sample RMS [B], on the CPU with the other per-sample bookkeeping
         return (v / scale).flatten(1).square().mean(1).sqrt().double().cpu()
