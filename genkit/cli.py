@@ -58,8 +58,8 @@ def _sampling_flags(p: Parser) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="images per network call (default: 256)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPUs with AMX)")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a sampler option, repeatable: snr=0.1, n_corrector=2, predictor=ancestral (pc); "
+    p.add_argument("--option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="sampler options, one or more, flag repeatable: snr=0.1 n_corrector=2 predictor=ancestral (pc); "
                         "method=rk4, rtol=1e-4 (ode); eta=0.5 (ddim); denoise=false (em, pc)")
 
 

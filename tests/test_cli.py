@@ -99,6 +99,13 @@ def test_unet_and_dit_recipes_train_and_sample_a_class_from_the_cli(recipe, net,
     assert result.returncode == 0 and Image.open(png).size == (2 * 34 + 2, 2 * 34 + 2), result.stderr[-2000:]
 
 
+def test_option_takes_several_pairs_after_one_flag_as_the_readme_writes_them():
+    from genkit.cli import sample_parser
+
+    args = sample_parser().parse_args(["--checkpoint", "r", "--option", "method=rk4", "rtol=1e-4", "--option", "atol=1e-4"])
+    assert args.option == ["method=rk4", "rtol=1e-4", "atol=1e-4"]
+
+
 def test_sampler_options_read_numbers_as_users_type_them():
     from genkit.cli import _sampler_options
 
