@@ -16,16 +16,15 @@ so that the total error of the default estimate is their sum; all in bits/dim, a
 points (a data set's likelihood) and, for the total, as the mean absolute error per point. The Hutchinson
 spread is the standard deviation over 8 Rademacher probes of one point's estimate, in nats.
 
-    python benchmarks/likelihood.py --json benchmarks/results/likelihood.json
+    python benchmarks/likelihood.py
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-from pathlib import Path
 
 import torch
+from harness import benchmark_parser, write_results
 
 from genkit.likelihood import log_likelihood
 from genkit.oracles import GaussianMixture
@@ -83,8 +82,7 @@ def error_sources(points: int = 64, probes: int = 8, t_min: float = 1e-5) -> lis
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--json", default="likelihood.json")
+    p = benchmark_parser("likelihood", __doc__)
     p.add_argument("--repeats", type=int, default=20, help="Hutchinson probes per data point")
     args = p.parse_args()
     data = GaussianMixture(torch.full((1, DIM), MEAN, dtype=torch.float64), STD)
@@ -110,7 +108,7 @@ def main() -> None:
               "max_abs_err_exact": max(exact), "held_out": held_out,
               "max_total_err_held_out": max(abs(r["total"]) for r in held_out),
               "max_total_abs_per_point_held_out": max(r["total_abs_per_point"] for r in held_out)}
-    Path(args.json).write_text(json.dumps(result, indent=2))
+    write_results("likelihood", result, args.json)
     print(f"max_abs_err_exact = {max(exact):.5f}")
 
 

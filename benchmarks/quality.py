@@ -12,25 +12,24 @@ The diffusers baseline follows diffusers' unconditional training example
 DDPMScheduler (1000 linear steps), AdamW lr 2e-4 with warm-up and cosine decay, EMA, fp32,
 batch 64; sampled with DDIMScheduler at the same NFEs.
 
-    python benchmarks/quality.py --budget-minutes 10 --json quality.json --plot quality.png
+    python benchmarks/quality.py --budget-minutes 10 --plot quality.png
     python benchmarks/quality.py --phase train ...   # train only (the timed part)
     python benchmarks/quality.py --phase eval ...    # sample and score runs trained before
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
 from pathlib import Path
 
 import torch
+from harness import benchmark_parser, steps_for, steps_per_second, train, write_results
 from tqdm.auto import tqdm
 
-from genkit.config import load_config
+import genkit
 from genkit.evaluation import Evaluator
 
-ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {"DDPM-UNet": "ddpm_unet_mnist", "VP-SDE-UNet": "sde_vp_unet_mnist", "RF-UNet": "rf_unet_mnist",
            "RF-DiT": "rf_dit_mnist"}
 NFES = (5, 10, 20, 50)
@@ -38,60 +37,27 @@ NFES = (5, 10, 20, 50)
 CANDIDATES = {"ddpm": ("dpmpp_2m_pc", "ddim"), "sde": ("dpmpp_2m_pc", "ddim"), "flow": ("dpmpp_2m", "heun")}
 
 
-def steps_for(sampler: str, nfe: int) -> int:
-    return (nfe + 1) // 2 if sampler == "heun" else nfe  # heun: 2 steps - 1 evaluations
+def steps_for_sampler(sampler: str, nfe: int) -> int:
+    return steps_for(nfe, 2, last_is_one=True) if sampler == "heun" else steps_for(nfe)
 
 
 # ------------------------------------------------------------------------------------- genkit
 
 
-def recipe_config(recipe: str, workdir: Path, overrides=()):
-    return load_config(ROOT / "configs" / f"{RECIPES[recipe]}.yaml",
-                       [f"output_dir={workdir / RECIPES[recipe]}", "train.sample_every=0",
-                        "train.checkpoint_every=0", *overrides])
-
-
-def calibrate(recipe: str, workdir: Path, steps: int = 12) -> float:
-    """Training steps per second of a recipe's default config (after 2 warm-up steps)."""
-    from genkit.training import Trainer
-
-    cfg = recipe_config(recipe, workdir / "calibration", [f"train.max_steps={steps}"])
-    trainer = Trainer(cfg)
-    trainer.train_step()
-    trainer.train_step()
-    started = time.perf_counter()
-    for _ in range(steps - 2):
-        trainer.train_step()
-    return (steps - 2) / (time.perf_counter() - started)
-
-
-def reset_accelerate() -> None:
-    """Let the next Trainer in this process build its own accelerate state."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def train_recipe(recipe: str, workdir: Path, minutes: float) -> dict:
-    from genkit.training import Trainer
-
-    rate = calibrate(recipe, workdir)
-    reset_accelerate()
+    """Train a recipe for `minutes` (its LR horizon: the steps that fit, from a calibration run)."""
+    rate = steps_per_second(RECIPES[recipe], workdir)
     steps = max(10, int(rate * minutes * 60 * 0.98))
-    cfg = recipe_config(recipe, workdir, [f"train.max_steps={steps}", f"train.max_minutes={minutes}",
-                                          f"train.warmup_steps={min(100, steps // 10)}"])
     started = time.perf_counter()
-    trainer = Trainer(cfg)
-    trainer.fit()
-    reset_accelerate()
-    return {"recipe": recipe, "library": "genkit", "steps": trainer.step, "train_seconds": time.perf_counter() - started,
-            "params": trainer.num_params}
+    out = train(RECIPES[recipe], workdir / RECIPES[recipe], f"train.max_steps={steps}", f"train.max_minutes={minutes}",
+                f"train.warmup_steps={min(100, steps // 10)}")
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    net = genkit.load(out).net
+    return {"recipe": recipe, "library": "genkit", "steps": last["step"], "train_seconds": time.perf_counter() - started,
+            "params": sum(p.numel() for p in net.parameters())}
 
 
 def eval_recipe(recipe: str, workdir: Path, evaluator: Evaluator, num: int, device: str) -> list[dict]:
-    import genkit
-
     model = genkit.load(workdir / RECIPES[recipe], device=device)
     labels = model.default_labels(num)
     bf16 = device == "cpu"
@@ -100,12 +66,12 @@ def eval_recipe(recipe: str, workdir: Path, evaluator: Evaluator, num: int, devi
         best = None
         candidates = CANDIDATES[model.cfg.method.name]
         for sampler in candidates[:1] if nfe >= 50 else candidates:  # at 50 NFE the samplers agree
-            images = model.sample(num, seed=0, sampler=sampler, steps=steps_for(sampler, nfe), labels=labels,
-                                  progress=False, bf16=bf16)
-            fid = evaluator.score(images, labels)["fid"]
-            tqdm.write(f"{recipe:12s} NFE {model.last_nfe:3d} {sampler:12s} FID {fid:8.2f}")
+            drawn = model.sample(num, seed=0, sampler=sampler, steps=steps_for_sampler(sampler, nfe), labels=labels,
+                                 progress=False, bf16=bf16)
+            fid = evaluator.score(drawn.images, labels)["fid"]
+            tqdm.write(f"{recipe:12s} NFE {drawn.nfe:3d} {sampler:12s} FID {fid:8.2f}")
             if best is None or fid < best["fid"]:
-                best = {"recipe": recipe, "library": "genkit", "nfe": nfe, "nfe_used": model.last_nfe, "fid": fid,
+                best = {"recipe": recipe, "library": "genkit", "nfe": nfe, "nfe_used": drawn.nfe, "fid": fid,
                         "sampler": sampler}
         rows.append(best)
     return rows
@@ -142,7 +108,7 @@ def train_diffusers(workdir: Path, minutes: float, batch_size: int = 64, lr: flo
     ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
 
     def step(i: int) -> float:
-        x0, _ = data.batch(batch_indices(len(data), batch_size, 0, i))
+        x0, _, _ = data.batch(batch_indices(len(data), batch_size, 0, i))
         noise = torch.randn_like(x0)
         t = torch.randint(0, 1000, (batch_size,))
         loss = F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t).sample, noise)
@@ -201,14 +167,12 @@ def eval_diffusers(workdir: Path, evaluator: Evaluator, num: int, device: str, b
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = benchmark_parser("quality", __doc__, workdir=True)
     p.add_argument("--budget-minutes", type=float, default=10.0, help="training wall time per recipe")
-    p.add_argument("--json", default="quality.json")
     p.add_argument("--plot", default="quality.png")
     p.add_argument("--num", type=int, default=1000, help="samples per FID")
     p.add_argument("--recipes", nargs="+", default=list(RECIPES) + ["diffusers"],
                    help=f"any of {', '.join(RECIPES)}, diffusers")
-    p.add_argument("--workdir", default="runs/quality")
     p.add_argument("--phase", choices=["all", "train", "eval"], default="all")
     p.add_argument("--update", action="store_true",
                    help="keep the rows and training entries of other recipes already in --json (re-run some recipes only)")
@@ -247,9 +211,9 @@ def main() -> None:
     genkit_rows = [r for r in rows if r["library"] == "genkit" and r["nfe"] <= 20]
     best = min(genkit_rows, key=lambda r: r["fid"]) if genkit_rows else None
     result = {"budget_minutes": args.budget_minutes, "num_samples": args.num, "floor_fid": floor,
-              "machine": f"{torch.get_num_threads()} CPU threads", "training": training, "rows": rows,
+              "training": training, "rows": rows,
               "best_genkit_nfe_le_20": best, "best_over_floor": best["fid"] / floor if best else math.nan}
-    Path(args.json).write_text(json.dumps(result, indent=2))
+    write_results("quality", result, args.json)
     from genkit.plots import plot_quality
 
     plot_quality(rows, args.plot, floor=floor, title=f"MNIST, {args.budget_minutes:g} min of CPU training per recipe")

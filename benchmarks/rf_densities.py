@@ -5,22 +5,18 @@ logit-normal(1, 0.6), mode(1.29) and cosmap, with uniform well behind. Here each
 same RF-UNet recipe (configs/rf_unet_mnist.yaml) for `--steps` steps with the same seed, and
 is scored by FID of 1000 samples (Euler at 5 and 20 steps) in genkit's MNIST feature space.
 
-    python benchmarks/rf_densities.py --steps 900 --json rf_densities.json
+    python benchmarks/rf_densities.py --steps 900
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-import torch
+from harness import benchmark_parser, device, train, write_results
 
 import genkit
-from genkit.config import load_config
 from genkit.evaluation import Evaluator
-from genkit.training import train
 
-ROOT = Path(__file__).resolve().parent.parent
 DENSITIES = {
     "logit_normal(0, 1)": ["method.flow.time_density=logit_normal", "method.flow.logit_mean=0", "method.flow.logit_std=1"],
     "logit_normal(1, 0.6)": ["method.flow.time_density=logit_normal", "method.flow.logit_mean=1",
@@ -32,33 +28,25 @@ DENSITIES = {
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = benchmark_parser("rf_densities", __doc__, workdir=True)
     p.add_argument("--steps", type=int, default=900)
-    p.add_argument("--workdir", default="runs/rf_densities")
-    p.add_argument("--json", default="rf_densities.json")
     args = p.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     evaluator = Evaluator(progress=False)
     floor = evaluator.floor(1000)["fid"]
     rows = []
     for name, overrides in DENSITIES.items():
         out = Path(args.workdir) / name.replace(" ", "").replace(",", "_").replace("(", "_").replace(")", "")
-        cfg = load_config(ROOT / "configs" / "rf_unet_mnist.yaml",
-                          [f"output_dir={out}", f"train.max_steps={args.steps}", "train.sample_every=0",
-                           "train.checkpoint_every=0", *overrides])
-        train(cfg)
-        model = genkit.load(out, device=device)
+        model = genkit.load(train("rf_unet_mnist", out, f"train.max_steps={args.steps}", *overrides), device=device())
         labels = model.default_labels(1000)
         row = {"density": name, "steps": args.steps}
         for n in (5, 20):
-            images = model.sample(1000, sampler="euler", steps=n, labels=labels, progress=False)
+            images = model.sample(1000, sampler="euler", steps=n, labels=labels, progress=False).images
             row[f"fid_euler_{n}"] = evaluator.score(images, labels)["fid"]
         rows.append(row)
         print(json.dumps(row))
     ranking = {f"by_fid_euler_{n}": [r["density"] for r in sorted(rows, key=lambda r: r[f"fid_euler_{n}"])]
                for n in (5, 20)}
-    result = {"device": device, "floor_fid": floor, "rows": rows, **ranking}
-    Path(args.json).write_text(json.dumps(result, indent=2))
+    write_results("rf_densities", {"floor_fid": floor, "rows": rows, **ranking}, args.json)
     print(json.dumps(ranking, indent=2))
 
 

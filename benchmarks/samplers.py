@@ -18,19 +18,18 @@ scheduler integrates with. Per (path, NFE) cell, a row's sliced W2 is averaged o
 mixtures; the cell's ratio is genkit's best row over diffusers' best row, and `default` is what
 `model.sample()` picks on that path.
 
-    python benchmarks/samplers.py --json benchmarks/results/samplers.json
+    python benchmarks/samplers.py
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from harness import benchmark_parser, steps_for, write_results
 
 from genkit.methods import make_betas
 from genkit.oracles import GaussianMixture, SlicedW2
@@ -54,11 +53,6 @@ PATHS = {  # name -> (genkit path, prediction, diffusers' beta schedule or None 
     "flow_velocity": (FlowPath(), "velocity", None),
 }
 DIFFUSERS_KIND = {"eps": "epsilon", "v": "v_prediction", "velocity": "flow_prediction"}
-
-
-def steps_for(nfe: int, evals_per_step: int, last_is_one: bool = False) -> int:
-    """The most steps whose evaluations fit in `nfe` (Heun-type samplers spend one on the last step)."""
-    return (nfe - 1) // evals_per_step + 1 if last_is_one else max(1, nfe // evals_per_step)
 
 
 # ---------------------------------------------------------------------------------------- genkit
@@ -227,8 +221,7 @@ def summarize(result: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, help="write the results here")
+    parser = benchmark_parser("samplers", __doc__)
     parser.add_argument("--from-json", type=Path, help="re-summarize the rows of an earlier run instead of sampling")
     parser.add_argument("--n", type=int, default=8000, help="samples per row (and per exact set)")
     parser.add_argument("--mixtures", nargs="*", default=list(MIXTURES), choices=list(MIXTURES))
@@ -240,10 +233,8 @@ def main() -> None:
         print(result["markdown"])
         print(json.dumps({k: result[k] for k in ("commit", "floors", "worst_cell_ratio", "worst_cell_ratio_held_out",
                                                  "worst_default_vs_genkit_best")}))
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=1))
+        write_results("samplers", result, args.json)
         return
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 
     rows, floors, began = [], {}, time.time()
     for m_name in args.mixtures:
@@ -276,7 +267,7 @@ def main() -> None:
                     assert used <= nfe, row
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-    result = {"commit": commit, "n": args.n, "projections": 512, "mixtures": {k: MIXTURES[k] for k in args.mixtures},
+    result = {"n": args.n, "projections": 512, "mixtures": {k: MIXTURES[k] for k in args.mixtures},
               "floors": floors, "seconds": round(time.time() - began), "rows": rows}
     result.update(summarize(result))
     cells = result["cells"]
@@ -285,13 +276,9 @@ def main() -> None:
         print(f"{c['path']:16s} NFE {c['nfe']:2d}  genkit {c['genkit_sw2']:.4f} ({c['genkit_best']})  "
               f"diffusers {c['diffusers_sw2']:.4f} ({c['diffusers_best']})  ratio {c['ratio']:.3f}  "
               f"default {c['default_sw2']:.4f} ({c['default_vs_genkit_best']:.3f}x genkit best)")
-    print(json.dumps({k: result[k] for k in ("commit", "floors", "worst_cell_ratio", "worst_cell_ratio_held_out",
+    print(json.dumps({k: result[k] for k in ("floors", "worst_cell_ratio", "worst_cell_ratio_held_out",
                                              "worst_default_vs_genkit_best")}))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(args.json)
+    write_results("samplers", result, args.json)
 
 
 if __name__ == "__main__":

@@ -1,29 +1,33 @@
-"""Training throughput on this machine: genkit's UNet and DiT against diffusers' UNet2DModel.
+"""Throughput on this machine: genkit against diffusers at equal parameters, training and sampling.
 
-One process, one step = forward + backward + AdamW on a batch of 64 32x32x1 images, in fp32 and
-in bf16 autocast. Every diffusers UNet2DModel layout tried that lies within 10% of the genkit
-UNet's parameters is timed, and the ratio is taken against the fastest. Every net and precision
-is timed in turn, block by block, so that the machine's slow spells fall on all of them alike.
-Also reports achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode) against a plain bf16
-matmul timed in the same run.
+Training: one step = forward + backward + AdamW on a batch of 64 32x32x1 images, in fp32 and in
+bf16 autocast. Every diffusers UNet2DModel layout tried that lies within 10% of the genkit UNet's
+parameters is timed, and the ratio is taken against the fastest. Also reports achieved GFLOP/s
+(FLOPs counted by torch's FlopCounterMode) against a plain matmul timed in the same run.
 
-    python benchmarks/throughput.py --json throughput.json
+Sampling: `model.sample(B, steps)` of the RF-UNet recipe (DPM-Solver++(2M) with its corrector,
+one network evaluation per step) in images x NFE per second, against the bare forward passes of
+its net at the same batch and precision (the sampling loop's overhead), and against diffusers'
+DDIMPipeline on the fastest UNet2DModel layout of about equal size, in fp32 and bf16 autocast.
+
+Every entry is timed in turn, block by block, so that the machine's slow spells fall on all alike.
+
+    python benchmarks/throughput.py [--part training|sampling]
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from harness import benchmark_parser, recipe_path, write_results
 from torch.utils.flop_counter import FlopCounterMode
 
 from genkit.config import load_config
 from genkit.nets import build_net
+from genkit.pipeline import build_model
 
-ROOT = Path(__file__).resolve().parent.parent
 BATCH, SIZE = 64, 32
 
 
@@ -40,15 +44,19 @@ class DiffusersUNet(torch.nn.Module):
         return self.unet(x, t * 1000, class_labels=y).sample
 
 
-def diffusers_unets(target_params: int) -> dict[str, torch.nn.Module]:
-    """Every UNet2DModel layout, among a few natural ones, within 10% of `target_params`."""
+def diffusers_unets(target_params: int, conditional: bool = True) -> dict[str, torch.nn.Module]:
+    """Every UNet2DModel layout, among a few natural ones, within 10% of `target_params` (wrapped
+    in genkit's call signature when `conditional`, bare for diffusers' own pipelines)."""
+    from diffusers import UNet2DModel
+
     found = {}
     for widths in [(32, 64, 64), (32, 64, 96), (32, 64, 128), (64, 64, 64)]:
         for layers in (1, 2):
-            net = DiffusersUNet(sample_size=SIZE, in_channels=1, out_channels=1, block_out_channels=widths,
-                                layers_per_block=layers, norm_num_groups=32, num_class_embeds=11,
-                                down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                                up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
+            kwargs = dict(sample_size=SIZE, in_channels=1, out_channels=1, block_out_channels=widths,
+                          layers_per_block=layers, norm_num_groups=32,
+                          down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                          up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
+            net = DiffusersUNet(num_class_embeds=11, **kwargs) if conditional else UNet2DModel(**kwargs)
             if abs(n_params(net) / target_params - 1) <= 0.10:
                 found["diffusers-unet2d" + "x".join(map(str, widths)) + f"-l{layers}"] = net
     if not found:
@@ -84,16 +92,20 @@ def flops_per_step(net: torch.nn.Module) -> int:
     return counter.get_total_flops()
 
 
-def time_round_robin(steps: dict, seconds: float, repeats: int = 5) -> dict:
-    """Median seconds per step of each entry, over `repeats` blocks of about `seconds` / repeats.
+def time_round_robin(steps: dict, seconds: float, repeats: int = 5, warmup: int = 3) -> dict:
+    """Median seconds per step of each entry, over `repeats` blocks of about `seconds` / repeats
+    (of one step each if `seconds` is 0).
 
     The blocks are taken in turn (one block of every entry per round), so that a slow spell of a
     shared machine falls on all entries alike instead of on whichever ran then.
     """
     per_block = {}
     for name, step in steps.items():
-        for _ in range(3):  # warm-up: oneDNN builds its kernels on first use
+        for _ in range(warmup):  # oneDNN builds its kernels on first use
             step()
+        if seconds <= 0:
+            per_block[name] = 1
+            continue
         start = time.perf_counter()
         step()
         per_block[name] = max(1, int(seconds / repeats / (time.perf_counter() - start)))
@@ -114,18 +126,84 @@ def matmul_gflops(bf16: bool, n: int = 2048) -> float:
     return 2 * n**3 / seconds / 1e9
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--seconds", type=float, default=15.0, help="timed seconds per net and precision")
-    parser.add_argument("--compile", action="store_true",
-                        help="also time genkit's UNet under torch.compile (not counted in the ratio)")
-    args = parser.parse_args()
+def sampling(batch: int, steps: int, repeats: int) -> dict:
+    """img x NFE per second of `model.sample`, of its net's bare forward passes, and of diffusers'
+    DDIMPipeline at equal parameters; fp32 and bf16 autocast; ratios within each precision."""
+    from diffusers import DDIMPipeline, DDIMScheduler
 
     torch.manual_seed(0)
+    cfg = load_config(recipe_path("rf_unet_mnist"))
+    model = build_model(cfg, build_net(cfg))
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(batch, 1, SIZE, SIZE, generator=g), torch.rand(batch, generator=g)
+    y = torch.arange(batch) % cfg.model.num_classes
+    peers = diffusers_unets(n_params(model.net), conditional=False)
+
+    def fastest_peer() -> str:  # the layout whose forward pass at this batch is quickest, in fp32
+        with torch.no_grad():
+            return min(peers, key=lambda name: time_round_robin({name: lambda: peers[name](x, 500)}, 0.0, 1, 1)[name])
+    peer = fastest_peer()
+    pipeline = DDIMPipeline(unet=peers[peer].eval(), scheduler=DDIMScheduler())
+    pipeline.set_progress_bar_config(disable=True)
+
+    def calls(bf16: bool) -> dict:
+        def autocast():
+            return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+        def genkit_sample():
+            return model.sample(batch, steps=steps, sampler="dpmpp_2m_pc", batch_size=batch, progress=False, bf16=bf16)
+
+        @torch.no_grad()
+        def bare_forward():
+            with autocast():
+                for _ in range(steps):
+                    model.net(x, t, y)
+
+        def diffusers_pipeline():
+            with autocast():
+                pipeline(batch_size=batch, num_inference_steps=steps, output_type="pt")
+        return {"genkit model.sample": genkit_sample, "genkit bare forward": bare_forward,
+                f"diffusers DDIMPipeline ({peer})": diffusers_pipeline}
+
+    rows, ratios = [], {}
+    for precision in ("fp32", "bf16"):
+        seconds = time_round_robin(calls(precision == "bf16"), 0.0, repeats, warmup=1)
+        for name, sec in seconds.items():
+            rows.append({"what": name, "precision": precision, "batch": batch, "nfe": steps,
+                         "img_nfe_per_s": round(batch * steps / sec, 1), "seconds": round(sec, 2)})
+            print(json.dumps(rows[-1]), flush=True)
+        sample, bare, peer_s = seconds.values()
+        ratios[precision] = {"overhead_vs_bare_forward": round(sample / bare, 3),
+                             "speedup_vs_diffusers_pipeline": round(peer_s / sample, 3)}
+    return {"rows": rows, "ratios": ratios, "params": {"genkit": n_params(model.net), peer: n_params(peers[peer])}}
+
+
+def main() -> None:
+    parser = benchmark_parser("throughput", __doc__)
+    parser.add_argument("--part", choices=["all", "training", "sampling"], default="all")
+    parser.add_argument("--seconds", type=float, default=15.0, help="timed training seconds per net and precision")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time genkit's UNet under torch.compile (not counted in the ratio)")
+    parser.add_argument("--sampling-batch", type=int, default=256)
+    parser.add_argument("--sampling-steps", type=int, default=20)
+    parser.add_argument("--sampling-repeats", type=int, default=2, help="timed sampling calls per entry")
+    args = parser.parse_args()
+
+    result = {}
+    if args.part in ("all", "training"):
+        result["training"] = training(args)
+    if args.part in ("all", "sampling"):
+        result["sampling"] = sampling(args.sampling_batch, args.sampling_steps, args.sampling_repeats)
+    print(json.dumps({part: {k: v for k, v in r.items() if k != "rows"} for part, r in result.items()}, indent=2))
+    write_results("throughput", result, args.json)
+
+
+def training(args) -> dict:
+    """Training steps per second of genkit's UNet and DiT and of diffusers' UNet2DModel layouts."""
+    torch.manual_seed(0)
     nets = {
-        "genkit-unet": build_net(load_config(ROOT / "configs/ddpm_unet_mnist.yaml")),
-        "genkit-dit": build_net(load_config(ROOT / "configs/ddpm_dit_mnist.yaml")),
+        "genkit-unet": build_net(load_config(recipe_path("ddpm_unet_mnist"))),
+        "genkit-dit": build_net(load_config(recipe_path("ddpm_dit_mnist"))),
     }
     nets.update(diffusers_unets(n_params(nets["genkit-unet"])))
 
@@ -148,16 +226,12 @@ def main() -> None:
     def best(prefix):
         return max(r["img_per_s"] for r in rows if r["net"].startswith(prefix) and not r["net"].endswith("+compile"))
 
-    result = {
+    return {
         "rows": rows,
         # against the fastest diffusers layout of about the same size, each at its best precision
         "ratio_unet_vs_diffusers": round(best("genkit-unet") / best("diffusers-unet2d"), 3),
-        "batch": BATCH, "image": [1, SIZE, SIZE], "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "batch": BATCH, "image": [1, SIZE, SIZE],
     }
-    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

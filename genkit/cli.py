@@ -5,7 +5,13 @@ import argparse
 import os
 import sys
 
-from genkit.config import ConfigError
+from genkit.registry import ArgumentError, ConfigError
+
+# The library names a bad argument by its parameter (`genkit.registry.ArgumentError`); here is the
+# flag each parameter comes from. Any other name is a sampler option, given with --option.
+FLAGS = {"labels": "--class-label", "steps": "--steps", "sampler": "--sampler", "schedule": "--schedule",
+         "guidance": "--guidance", "batch_size": "--batch-size", "n": "--num", "model": "--checkpoint",
+         "out_dir": "--out", "images": "--bpd", "rtol": "--bpd-tol"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -26,6 +32,10 @@ def _run(fn, args) -> int:
     except ConfigError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
+    except ArgumentError as err:
+        flag = FLAGS.get(err.argument, f"--option {err.argument}")
+        print(f"error: {flag}: {one_line(err.problem)}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -42,15 +52,15 @@ def train_parser(prog: str = "train.py") -> Parser:
 
 def _sampling_flags(p: Parser) -> None:
     """Flags shared by `sample` and `eval`: which checkpoint, and how to draw from it."""
-    from genkit.config import AUTOREGRESSIVE_SAMPLERS
     from genkit.samplers import SAMPLERS, SCHEDULES
 
     p.add_argument("--checkpoint", required=True, help="run directory (newest checkpoint) or checkpoint directory")
     p.add_argument("--seed", type=int, default=0, help="seed; sample i depends only on (seed, i)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the run's sample.steps)")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS) + list(AUTOREGRESSIVE_SAMPLERS), metavar="NAME",
-                   help=f"one of: {', '.join(sorted(SAMPLERS))}; autoregressive models: "
-                        f"{' or '.join(AUTOREGRESSIVE_SAMPLERS)} (default: the run's sample.sampler)")
+    denoising, autoregressive = SAMPLERS.names("denoiser"), SAMPLERS.names("autoregressive")
+    p.add_argument("--sampler", choices=list(SAMPLERS), metavar="NAME",
+                   help=f"one of: {', '.join(denoising)}; autoregressive models: "
+                        f"{' or '.join(autoregressive)} (default: the run's sample.sampler)")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), metavar="NAME",
                    help=f"time grid, one of: {', '.join(sorted(SCHEDULES))} (default: the sampler's own)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight (1 = none)")
@@ -168,33 +178,35 @@ def _sampler_options(items: list[str]) -> dict:
 
 
 def _draw(args, model=None):
-    """Load the checkpoint (unless given) and draw `args.num` images; returns (model, images in [0, 1], labels)."""
+    """Load the checkpoint (unless given) and draw `args.num` images: (model, `Samples`).
+
+    Flags the model's `sample` does not take (steps, guidance, ... for autoregressive models)
+    are refused before anything is drawn; sampler options are checked by `sample` itself."""
+    import inspect
+
     import genkit
 
     options = _sampler_options(args.option)
     model = model or genkit.load(args.checkpoint, ema=not args.raw_weights)
-    labels = model.labels_for(args.class_label, args.num)
-    try:
-        images = model.sample(args.num, seed=args.seed, sampler=args.sampler, steps=args.steps,
-                              guidance=args.guidance, labels=labels, schedule=args.schedule,
-                              batch_size=args.batch_size, bf16=args.bf16, **options)
-    except (TypeError, ValueError) as err:
-        if not options or isinstance(err, ConfigError):
-            raise
-        name = args.sampler or model.cfg.sample.sampler
-        if "unexpected keyword" in str(err):
-            raise ConfigError(f"--option: sampler '{name}' has no option {str(err).split('argument')[-1].strip()}")
-        raise ConfigError(f"--option: sampler '{name}' rejects {' '.join(args.option)}: {str(err).splitlines()[0]}")
-    return model, images, labels
+    given = {name: getattr(args, name) for name in ("sampler", "steps", "guidance", "schedule")
+             if getattr(args, name) is not None}
+    takes = inspect.signature(model.sample).parameters
+    for name in [*given, *(["options"] if options else [])]:
+        if name not in takes and not (name == "options" and any(p.kind == p.VAR_KEYWORD for p in takes.values())):
+            flag = FLAGS.get(name, "--option")
+            raise ConfigError(f"{flag}: does not apply to {model.family} models")
+    drawn = model.sample(args.num, seed=args.seed, labels=args.class_label, batch_size=args.batch_size,
+                         bf16=args.bf16, **given, **options)
+    return model, drawn
 
 
 def _sample(args) -> None:
     from genkit.images import save_grid
 
     _check_sampling_flags(args)
-    model, images, _ = _draw(args)
-    path = save_grid(images, args.out, nrow=args.nrow)
-    print(f"wrote {path} ({args.num} images, {model.last_nfe} network evaluations each)")
+    _, drawn = _draw(args)
+    path = save_grid(drawn.images, args.out, nrow=args.nrow)
+    print(f"wrote {path} ({args.num} images, {drawn.nfe} network evaluations each)")
 
 
 def _eval(args) -> None:
@@ -202,24 +214,22 @@ def _eval(args) -> None:
 
     import genkit
     from genkit.evaluation import Evaluator
-    from genkit.pipeline import AutoregressiveModel
-
     _check_sampling_flags(args)
     if args.bpd < 0:
         raise ConfigError(f"--bpd: must not be negative, got {args.bpd}")
     if not 0 < args.bpd_tol < 1:
         raise ConfigError(f"--bpd-tol: must lie in (0, 1), got {args.bpd_tol}")
     model = genkit.load(args.checkpoint, ema=not args.raw_weights)
-    if isinstance(model, AutoregressiveModel):
+    if model.family == "autoregressive":  # exact likelihoods: nothing to sample
         return _eval_autoregressive(args, model)
-    model, images, labels = _draw(args, model)
+    model, drawn = _draw(args, model)
     evaluator = Evaluator(model.cfg.data)
-    scores, floor = evaluator.score(images, labels, seed=args.seed), evaluator.floor(args.num, seed=args.seed)
+    scores, floor = evaluator.score(drawn.images, drawn.labels, seed=args.seed), evaluator.floor(args.num, seed=args.seed)
     sc = model.cfg.sample
     report = {"checkpoint": str(model.directory), "num": args.num, "seed": args.seed,
               "sampler": args.sampler or sc.sampler, "steps": args.steps or sc.steps,
               "guidance": sc.guidance if args.guidance is None else args.guidance,
-              "nfe": model.last_nfe, "metrics": scores, "real_data_floor": floor}
+              "nfe": drawn.nfe, "metrics": scores, "real_data_floor": floor}
     if args.bpd:
         from genkit.data import load_images
 
@@ -234,7 +244,7 @@ def _eval(args) -> None:
         print(f"{key:<20}{value:>10.4g}" + (f"{floor[key]:>12.4g}" if key in floor else f"{'-':>12}"))
     with open(args.json, "w") as out:
         json.dump(report, out, indent=2)
-    print(f"wrote {args.json} ({args.num} samples, {model.last_nfe} network evaluations each)")
+    print(f"wrote {args.json} ({args.num} samples, {drawn.nfe} network evaluations each)")
 
 
 def _eval_autoregressive(args, model) -> None:

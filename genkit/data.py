@@ -35,12 +35,13 @@ class ImageData:
         return len(self.images)
 
     def batch(self, indices: torch.Tensor, hflip_generator: torch.Generator | None = None):
-        """Images scaled to [-1, 1] and their labels; random horizontal flips if a generator is given."""
+        """(images scaled to [-1, 1], their labels, None: no noise is coupled to them); random
+        horizontal flips if a generator is given. The trainer's data protocol, with `PairData`."""
         x = self.images[indices].float() / 127.5 - 1
         if hflip_generator is not None:
             flip = torch.rand(len(indices), generator=hflip_generator) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return x, (self.labels[indices] if self.labels is not None else None)
+        return x, (self.labels[indices] if self.labels is not None else None), None
 
 
 def fit_image(image: Image.Image, cfg: DataConfig) -> np.ndarray:

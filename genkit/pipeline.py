@@ -2,24 +2,40 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from genkit.config import AUTOREGRESSIVE_SAMPLERS, Config, ConfigError
-from genkit.methods import build_method
-from genkit.samplers import SAMPLERS, SCHEDULES, Denoiser, DiffusersSampler, SampleNoise, default_schedule
+from genkit.config import Config
+from genkit.methods import METHODS, build_path
+from genkit.registry import ArgumentError, ConfigError
+from genkit.samplers import SAMPLERS, SCHEDULES, Callback, Denoiser, DiffusersSampler, SampleNoise, check_options
+from genkit.samplers import default_schedule
+
+
+@dataclass
+class Samples:
+    """What `model.sample` returns: images [N, C, H, W] in [0, 1], the starting noise each was
+    drawn from [N, C, H, W] (None for autoregressive models), their class labels [N] (None for an
+    unconditional model), and the network evaluations per sample (the most any batch needed)."""
+
+    images: torch.Tensor
+    noise: torch.Tensor | None
+    labels: torch.Tensor | None
+    nfe: int
 
 
 class TrainedModel:
     """A trained net with its config, on a device; knows the model's classes."""
 
+    family = "denoiser"  # which samplers in `genkit.samplers.SAMPLERS` apply
+
     def __init__(self, cfg: Config, net: torch.nn.Module, device: str | torch.device = "cpu"):
         self.cfg, self.device = cfg, torch.device(device)
         self.directory: Path | None = None  # the checkpoint it was loaded from, if any
         self.net = net.to(self.device).eval()
-        self.last_nfe = 0  # network evaluations per sample in the last `sample` call
 
     @property
     def num_classes(self) -> int:
@@ -30,76 +46,100 @@ class TrainedModel:
         return torch.arange(n) % self.num_classes if self.num_classes > 0 else None
 
     def labels_for(self, labels, n: int) -> torch.Tensor | None:
+        """`labels` (None, an int or a sequence) as [n] class ids, checked against the model."""
         if labels is None:
             return self.default_labels(n)
         if self.num_classes == 0:
-            raise ConfigError("--class-label: this model is unconditional (model.num_classes = 0)")
+            raise ArgumentError("labels", "this model is unconditional (model.num_classes = 0)")
         labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
         if labels.numel() == 1:
             labels = labels.expand(n)
         if labels.numel() != n:
-            raise ConfigError(f"labels: got {labels.numel()} labels for {n} samples")
+            raise ArgumentError("labels", f"got {labels.numel()} labels for {n} samples")
         if labels.min() < 0 or labels.max() >= self.num_classes:
-            raise ConfigError(f"--class-label: must lie in 0..{self.num_classes - 1}")
+            raise ArgumentError("labels", f"must lie in 0..{self.num_classes - 1}")
         return labels.clone()
+
+    def _sampler(self, name: str):
+        """The registered sampler `name` of this model's family, checked against its config."""
+        try:
+            component = SAMPLERS.lookup(name, "sampler", self.family)
+            if component.check is not None:
+                component.check(self.cfg)
+        except ConfigError as err:
+            raise ArgumentError("sampler", err.problem) from None
+        return component.build
 
 
 class GenerativeModel(TrainedModel):
-    """A denoiser with its config and path; samples images in [0, 1]."""
+    """A denoiser with its path and prediction kind; samples images in [0, 1]."""
 
     def __init__(self, cfg: Config, net: torch.nn.Module, device: str | torch.device = "cpu"):
         super().__init__(cfg, net, device)
-        self.method = build_method(cfg)
-        self.path = self.method.path
+        self.path = build_path(cfg)
+        self.prediction = cfg.method.resolved_prediction
+
+    def denoiser(self, labels: torch.Tensor | None = None, guidance: float = 1.0, clip_x0: bool = False,
+                 bf16: bool = False) -> Denoiser:
+        """The net as samplers see it (see `genkit.samplers.Denoiser`)."""
+        return Denoiser(self.net, self.path, self.prediction, labels=labels, guidance=guidance,
+                        null_class=self.num_classes, clip_x0=clip_x0, bf16=bf16)
 
     @torch.no_grad()
-    def sample(self, n: int, seed: int = 0, sampler=None, steps: int | None = None,
-               guidance: float | None = None, labels=None, schedule=None, scheduler=None,
-               batch_size: int = 256, progress: bool = True, bf16: bool = False,
-               clip_x0: bool = True, offset: int = 0, return_noise: bool = False, **sampler_kwargs):
-        """Draw `n` images [n, C, H, W] in [0, 1] (with `return_noise`, also the starting noise
-        each was drawn from: (images, noise)).
+    def sample(self, n: int, seed: int = 0, sampler=None, steps: int | None = None, guidance: float | None = None,
+               labels=None, schedule=None, batch_size: int = 256, progress: bool = True, bf16: bool = False,
+               clip_x0: bool = True, start_index: int = 0, callback: Callback | None = None,
+               **options) -> Samples:
+        """Draw `n` images; returns `Samples` (images in [0, 1], starting noise, labels, NFE).
 
-        `sampler` is a name from `genkit.samplers.SAMPLERS` or a function with the sampler
-        signature; `scheduler` any diffusers scheduler instance instead; `schedule` a name from
-        `genkit.samplers.SCHEDULES` or a function (path, steps) -> times (default: the
-        sampler's own); `labels` an int, a sequence of class ids, or None (class i mod K for
-        sample i); `clip_x0` clamps every x0 estimate to the data range [-1, 1].
-        Sample i depends only on (seed, offset + i), not on `batch_size`.
+        `sampler`: a name in `genkit.samplers.SAMPLERS`, a function with the sampler signature,
+        or a diffusers scheduler instance (default: the config's `sample.sampler`, with its
+        `sample.options`). `schedule`: a name in `genkit.samplers.SCHEDULES` or a function
+        (path, steps) -> times (default: the sampler's own on this path). `labels`: an int, a
+        sequence of class ids, or None (class i mod K for sample i). `clip_x0` clamps every x0
+        estimate to [-1, 1]; `callback(step, t, x, x0_hat)` sees every step of every batch;
+        `options` go to the sampler. Sample i is drawn from noise stream (seed, start_index + i),
+        whatever `batch_size`.
         """
         sc = self.cfg.sample
         steps = sc.steps if steps is None else steps
         guidance = sc.guidance if guidance is None else guidance
-        name = sampler if sampler is not None else sc.sampler
-        fn = DiffusersSampler(scheduler, seed) if scheduler is not None else self._sampler(name)
-        if steps <= 0:
-            raise ConfigError(f"--steps: must be positive, got {steps}")
+        if sampler is None:
+            sampler, options = sc.sampler, {**sc.options, **options}
+        if not isinstance(steps, int) or steps <= 0:
+            raise ArgumentError("steps", f"must be a positive integer, got {steps!r}")
+        if not 0 <= guidance < float("inf"):
+            raise ArgumentError("guidance", f"must be a finite number >= 0, got {guidance}")
+        if hasattr(sampler, "set_timesteps"):  # a diffusers scheduler
+            fn = DiffusersSampler(sampler, seed)
+        else:
+            fn = sampler if callable(sampler) else self._sampler(sampler)
+        check_options(fn, options, sampler if isinstance(sampler, str) else "this sampler")
         labels = self.labels_for(labels, n)
-        schedule = schedule or default_schedule(name, self.path)
-        if isinstance(schedule, str):
-            if schedule not in SCHEDULES:
-                raise ConfigError(f"--schedule: unknown schedule '{schedule}'; choose from {', '.join(SCHEDULES)}")
-            schedule = SCHEDULES[schedule]
-        try:
-            ts = schedule(self.path, steps)
-        except ValueError as err:
-            raise ConfigError(f"--schedule: {err}") from None
+        ts = self._grid(schedule or default_schedule(sampler, self.path), steps)
         shape = (self.cfg.data.channels, self.cfg.data.image_size, self.cfg.data.image_size)
         prior_std = float((self.path.alpha(ts[:1]) ** 2 + self.path.sigma(ts[:1]) ** 2).sqrt())
-        out, starts, self.last_nfe = [], [], 0  # NFE per sample (the most any batch needed)
+        images, starts, nfe = [], [], 0
         for start in tqdm(range(0, n, batch_size), desc="sampling", disable=not progress or n <= batch_size):
             idx = torch.arange(start, min(n, start + batch_size))
-            noise = SampleNoise(seed, (idx + offset).tolist(), self.device)
-            denoiser = Denoiser(self.net, self.path, self.method.prediction,
-                                labels=None if labels is None else labels[idx].to(self.device),
-                                guidance=guidance, null_class=self.num_classes, clip_x0=clip_x0, bf16=bf16)
-            x = noise.randn(*shape) * prior_std
-            if return_noise:
-                starts.append(x.cpu())
-            x = fn(denoiser, x, ts, noise, progress=progress and n <= batch_size, **sampler_kwargs)
-            self.last_nfe = max(self.last_nfe, denoiser.nfe)
-            out.append(((x.clamp(-1, 1) + 1) / 2).cpu())
-        return (torch.cat(out), torch.cat(starts)) if return_noise else torch.cat(out)
+            noise = SampleNoise(seed, (idx + start_index).tolist(), self.device)
+            denoiser = self.denoiser(None if labels is None else labels[idx].to(self.device), guidance, clip_x0, bf16)
+            x = noise.randn(*shape) * prior_std  # [B, C, H, W]
+            starts.append(x.cpu())
+            x = fn(denoiser, x, ts, noise, callback=callback, progress=progress and n <= batch_size, **options)
+            nfe = max(nfe, denoiser.nfe)
+            images.append(((x.clamp(-1, 1) + 1) / 2).cpu())
+        return Samples(torch.cat(images), torch.cat(starts), labels, nfe)
+
+    def _grid(self, schedule, steps: int) -> torch.Tensor:
+        if isinstance(schedule, str):
+            if schedule not in SCHEDULES:
+                raise ArgumentError("schedule", f"unknown schedule '{schedule}'; choose from {', '.join(SCHEDULES)}")
+            schedule = SCHEDULES[schedule]
+        try:
+            return schedule(self.path, steps)
+        except ValueError as err:
+            raise ArgumentError("schedule", str(err)) from None
 
     def bits_per_dim(self, images: torch.Tensor, batch_size: int = 50, seed: int = 0, progress: bool = True,
                      bf16: bool = False, **options) -> tuple[float, float, int]:
@@ -109,24 +149,16 @@ class GenerativeModel(TrainedModel):
         `genkit.likelihood.log_likelihood` (estimator, probe, method, rtol, atol, t_min)."""
         from genkit.likelihood import dataset_bits_per_dim
 
-        def denoiser():
-            return Denoiser(self.net, self.path, self.method.prediction, bf16=bf16)
         with torch.no_grad():
-            return dataset_bits_per_dim(denoiser, images.to(self.device), batch_size, seed, progress, **options)
-
-    def _sampler(self, sampler):
-        if callable(sampler):
-            return sampler
-        if sampler in AUTOREGRESSIVE_SAMPLERS:
-            raise ConfigError(f"--sampler: {sampler} is for autoregressive models; choose from {', '.join(SAMPLERS)}")
-        if sampler not in SAMPLERS:
-            raise ConfigError(f"--sampler: unknown sampler '{sampler}'; choose from {', '.join(SAMPLERS)}")
-        return SAMPLERS[sampler]
+            return dataset_bits_per_dim(lambda: self.denoiser(bf16=bf16), images.to(self.device), batch_size, seed,
+                                        progress, **options)
 
 
 class AutoregressiveModel(TrainedModel):
     """An autoregressive net (PixelCNN, MADE, FVSBN) with its config: samples images in [0, 1]
     pixel by pixel, scores exact log-likelihoods, and classifies by Bayes' rule."""
+
+    family = "autoregressive"
 
     def __init__(self, cfg: Config, net: torch.nn.Module, device: str | torch.device = "cpu"):
         super().__init__(cfg, net, device)
@@ -136,33 +168,22 @@ class AutoregressiveModel(TrainedModel):
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, sampler: str | None = None, labels=None, batch_size: int = 256,
-               progress: bool = True, bf16: bool = False, steps=None, guidance=None, schedule=None, **options):
+               progress: bool = True, bf16: bool = False, start_index: int = 0) -> Samples:
         """Draw `n` images [n, 1, H, W] in [0, 1] in raster order; `sampler` is `cached` (PixelCNN
-        only) or `naive`, which draw the same images. Sample i depends only on (seed, i)."""
-        from genkit.samplers.autoregressive import sample
-
-        for flag, value in [("--steps", steps), ("--guidance", guidance), ("--schedule", schedule)]:
-            if value is not None:
-                raise ConfigError(f"{flag}: does not apply to autoregressive models (they draw pixel by pixel)")
-        if options:
-            raise ConfigError(f"--option: autoregressive sampling takes no options, got {', '.join(options)}")
+        only) or `naive`, which draw the same images. Sample i depends only on (seed, start_index + i)."""
         how = sampler or self.cfg.sample.sampler
-        if how not in AUTOREGRESSIVE_SAMPLERS:
-            raise ConfigError(f"--sampler: autoregressive models sample with {' or '.join(AUTOREGRESSIVE_SAMPLERS)}, "
-                              f"not '{how}'")
-        if how == "cached" and not hasattr(self.net, "cache"):
-            raise ConfigError(f"--sampler: cached sampling is for pixelcnn; {self.cfg.model.name} samples naive")
+        draw = self._sampler(how)
         labels = self.labels_for(labels, n)
         size, out = self.cfg.data.image_size, []
         for start in tqdm(range(0, n, batch_size), desc="sampling", disable=not progress or n <= batch_size):
             idx = torch.arange(start, min(n, start + batch_size))
-            uniforms = SampleNoise(seed, idx.tolist(), self.device).rand(size, size)  # [B, H, W]
+            uniforms = SampleNoise(seed, (idx + start_index).tolist(), self.device).rand(size, size)  # [B, H, W]
             y = None if labels is None else labels[idx].to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                pixels = sample(self.net, uniforms, y, self.levels, how, progress=progress and n <= batch_size)
+                pixels = draw(self.net, uniforms, y, self.levels, progress=progress and n <= batch_size)
             out.append(pixels.float().cpu() / (self.levels - 1))
-        self.last_nfe = size * size if how == "naive" else 1  # cached: one pass spread over the pixels
-        return torch.cat(out)
+        nfe = 1 if how == "cached" else size * size  # cached: one pass spread over the pixels
+        return Samples(torch.cat(out), None, labels, nfe)
 
     @torch.no_grad()
     def log_likelihood(self, pixels: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 256,
@@ -209,8 +230,8 @@ class AutoregressiveModel(TrainedModel):
 
 def build_model(cfg: Config, net: torch.nn.Module, device: str | torch.device = "cpu") -> TrainedModel:
     """The inference wrapper for `cfg`'s family: autoregressive or Gaussian-path."""
-    cls = AutoregressiveModel if cfg.method.name == "autoregressive" else GenerativeModel
-    return cls(cfg, net, device)
+    family = METHODS[cfg.method.name].family
+    return (AutoregressiveModel if family == AutoregressiveModel.family else GenerativeModel)(cfg, net, device)
 
 
 def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> TrainedModel:

@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from genkit.config import ConfigError
+from genkit.registry import ArgumentError, ConfigError
+from genkit.samplers import euler
 
 META_FILE = "pairs.json"
 
@@ -31,7 +32,7 @@ def generate_pairs(model, out_dir: str | Path, num: int, steps: int = 20, sample
 
     Sample i uses the noise stream (seed, i) and, for a conditional model, class i mod K."""
     if model.cfg.method.name != "flow":
-        raise ConfigError(f"--checkpoint: reflow needs a flow model, this one is '{model.cfg.method.name}'")
+        raise ArgumentError("model", f"reflow needs a flow model, this one is '{model.cfg.method.name}'")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"num": num, "steps": steps, "sampler": sampler, "seed": seed, "shard_size": shard_size,
@@ -39,7 +40,7 @@ def generate_pairs(model, out_dir: str | Path, num: int, steps: int = 20, sample
     if is_pairs_dir(out):
         old = json.loads((out / META_FILE).read_text())
         if old != meta:
-            raise ConfigError(f"--out: {out} holds pairs drawn with other settings ({old}); choose a new directory")
+            raise ArgumentError("out_dir", f"{out} holds pairs drawn with other settings ({old}); choose a new directory")
     (out / META_FILE).write_text(json.dumps(meta, indent=2))
     shards = math.ceil(num / shard_size)
     for shard in tqdm(range(shards), desc="pairs", disable=not progress):
@@ -49,9 +50,9 @@ def generate_pairs(model, out_dir: str | Path, num: int, steps: int = 20, sample
         start = shard * shard_size
         n = min(shard_size, num - start)
         labels = torch.arange(start, start + n) % model.num_classes if model.num_classes else None
-        images, noise = model.sample(n, seed=seed, sampler=sampler, steps=steps, labels=labels, offset=start,
-                                     return_noise=True, batch_size=batch_size, bf16=bf16, progress=False)
-        tensors = {"x0": (images * 2 - 1).contiguous(), "noise": noise.float().contiguous()}
+        drawn = model.sample(n, seed=seed, sampler=sampler, steps=steps, labels=labels, start_index=start,
+                             batch_size=batch_size, bf16=bf16, progress=False)
+        tensors = {"x0": (drawn.images * 2 - 1).contiguous(), "noise": drawn.noise.float().contiguous()}
         if labels is not None:
             tensors["labels"] = labels
         tmp = path.with_name(f".tmp-{path.name}")
@@ -76,12 +77,10 @@ class PairData:
         return self.x0
 
     def batch(self, indices: torch.Tensor, hflip_generator: torch.Generator | None = None):
+        """(samples, labels, the noise each was drawn from): the trainer's data protocol."""
         if hflip_generator is not None:
             raise ConfigError("data.hflip: flipping would break the noise-sample coupling of reflow pairs")
-        return self.x0[indices], (self.labels[indices] if self.labels is not None else None)
-
-    def noise(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.noises[indices]
+        return self.x0[indices], (self.labels[indices] if self.labels is not None else None), self.noises[indices]
 
 
 def load_pairs(directory: str | Path) -> PairData:
@@ -103,12 +102,13 @@ def straightness(denoiser, x1: torch.Tensor, steps: int = 100) -> float:
     """S = int_0^1 E |(x1 - x0) - v(x_t, t)|^2 dt (Liu et al. 2022, eq. 5) along the model's own
     ODE paths from noise x1 to the sample x0 it reaches (Euler, `steps` uniform steps), per
     dimension; 0 for perfectly straight paths."""
-    ts = torch.linspace(1, 0, steps + 1, dtype=torch.float64).tolist()
-    x, velocities = x1, []
-    for t, s in zip(ts[:-1], ts[1:]):
-        x0, eps = denoiser(x, t)
-        v = denoiser.path.from_x0_eps(x0, eps, torch.tensor([t], dtype=torch.float64), "velocity")
-        velocities.append(v)
-        x = x + (s - t) * v
-    straight = x1 - x  # d x_t / dt of the line from the sample x (t = 0) to the noise x1 (t = 1)
+    path, velocities = denoiser.path, []
+
+    def record(step, t, x, x0):  # the velocity Euler steps with: from x0 and the implied eps
+        tt = torch.tensor([t], dtype=torch.float64)
+        eps = (x - float(path.alpha(tt)) * x0) / float(path.sigma(tt))
+        velocities.append(path.from_x0_eps(x0, eps, tt, "velocity"))
+
+    x0 = euler(denoiser, x1, torch.linspace(1, 0, steps + 1, dtype=torch.float64), callback=record)
+    straight = x1 - x0  # d x_t / dt of the line from the sample (t = 0) to the noise x1 (t = 1)
     return float(torch.stack([(v - straight).square().mean() for v in velocities]).mean())

@@ -20,7 +20,7 @@ from genkit.data import batch_indices, load_images, resolve_data_path
 from genkit.ema import EMA
 from genkit.methods import build_method
 from genkit.nets import build_net
-from genkit.reflow import PairData, is_pairs_dir, load_pairs
+from genkit.reflow import is_pairs_dir, load_pairs
 
 
 METRICS_FILE = "metrics.jsonl"  # one JSON line per log step, for `genkit plot-loss`
@@ -168,7 +168,7 @@ class Trainer:
 
         net = build_net(self.cfg)
         net.load_state_dict(self.ema.shadow)
-        images = build_model(self.cfg, net.eval()).sample(64, seed=0, progress=False)
+        images = build_model(self.cfg, net.eval()).sample(64, seed=0, progress=False).images
         return save_grid(images, self.out / "samples" / f"step-{self.step:06d}.png", nrow=8)
 
     # ------------------------------------------------------------------ loop
@@ -179,9 +179,9 @@ class Trainer:
         rank, world = acc.process_index, acc.num_processes
         idx = batch_indices(len(self.data), tc.batch_size, tc.seed, self.step)[rank::world]
         gen = step_generator(tc.seed, self.step, rank)
-        x0, y = self.data.batch(idx, gen if self.cfg.data.hflip else None)
+        x0, y, noise = self.data.batch(idx, gen if self.cfg.data.hflip else None)
         x0 = x0.to(acc.device)
-        noise = self.data.noise(idx).to(acc.device) if isinstance(self.data, PairData) else None
+        noise = None if noise is None else noise.to(acc.device)
         y = y.to(acc.device) if (y is not None and self.cfg.model.num_classes > 0) else None
         total = 0.0
         for i, micro in enumerate(torch.arange(len(idx)).chunk(tc.grad_accum)):
@@ -242,8 +242,7 @@ class Trainer:
                     rate = (self.step - start_step) * tc.batch_size / (time.perf_counter() - started)
                     record = {"loss": mean, "lr": self.scheduler.get_last_lr()[0], "img_per_s": rate,
                               "bad_steps": self.bad_steps_total}
-                    if hasattr(self.method, "log_terms"):  # exact likelihoods: nats/image, bits/dim
-                        record.update(self.method.log_terms(mean, self.data.images[0].numel()))
+                    record.update(self.method.log_terms(mean, self.data.images[0].numel()))  # e.g. bits/dim
                     acc.log(record, step=self.step)
                     if main:
                         with open(self.out / METRICS_FILE, "a") as log:

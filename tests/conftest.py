@@ -1,11 +1,69 @@
-"""Shared fixtures: a tiny labelled imagefolder and a tiny config that trains in seconds."""
+"""What the tests share: a tiny labelled imagefolder and a tiny config that trains in seconds
+(fixtures), and helpers: running the scripts and entry points as a user does, random weights for
+zero-initialised nets, and hypothesis strategies for config overrides."""
 from __future__ import annotations
+
+import contextlib
+import io
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from hypothesis import strategies as st
 from PIL import Image
 
-from genkit.config import load_config
+from genkit.config import all_keys, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_script(*args, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python ARGS...` from the repository root, as a user runs train.py, sample.py, eval.py."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def call(main, argv) -> tuple[int, str]:
+    """Run a CLI entry point in-process: (exit status, stderr)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return code, err.getvalue()
+
+
+def assert_ran_or_one_line(code: int, stderr: str) -> None:
+    """A command either succeeded or failed with status 2 and one line starting 'error: '."""
+    lines = [line for line in stderr.splitlines() if line.strip() and "it/s]" not in line and "s/it]" not in line]
+    if code == 0:
+        return
+    assert code == 2, stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
+
+
+def perturb(net, scale=0.05, seed=0):
+    """Give zero-initialised layers random weights, so the output depends on every input."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return net
+
+
+# Config overrides a careless user might type: real keys, near misses and junk, with any values.
+CONFIG_KEYS = all_keys()
+override_values = st.one_of(
+    st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=True, allow_infinity=True).map(str),
+    st.sampled_from(["true", "no", "", "[1, 2]", "[]", "{a: 1}", "null", "unet", "dit", "latest", "[", "3e-4"]),
+    st.text(max_size=12),
+)
+override_keys = st.one_of(st.sampled_from(CONFIG_KEYS), st.text(min_size=0, max_size=20),
+                          st.sampled_from(CONFIG_KEYS).map(lambda k: k[:-1]),
+                          st.sampled_from(CONFIG_KEYS).map(lambda k: k + ".x"))
 
 
 @pytest.fixture(autouse=True)

@@ -7,13 +7,15 @@ import pytest
 import torch
 
 import genkit
-from genkit.config import PixelCNNConfig, load_config
+from genkit.config import load_config
+from genkit.nets.pixelcnn import PixelCNNConfig
 from genkit.methods.autoregressive import Autoregressive, binarize, discretize, log_likelihood, pixel_log_probs
 from genkit.nets import MADE, PixelCNN
 from genkit.pipeline import AutoregressiveModel
 from genkit.samplers.autoregressive import conditionals, draw, sample
 from genkit.training import train
-from tests.test_cli import run
+from tests.conftest import run_script as run
+from tests.conftest import tiny_overrides
 
 # (input kernel, kernel, layers): the first three cover a whole 5x5 image with their receptive field
 PIXELCNN_SHAPES = [(3, 3, 4), (7, 5, 1), (1, 3, 4), (3, 1, 2)]
@@ -182,7 +184,7 @@ def test_training_lowers_the_nll_and_logs_nats_and_bits(tiny_cfg, kind, levels):
         assert row["bits_per_dim"] == pytest.approx(row["loss"] / math.log(2))
     model = genkit.load(final)
     assert isinstance(model, AutoregressiveModel)
-    images = model.sample(4, seed=0, progress=False)
+    images = model.sample(4, seed=0, progress=False).images
     assert images.shape == (4, 1, 8, 8) and images.min() >= 0 and images.max() <= 1
 
 
@@ -202,8 +204,6 @@ def test_conditional_fvsbn_classifies_its_training_digits(tiny_cfg):
 
 @pytest.fixture(scope="module")
 def pixelcnn_run(imagefolder, tmp_path_factory):
-    from tests.conftest import tiny_overrides
-
     out = tmp_path_factory.mktemp("ar") / "run"
     result = run("train.py", *tiny_overrides(imagefolder, out), *ar_overrides("pixelcnn"), "train.max_steps=2")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -236,8 +236,8 @@ def test_eval_cli_refuses_sampling_flags_for_autoregressive_models(pixelcnn_run)
 
 @pytest.mark.parametrize("args, needle", [
     (["--steps", "5"], "--steps: does not apply"),
-    (["--sampler", "ddim"], "--sampler: autoregressive models sample with cached or naive"),
-    (["--option", "eta=1"], "--option: autoregressive sampling takes no options"),
+    (["--sampler", "ddim"], "--sampler: unknown sampler 'ddim'; choose from cached, naive"),
+    (["--option", "eta=1"], "--option: does not apply to autoregressive models"),
 ])
 def test_sample_cli_refuses_diffusion_flags_for_autoregressive_models(pixelcnn_run, args, needle):
     result = run("sample.py", "--checkpoint", str(pixelcnn_run), "--num", "2", *args)
@@ -249,8 +249,8 @@ def test_sample_cli_refuses_diffusion_flags_for_autoregressive_models(pixelcnn_r
     (["model.name=pixelcnn"], "does not train model.name=pixelcnn"),
     (["method.name=autoregressive", "model.name=made", "sample.sampler=naive", "method.autoregressive.levels=256"],
      "binary pixels"),
-    (["method.name=autoregressive", "model.name=pixelcnn"], "sample.sampler: autoregressive models sample with"),
-    (["method.name=autoregressive", "model.name=made", "sample.sampler=cached"], "cached sampling is for pixelcnn"),
+    (["method.name=autoregressive", "model.name=pixelcnn"], "sample.sampler: unknown sampler 'dpmpp_2m_pc'; choose from cached, naive"),
+    (["method.name=autoregressive", "model.name=made", "sample.sampler=cached"], "cached sampling needs a net with a cache"),
     (["method.name=autoregressive", "model.name=pixelcnn", "sample.sampler=cached", "model.pixelcnn.kernel_size=4"],
      "positive odd number"),
     (["method.name=autoregressive", "model.name=pixelcnn", "sample.sampler=cached", "method.autoregressive.levels=3"],

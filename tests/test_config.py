@@ -4,7 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from genkit.cli import train_main
 from genkit.config import Config, ConfigError, all_keys, load_config, to_dict
+from tests.conftest import assert_ran_or_one_line, call, override_keys, override_values
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +58,7 @@ def test_unknown_key_suggests_the_closest():
     ("data.hflip=3", "data.hflip: expected true or false"),
     ("train.lr=-0.1", "train.lr: must be positive"),
     ("train.batch_size=0", "train.batch_size: must be positive"),
-    ("model.name=vae", "model.name: 'vae' is not one of"),
+    ("model.name=vae", "model.name: unknown net 'vae'; choose from unet, dit"),
     ("train.ema_decay=1.5", "train.ema_decay: must lie in [0, 1)"),
     ("train.lr=.nan", "train.lr: expected a finite number"),
     ("train", "not of the form key=value"),
@@ -84,18 +86,8 @@ def test_bad_files(tmp_path):
     assert "did you mean 'train.batch_size'" in error_of(path=tmp_path / "typo.yaml")
 
 
-KEYS = all_keys()
-values = st.one_of(
-    st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=True, allow_infinity=True).map(str),
-    st.sampled_from(["true", "no", "", "[1, 2]", "[]", "{a: 1}", "null", "unet", "dit", "latest", "[", "3e-4"]),
-    st.text(max_size=12),
-)
-keys = st.one_of(st.sampled_from(KEYS), st.text(min_size=0, max_size=20),
-                 st.sampled_from(KEYS).map(lambda k: k[:-1]), st.sampled_from(KEYS).map(lambda k: k + ".x"))
-
-
 @settings(max_examples=400, deadline=None)
-@given(st.lists(st.tuples(keys, values), max_size=4))
+@given(st.lists(st.tuples(override_keys, override_values), max_size=4))
 def test_random_overrides_load_or_fail_with_one_line(pairs):
     overrides = [f"{k}={v}" for k, v in pairs]
     try:
@@ -104,3 +96,10 @@ def test_random_overrides_load_or_fail_with_one_line(pairs):
         assert str(err) and "\n" not in str(err)
     else:
         assert isinstance(cfg, Config)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(override_keys, override_values), max_size=4))
+def test_train_cli_with_random_overrides_runs_or_fails_in_one_line(pairs):
+    code, stderr = call(train_main, ["--print-config", *[f"{k}={v}" for k, v in pairs]])
+    assert_ran_or_one_line(code, stderr)

@@ -13,7 +13,8 @@ def test_mnist_parquet_layout_loads_padded_to_32():
     border = torch.cat([data.images[..., :2, :].flatten(), data.images[..., -2:, :].flatten(),
                         data.images[..., :, :2].flatten(), data.images[..., :, -2:].flatten()])
     assert border.max() == 0 and data.images.max() > 200
-    x, y = data.batch(torch.arange(4))
+    x, y, noise = data.batch(torch.arange(4))
+    assert noise is None  # images come with no coupled noise (reflow pairs do)
     assert x.min() >= -1 and x.max() <= 1 and x.dtype == torch.float32 and y.tolist() == data.labels[:4].tolist()
 
 
@@ -30,9 +31,9 @@ def test_rgb_conversion(imagefolder):
 
 def test_hflip_is_seeded():
     data = load_images(DataConfig(), split="test", limit=8, progress=False)
-    a, _ = data.batch(torch.arange(8), torch.Generator().manual_seed(1))
-    b, _ = data.batch(torch.arange(8), torch.Generator().manual_seed(1))
-    plain, _ = data.batch(torch.arange(8))
+    a = data.batch(torch.arange(8), torch.Generator().manual_seed(1))[0]
+    b = data.batch(torch.arange(8), torch.Generator().manual_seed(1))[0]
+    plain = data.batch(torch.arange(8))[0]
     assert torch.equal(a, b)
     flipped = [not torch.equal(a[i], plain[i]) for i in range(8)]
     assert any(flipped) and all(torch.equal(a[i], plain[i].flip(-1)) for i in range(8) if flipped[i])

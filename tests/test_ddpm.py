@@ -3,7 +3,7 @@ import torch
 from diffusers.schedulers.scheduling_ddpm import rescale_zero_terminal_snr as diffusers_rescale
 
 from genkit.config import ConfigError, MethodConfig, load_config
-from genkit.methods.ddpm import DDPM, make_betas, rescale_zero_terminal_snr, snr_weight
+from genkit.methods.ddpm import DDPM, DDPMConfig, make_betas, rescale_zero_terminal_snr, snr_weight
 from genkit.oracles import GaussianMixture, sliced_wasserstein
 from genkit.paths import DiscreteVPPath
 from genkit.samplers import SAMPLERS, SCHEDULES, Denoiser
@@ -42,7 +42,7 @@ def test_zero_terminal_snr_samples_with_v_prediction():
 
 def test_eps_prediction_refused_at_zero_terminal_snr():
     with pytest.raises(ConfigError, match="use v or x0"):
-        load_config(None, ["method.zero_terminal_snr=true"])
+        load_config(None, ["method.ddpm.zero_terminal_snr=true"])
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
@@ -64,7 +64,7 @@ def test_weightings_agree_across_prediction_spaces(prediction, weighting, x0_wei
 
 
 def test_weighted_loss_runs():
-    method = DDPM(MethodConfig(loss_weighting="min_snr", prediction="v"), num_classes=0)
+    method = DDPM(MethodConfig(ddpm=DDPMConfig(loss_weighting="min_snr"), prediction="v"), num_classes=0)
 
     def net(x, t, y):
         return torch.zeros_like(x)

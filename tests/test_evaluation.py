@@ -109,7 +109,8 @@ def test_eval_cli_writes_json_table(tmp_path, tiny_cfg):
     report = json.loads(out.read_text())
     assert code == 0 and report["num"] == 8 and report["nfe"] > 0
     assert set(report["metrics"]) >= {"fid", "precision", "recall", "class_entropy", "label_accuracy"}
-    assert report["real_data_floor"]["fid"] >= 0
+    # real digits score far better than a net trained for 2 steps (FID is clamped at 0, so `>= 0` proves nothing)
+    assert report["real_data_floor"]["fid"] < report["metrics"]["fid"] / 2
 
 
 def test_plot_loss_from_a_run(tmp_path, tiny_cfg):

@@ -3,20 +3,14 @@ import math
 import pytest
 import torch
 
-from genkit.config import DiTConfig, UNetConfig, load_config
+from genkit.config import load_config
+from genkit.nets.dit import DiTConfig
+from genkit.nets.unet import UNetConfig
 from genkit.methods import build_method
 from genkit.nets import DiT, UNet, build_net
 from genkit.nets.dit import sincos_2d
 from genkit.nets.layers import Attention, RMSNorm
-
-
-def perturb(net, scale=0.05, seed=0):
-    """Give zero-initialised layers random weights, so the output depends on every input."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-    return net
+from tests.conftest import perturb
 
 
 @pytest.mark.parametrize("net, channels, size", [

@@ -118,10 +118,10 @@ def test_diffusers_adapter_matches_genkit_ddim():
 
 
 def test_diffusers_adapter_rejects_another_schedule():
-    from genkit.config import ConfigError
+    from genkit.registry import ArgumentError
 
     denoiser = Denoiser(GMM.as_net(PATH), PATH, "eps")
-    with pytest.raises(ConfigError, match="beta schedule differs"):
+    with pytest.raises(ArgumentError, match="scheduler: its beta schedule differs"):
         DiffusersSampler(DDIMScheduler(beta_schedule="scaled_linear"))(denoiser, torch.randn(4, 2), torch.zeros(3))
 
 

@@ -1,7 +1,5 @@
 """Reliability: random command lines fail in one line or run; SIGKILL at random moments never
 breaks a checkpoint and resuming reaches the uninterrupted weights; two processes train as one."""
-import contextlib
-import io
 import random
 import subprocess
 import sys
@@ -18,37 +16,7 @@ from genkit.checkpoint import list_checkpoints, load_export, read_trainer_state
 from genkit.cli import sample_main, train_main
 from genkit.config import load_config
 from genkit.training import train
-from tests.conftest import tiny_overrides
-from tests.test_config import keys, values
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def call(main, argv) -> tuple[int, str]:
-    """Run a CLI entry point in-process: (exit status, stderr)."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main(argv)
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-    return code, err.getvalue()
-
-
-def assert_ran_or_one_line(code: int, stderr: str) -> None:
-    lines = [line for line in stderr.splitlines() if line.strip() and "it/s]" not in line and "s/it]" not in line]
-    if code == 0:
-        return
-    assert code == 2, stderr[-3000:]
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
-
-
-@settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(keys, values), max_size=4))
-def test_train_cli_with_random_overrides_runs_or_fails_in_one_line(pairs):
-    code, stderr = call(train_main, ["--print-config", *[f"{k}={v}" for k, v in pairs]])
-    assert_ran_or_one_line(code, stderr)
-
+from tests.conftest import ROOT, assert_ran_or_one_line, call, tiny_overrides
 
 @pytest.fixture(scope="module")
 def tiny_run(imagefolder, tmp_path_factory):

@@ -12,7 +12,7 @@ from genkit.methods import make_betas
 from genkit.paths import DiscreteVPPath
 from genkit.pipeline import GenerativeModel
 from genkit.samplers import Denoiser, ddim
-from tests.test_nets import perturb
+from tests.conftest import perturb
 
 KINDS = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2", "sigmoid": "sigmoid"}
@@ -156,9 +156,9 @@ def tiny_model(tiny_cfg, *extra):
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
 def test_samples_do_not_depend_on_batch_size(tiny_cfg, sampler):
     model = tiny_model(tiny_cfg)
-    a = model.sample(5, seed=3, sampler=sampler, steps=4, batch_size=5, progress=False)
-    b = model.sample(5, seed=3, sampler=sampler, steps=4, batch_size=2, progress=False)
-    c = model.sample(5, seed=4, sampler=sampler, steps=4, batch_size=5, progress=False)
+    a = model.sample(5, seed=3, sampler=sampler, steps=4, batch_size=5, progress=False).images
+    b = model.sample(5, seed=3, sampler=sampler, steps=4, batch_size=2, progress=False).images
+    c = model.sample(5, seed=4, sampler=sampler, steps=4, batch_size=5, progress=False).images
     # equal up to float rounding (oneDNN blocks a batch of 2 differently from a batch of 5)
     assert (a - b).abs().max() < 1e-4 and (a - c).abs().max() > 0.1
     assert a.shape == (5, 1, 16, 16) and a.min() >= 0 and a.max() <= 1
@@ -167,39 +167,68 @@ def test_samples_do_not_depend_on_batch_size(tiny_cfg, sampler):
 def test_guidance_and_nfe(tiny_cfg):
     model = tiny_model(tiny_cfg)
     plain = model.sample(4, steps=3, guidance=1.0, progress=False)
-    assert model.last_nfe == 3
+    assert plain.nfe == 3 and plain.labels.tolist() == [0, 1, 2, 3]
     guided = model.sample(4, steps=3, guidance=3.0, progress=False)
-    assert model.last_nfe == 3 and not torch.allclose(plain, guided)
-    assert not torch.allclose(model.sample(4, steps=3, labels=0, progress=False),
-                              model.sample(4, steps=3, labels=1, progress=False))
+    assert guided.nfe == 3 and not torch.allclose(plain.images, guided.images)
+    assert torch.equal(plain.noise, guided.noise)  # the same starting noise, guided differently
+    assert not torch.allclose(model.sample(4, steps=3, labels=0, progress=False).images,
+                              model.sample(4, steps=3, labels=1, progress=False).images)
 
 
-@pytest.mark.parametrize("sampler", sorted(__import__("genkit.samplers", fromlist=["SAMPLERS"]).SAMPLERS))
-def test_every_sampler_runs_through_the_model(tiny_cfg, sampler):
+@pytest.mark.parametrize("sampler", __import__("genkit.samplers", fromlist=["SAMPLERS"]).SAMPLERS.names("denoiser"))
+def test_every_sampler_runs_through_the_model_and_reports_every_step(tiny_cfg, sampler):
     model = tiny_model(tiny_cfg)
-    images = model.sample(3, sampler=sampler, steps=4, progress=False)
-    assert images.shape == (3, 1, 16, 16) and torch.isfinite(images).all()
-    assert model.last_nfe > 0
+    seen = []
+    drawn = model.sample(3, sampler=sampler, steps=4, progress=False,
+                         callback=lambda step, t, x, x0: seen.append((step, t, x.shape, x0.shape)))
+    assert drawn.images.shape == (3, 1, 16, 16) and torch.isfinite(drawn.images).all() and drawn.nfe > 0
+    if sampler == "ode":  # the solver's steps are its own: it reports its final denoising jump
+        assert len(seen) == 1
+    else:
+        assert [s[0] for s in seen] == list(range(len(seen))) and len(seen) >= 3
+        assert all(t > 0 for _, t, _, _ in seen) and [t for _, t, _, _ in seen] == sorted((t for _, t, _, _ in seen), reverse=True)
+    assert all(shape == shape0 == (3, 1, 16, 16) for _, _, shape, shape0 in seen)
 
 
 def test_model_runs_a_diffusers_scheduler(tiny_cfg):
     from diffusers import DPMSolverMultistepScheduler
 
     model = tiny_model(tiny_cfg)
-    images = model.sample(3, scheduler=DPMSolverMultistepScheduler(), steps=5, progress=False)
-    assert images.shape == (3, 1, 16, 16) and model.last_nfe == 5
+    drawn = model.sample(3, sampler=DPMSolverMultistepScheduler(), steps=5, progress=False)
+    assert drawn.images.shape == (3, 1, 16, 16) and drawn.nfe == 5
 
 
-def test_unknown_names_are_config_errors(tiny_cfg):
-    from genkit.config import ConfigError
+def test_bad_arguments_are_named_by_their_parameter(tiny_cfg):
+    from genkit.registry import ArgumentError
 
     model = tiny_model(tiny_cfg)
-    with pytest.raises(ConfigError, match="unknown sampler 'magic'"):
-        model.sample(2, sampler="magic", progress=False)
-    with pytest.raises(ConfigError, match="unknown schedule"):
-        model.sample(2, schedule="magic", progress=False)
-    with pytest.raises(ConfigError, match="must lie in 0..3"):
-        model.sample(2, labels=7, progress=False)
+    for kwargs, message in [(dict(sampler="magic"), "sampler: unknown sampler 'magic'"),
+                            (dict(sampler="cached"), "sampler: unknown sampler 'cached'"),
+                            (dict(schedule="magic"), "schedule: unknown schedule"),
+                            (dict(labels=7), "labels: must lie in 0..3"),
+                            (dict(steps=0), "steps: must be a positive integer"),
+                            (dict(sampler="ddim", snr=0.1), "snr: not an option of ddim"),
+                            (dict(sampler="ddim", eta="high"), "eta: expected a float")]:
+        with pytest.raises(ArgumentError, match=message):
+            model.sample(2, progress=False, **kwargs)
+
+
+def test_a_bug_inside_a_sampler_is_not_reported_as_a_bad_option(tiny_cfg, monkeypatch):
+    """Regression: the command line caught every TypeError while sampling and blamed --option."""
+    from genkit.cli import sample_main
+    from genkit.registry import Component
+    from genkit.samplers import SAMPLERS
+    from genkit.training import train
+    from tests.conftest import call
+
+    run = train(tiny_cfg("train.max_steps=1"))
+
+    def broken(denoiser, x, ts, noise=None, callback=None, progress=False, eta: float = 0.0):
+        raise TypeError("a bug in the sampler")
+    monkeypatch.setitem(SAMPLERS, "ddim", Component("ddim", broken))
+    with pytest.raises(TypeError, match="a bug in the sampler"):
+        call(sample_main, ["--checkpoint", str(run.parent.parent), "--sampler", "ddim", "--option", "eta=0.5",
+                           "--num", "2", "--out", "/dev/null"])
 
 
 def test_adaptive_ode_samples_do_not_depend_on_the_batch():

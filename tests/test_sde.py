@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from genkit.config import ConfigError, MethodConfig, SDEConfig
+from genkit.config import MethodConfig
+from genkit.methods.sde import SDEConfig
 from genkit.likelihood import bits_per_dim, dequantize, log_likelihood
 from genkit.methods import ScoreSDE, make_betas
 from genkit.oracles import GaussianMixture, sliced_wasserstein

@@ -22,7 +22,7 @@ def test_few_steps_write_checkpoints_export_and_logs(tiny_cfg):
     ema, raw = load_file(str(final / "net_ema.safetensors")), load_file(str(final / "net.safetensors"))
     assert ema.keys() == raw.keys() and any(not torch.equal(ema[k], raw[k]) for k in ema)
     model = genkit.load(out)
-    assert model.sample(2, steps=2, progress=False).shape == (2, 1, 16, 16)
+    assert model.sample(2, steps=2, progress=False).images.shape == (2, 1, 16, 16)
 
 
 def test_resume_latest_reaches_identical_weights(tiny_cfg):
@@ -54,7 +54,7 @@ def test_bf16_and_gradient_accumulation_train(tiny_cfg):
 def test_dit_trains_through_the_same_loop(tiny_cfg):
     final = train(tiny_cfg("model.name=dit", "train.max_steps=2"))
     model = genkit.load(final)
-    assert type(model.net).__name__ == "DiT" and model.sample(2, steps=2, progress=False).shape == (2, 1, 16, 16)
+    assert type(model.net).__name__ == "DiT" and model.sample(2, steps=2, progress=False).images.shape == (2, 1, 16, 16)
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(tiny_cfg):
@@ -87,3 +87,31 @@ def test_compiled_training_writes_plain_weights(tiny_cfg):
     final = train(tiny_cfg("train.compile=true", "train.max_steps=2"))
     assert not any("_orig_mod" in k for k in load_file(str(final / "net.safetensors")))
     genkit.load(final)
+
+
+class FixedTimeLoss:
+    """A method with no randomness (every sample at t = 0.5, target x0), so that a batch's gradient
+    depends only on its images: the full batch and its micro-batches must then agree."""
+
+    def loss(self, net, x0, y, generator=None, noise=None):
+        t = torch.full((len(x0),), 0.5, device=x0.device)
+        return (net(x0, t, y).float() - x0).square().mean()
+
+    def log_terms(self, loss, dims):
+        return {}
+
+
+def test_gradient_accumulation_gives_the_full_batch_gradient(tiny_cfg):
+    def first_gradient(accumulation: int) -> list[torch.Tensor]:
+        trainer = Trainer(tiny_cfg(f"train.grad_accum={accumulation}", "train.grad_clip=0", "model.unet.dropout=0"))
+        trainer.method = FixedTimeLoss()
+        grads = []
+        trainer.optimizer.step = lambda: grads.extend(p.grad.clone() for p in trainer.net.parameters())
+        trainer.train_step()
+        return grads
+
+    whole, accumulated = first_gradient(1), first_gradient(4)
+    assert len(whole) == len(accumulated) > 0
+    assert any(g.abs().max() > 0 for g in whole)
+    for a, b in zip(whole, accumulated):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

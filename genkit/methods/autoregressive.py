@@ -9,12 +9,27 @@ or K = levels categorical logits.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from genkit.config import MethodConfig
 from genkit.methods.base import drop_labels
+from genkit.registry import ConfigError, one_of
+
+
+@dataclass
+class AutoregressiveConfig:
+    """`method.autoregressive`: the pixels' alphabet."""
+
+    levels: int = 2  # 2: Bernoulli pixels, dynamically binarized; 256: a categorical over grey levels
+
+
+def check(cfg) -> None:
+    """One channel of 2 or 256 levels."""
+    one_of(cfg.method.autoregressive.levels, (2, 256), "method.autoregressive.levels")
+    if cfg.data.channels != 1:
+        raise ConfigError(f"data.channels: autoregressive models take one channel, got {cfg.data.channels}")
 
 
 def to_net_input(pixels: torch.Tensor, levels: int) -> torch.Tensor:
@@ -55,7 +70,7 @@ class Autoregressive:
     optimizer and gradient clipping see); `log_terms` turns it into nats per image and bits/dim.
     Labels are dropped to the null class with probability `p_uncond`, which also teaches p(x)."""
 
-    def __init__(self, cfg: MethodConfig, num_classes: int = 0):
+    def __init__(self, cfg, num_classes: int = 0):
         self.cfg = cfg
         self.levels = cfg.autoregressive.levels
         self.null_class = num_classes
@@ -75,7 +90,6 @@ class Autoregressive:
         y = drop_labels(y, self.cfg.p_uncond, self.null_class, generator)
         return -log_likelihood(net, pixels, y, self.levels).mean() / pixels[0].numel()
 
-    @staticmethod
-    def log_terms(loss: float, dims: int) -> dict:
+    def log_terms(self, loss: float, dims: int) -> dict:
         """The loss (nats per pixel) as nats per image and bits per dimension."""
         return {"nats_per_image": loss * dims, "bits_per_dim": loss / math.log(2)}

@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from genkit.config import MethodConfig
 from genkit.paths import GaussianPath
 
 
@@ -29,17 +28,24 @@ def drop_labels(y: torch.Tensor | None, p: float, null_class: int, generator: to
 class DenoisingMethod:
     """A net regressed onto `prediction` at x_t = alpha x0 + sigma eps for t from `sample_time`.
 
-    Subclasses set `self.path` and define `sample_time(n, generator) -> (t [n] float64, weight
-    [n] or None)`. Labels are dropped to the null class with probability `p_uncond` for
-    classifier-free guidance.
+    `cfg` is the run's `method` section; subclasses define `build_path(cfg)` and `sample_time(n,
+    generator) -> (t [n] float64, weight [n] or None)`. Labels are dropped to the null class with
+    probability `p_uncond` for classifier-free guidance.
     """
 
-    path: GaussianPath
-
-    def __init__(self, cfg: MethodConfig, num_classes: int = 0):
+    def __init__(self, cfg, num_classes: int = 0, path: GaussianPath | None = None):
         self.cfg = cfg
         self.null_class = num_classes
         self.prediction = cfg.resolved_prediction
+        self.path = path if path is not None else self.build_path(cfg)
+
+    @staticmethod
+    def build_path(cfg) -> GaussianPath:
+        raise NotImplementedError  # abstract
+
+    def log_terms(self, loss: float, dims: int) -> dict:
+        """Extra figures to log beside the loss (none: a denoising loss is no likelihood)."""
+        return {}
 
     def sample_time(self, n: int, generator: torch.Generator | None):
         raise NotImplementedError  # abstract

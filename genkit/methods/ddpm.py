@@ -2,12 +2,47 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from genkit.config import MethodConfig
 from genkit.methods.base import DenoisingMethod, loss_weight
 from genkit.paths import DiscreteVPPath
+from genkit.registry import ConfigError, one_of, require
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "cosine", "sigmoid")
+LOSS_WEIGHTINGS = ("plain", "min_snr", "trunc_snr")
+
+
+@dataclass
+class DDPMConfig:
+    """`method.ddpm`: the discrete chain and the loss weighting."""
+
+    num_timesteps: int = 1000
+    beta_schedule: str = "linear"  # linear | scaled_linear | cosine | sigmoid
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    zero_terminal_snr: bool = False  # rescale betas so that t = 1 is pure noise (Lin et al. 2024)
+    loss_weighting: str = "plain"  # plain | min_snr | trunc_snr
+    snr_gamma: float = 5.0  # gamma of min_snr
+
+
+def check(cfg) -> None:
+    d = cfg.method.ddpm
+    one_of(d.beta_schedule, BETA_SCHEDULES, "method.ddpm.beta_schedule")
+    one_of(d.loss_weighting, LOSS_WEIGHTINGS, "method.ddpm.loss_weighting")
+    require(d, "method.ddpm", positive=["num_timesteps", "snr_gamma"])
+    if not 0 < d.beta_start < d.beta_end < 1:
+        raise ConfigError("method.ddpm.beta_start, method.ddpm.beta_end: need 0 < beta_start < beta_end < 1")
+    if d.zero_terminal_snr and cfg.method.resolved_prediction == "eps":
+        raise ConfigError("method.prediction: eps cannot be inverted at zero terminal SNR; use v or x0")
+
+
+def build_path(method_cfg) -> DiscreteVPPath:
+    """The discrete VP chain of a `method` config section."""
+    d = method_cfg.ddpm
+    betas = make_betas(d.beta_schedule, d.num_timesteps, d.beta_start, d.beta_end)
+    return DiscreteVPPath(rescale_zero_terminal_snr(betas) if d.zero_terminal_snr else betas)
 
 
 def make_betas(schedule: str, num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -49,14 +84,12 @@ class DDPM(DenoisingMethod):
     """Noise-prediction training on the discrete VP path; the net sees t = (k + 1) / T for a
     uniformly drawn step k."""
 
-    def __init__(self, cfg: MethodConfig, num_classes: int = 0):
-        super().__init__(cfg, num_classes)
-        betas = make_betas(cfg.beta_schedule, cfg.num_timesteps, cfg.beta_start, cfg.beta_end)
-        self.path = DiscreteVPPath(rescale_zero_terminal_snr(betas) if cfg.zero_terminal_snr else betas)
+    build_path = staticmethod(build_path)
 
     def sample_time(self, n: int, generator: torch.Generator | None):
-        t = self.path.timestep_to_t(torch.randint(0, self.cfg.num_timesteps, (n,), generator=generator))
-        if self.cfg.loss_weighting == "plain":
+        d = self.cfg.ddpm
+        t = self.path.timestep_to_t(torch.randint(0, d.num_timesteps, (n,), generator=generator))
+        if d.loss_weighting == "plain":
             return t, None
         snr = torch.exp(self.path.log_snr(t))
-        return t, snr_weight(snr, self.prediction, self.cfg.loss_weighting, self.cfg.snr_gamma)
+        return t, snr_weight(snr, self.prediction, d.loss_weighting, d.snr_gamma)

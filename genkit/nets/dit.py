@@ -12,8 +12,37 @@ import functools
 import torch
 from torch import nn
 
-from genkit.config import DiTConfig
+from dataclasses import dataclass
+
 from genkit.nets.layers import Attention, ConditionEmbedding, InputSkip, zero_module
+from genkit.registry import ConfigError, require
+
+
+@dataclass
+class DiTConfig:
+    """`model.dit`: the transformer's size."""
+
+    patch_size: int = 2
+    hidden_size: int = 256
+    depth: int = 6
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+
+
+def check(cfg) -> None:
+    """Patches tile the image; heads split the width; the 2-D sin-cos embedding needs width % 4 == 0."""
+    dit, size = cfg.model.dit, cfg.data.image_size
+    require(dit, "model.dit", positive=["patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio"])
+    if size % dit.patch_size:
+        raise ConfigError(f"model.dit.patch_size: {dit.patch_size} does not divide data.image_size {size}")
+    if dit.hidden_size % dit.num_heads:
+        raise ConfigError(f"model.dit.num_heads: {dit.num_heads} does not divide model.dit.hidden_size {dit.hidden_size}")
+    if (dit.hidden_size // dit.num_heads) % 2 or dit.hidden_size % 4:
+        raise ConfigError("model.dit.hidden_size: needs hidden_size % 4 == 0 and an even head width")
+
+
+def build(cfg) -> "DiT":
+    return DiT(cfg.model.dit, cfg.data.channels, cfg.data.image_size, cfg.model.num_classes)
 
 
 def sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:

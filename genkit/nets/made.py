@@ -3,9 +3,36 @@ pixels in raster order; with no hidden layer it is an FVSBN (Frey 1998: a logist
 of each pixel on the pixels before it)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from genkit.registry import ConfigError
+
+
+@dataclass
+class MADEConfig:
+    """`model.made`; `model.name: fvsbn` is the same net with no hidden layer."""
+
+    hidden: tuple[int, ...] = (500,)  # hidden layer widths
+
+
+def check(cfg) -> None:
+    """Binary pixels only, and positive widths."""
+    if cfg.method.autoregressive.levels != 2:
+        raise ConfigError(f"method.autoregressive.levels: {cfg.model.name} models binary pixels (levels=2)")
+    if cfg.model.name == "made" and (not cfg.model.made.hidden or min(cfg.model.made.hidden) <= 0):
+        raise ConfigError(f"model.made.hidden: needs positive widths, got {list(cfg.model.made.hidden)}")
+
+
+def build(cfg) -> "MADE":
+    return MADE(cfg.data.image_size, cfg.model.made.hidden, cfg.model.num_classes)
+
+
+def build_fvsbn(cfg) -> "MADE":
+    return MADE(cfg.data.image_size, (), cfg.model.num_classes)
 
 
 class MaskedLinear(nn.Linear):

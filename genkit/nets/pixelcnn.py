@@ -15,7 +15,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genkit.config import PixelCNNConfig
+from dataclasses import dataclass
+
+from genkit.registry import ConfigError, require
+
+
+@dataclass
+class PixelCNNConfig:
+    """`model.pixelcnn`: the gated stacks' size."""
+
+    channels: int = 64  # width of the vertical and horizontal stacks
+    num_layers: int = 8  # gated blocks after the input layer
+    kernel_size: int = 3  # of the gated blocks (odd)
+    input_kernel_size: int = 7  # of the input layer (odd)
+    head_channels: int = 256  # hidden width of the output head
+
+
+def check(cfg) -> None:
+    p = cfg.model.pixelcnn
+    require(p, "model.pixelcnn", positive=["channels", "num_layers", "head_channels"])
+    for key, k in [("kernel_size", p.kernel_size), ("input_kernel_size", p.input_kernel_size)]:
+        if k < 1 or k % 2 == 0:
+            raise ConfigError(f"model.pixelcnn.{key}: must be a positive odd number, got {k}")
+
+
+def build(cfg) -> "PixelCNN":
+    return PixelCNN(cfg.model.pixelcnn, cfg.method.autoregressive.levels, cfg.model.num_classes)
 
 
 def down_shift(x: torch.Tensor) -> torch.Tensor:

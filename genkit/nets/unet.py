@@ -17,8 +17,54 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genkit.config import UNetConfig
+from dataclasses import dataclass
+
 from genkit.nets.layers import Attention, ConditionEmbedding, InputSkip, zero_module
+from genkit.registry import ConfigError, require
+
+
+@dataclass
+class UNetConfig:
+    """`model.unet`: the UNet's size and layout."""
+
+    channels: int = 64  # width of the first level
+    channel_mult: tuple[int, ...] = (1, 2, 2)  # width multiplier per resolution level
+    num_res_blocks: tuple[int, ...] = (2,)  # residual blocks on the way down: one count, or one per level
+    attention_resolutions: tuple[int, ...] = (8,)  # feature-map sizes that get self-attention
+    head_channels: int = 32  # channels per attention head
+    dropout: float = 0.0
+
+    def blocks_per_level(self) -> tuple[int, ...]:
+        """`num_res_blocks` as one count per level (a single count, or a bare int, is repeated)."""
+        counts = (self.num_res_blocks,) if isinstance(self.num_res_blocks, int) else tuple(self.num_res_blocks)
+        return counts * len(self.channel_mult) if len(counts) == 1 else counts
+
+
+def check(cfg) -> None:
+    """What a run config must satisfy for a UNet: GroupNorm's 32 groups, whole attention heads,
+    and an image size that halves at every level."""
+    unet, size = cfg.model.unet, cfg.data.image_size
+    require(unet, "model.unet", positive=["channels", "head_channels"], unit=["dropout"])
+    if not unet.channel_mult or min(unet.channel_mult) <= 0:
+        raise ConfigError(f"model.unet.channel_mult: needs positive entries, got {list(unet.channel_mult)}")
+    blocks = unet.blocks_per_level()
+    if not blocks or min(blocks) <= 0:
+        raise ConfigError(f"model.unet.num_res_blocks: needs positive entries, got {list(blocks)}")
+    if len(blocks) != len(unet.channel_mult):
+        raise ConfigError(f"model.unet.num_res_blocks: give one count or one per level of model.unet.channel_mult "
+                          f"({len(unet.channel_mult)}), got {list(blocks)}")
+    levels = len(unet.channel_mult) - 1
+    if size % 2**levels:
+        raise ConfigError(f"data.image_size: {size} is not divisible by 2**{levels} "
+                          f"(model.unet.channel_mult has {levels + 1} levels)")
+    for mult in unet.channel_mult:
+        if (unet.channels * mult) % unet.head_channels or (unet.channels * mult) % 32:
+            raise ConfigError(f"model.unet.channels: {unet.channels} x {mult} must be a multiple of 32 "
+                              f"(GroupNorm) and of model.unet.head_channels ({unet.head_channels})")
+
+
+def build(cfg) -> "UNet":
+    return UNet(cfg.model.unet, cfg.data.channels, cfg.data.image_size, cfg.model.num_classes)
 
 
 def _norm(channels: int) -> nn.GroupNorm:

@@ -33,6 +33,10 @@ class GaussianPath:
         """The time at fraction u of a uniform sampling clock (identity; flows apply SD3's shift)."""
         return u
 
+    def default_schedule(self, sampler: str, registered: str) -> str:
+        """The time grid `sampler` gets on this path unless the caller names one: the sampler's own."""
+        return registered
+
     def net_input(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """What the net is fed for x_t (as is; paths whose x_t grows large rescale it)."""
         return x

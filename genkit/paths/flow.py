@@ -38,4 +38,15 @@ class FlowPath(GaussianPath):
         return torch.ones_like(torch.as_tensor(t, dtype=torch.float64))
 
     def time_warp(self, u):
+        """SD3's shift, applied to training times and sampling grids alike."""
         return shift_time(u, self.shift)
+
+    def default_schedule(self, sampler: str, registered: str) -> str:
+        """Euler, Heun and DDIM step evenly in the shifted time t, the grid SD3 samples on; with
+        shift 1 that is the `flow` grid they get on other paths."""
+        return "uniform" if sampler in ("euler", "heun", "ddim") else registered
+
+    def warped_density(self, pdf, t: torch.Tensor) -> torch.Tensor:
+        """The density at t of time_warp(u) for u ~ `pdf`: pdf(u) |du/dt|, u = unshift(t)."""
+        a = self.shift
+        return pdf(unshift_time(t, a)) * a / (a - (a - 1) * t) ** 2

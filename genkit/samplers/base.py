@@ -1,10 +1,40 @@
-"""What every sampler shares: the net seen as (x_t, t) -> (x0, eps), and per-sample noise."""
+"""What every sampler shares: the net seen as (x_t, t) -> (x0, eps), per-sample noise, and the
+protocols of the sampler signature
+
+    sampler(denoiser, x, ts, noise=None, callback=None, progress=False, **options) -> x0
+
+(`x` the starting noise at ts[0], `ts` a descending grid ending at 0; k-diffusion's shared
+signature, with the path carried by the denoiser).
+"""
 from __future__ import annotations
+
+from typing import Callable, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
 from genkit.paths import GaussianPath, _bcast
+
+
+class DenoiserLike(Protocol):
+    """What samplers call: `denoiser(x_t, t) -> (x0_hat, eps_hat)` on `denoiser.path`, with `t` a
+    float or [B] float64 times; `nfe` counts network evaluations."""
+
+    path: GaussianPath
+    nfe: int
+
+    def __call__(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class NoiseSource(Protocol):
+    """Where stochastic samplers draw fresh noise: one row per sample."""
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+Callback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
+"""`callback(step, t, x, x0_hat)`: called once per step with the state x at time t and the
+denoised estimate the step is built on."""
 
 
 def time_pairs(ts: torch.Tensor, progress: bool = False):

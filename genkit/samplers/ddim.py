@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from genkit.samplers.base import Denoiser, SampleNoise, time_pairs
+from genkit.samplers.base import Callback, DenoiserLike, NoiseSource, time_pairs
 
 
 def ddim_step(x0: torch.Tensor, eps: torch.Tensor, a_t: float, s_t: float, a_s: float, s_s: float,
-              eta: float, noise: SampleNoise | None) -> torch.Tensor:
+              eta: float, noise: NoiseSource | None) -> torch.Tensor:
     """One DDIM step from t to s, generalised to any Gaussian path:
 
     x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z,
@@ -23,17 +23,19 @@ def ddim_step(x0: torch.Tensor, eps: torch.Tensor, a_t: float, s_t: float, a_s: 
     return x
 
 
-def ddim(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise: SampleNoise | None = None,
-         eta: float = 0.0, progress: bool = False) -> torch.Tensor:
+def ddim(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: NoiseSource | None = None,
+         callback: Callback | None = None, progress: bool = False, eta: float = 0.0) -> torch.Tensor:
     """Step x from ts[0] down to ts[-1] with `ddim_step`; eta = 0 is deterministic."""
     alpha, sigma = denoiser.path.alpha(ts).tolist(), denoiser.path.sigma(ts).tolist()
     for i, (t, s) in enumerate(time_pairs(ts, progress)):
         x0, eps = denoiser(x, t)
+        if callback:
+            callback(i, t, x, x0)
         x = ddim_step(x0, eps, alpha[i], sigma[i], alpha[i + 1], sigma[i + 1], eta, noise)
     return x
 
 
-def ddpm(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise: SampleNoise | None = None,
-         progress: bool = False) -> torch.Tensor:
+def ddpm(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: NoiseSource | None = None,
+         callback: Callback | None = None, progress: bool = False) -> torch.Tensor:
     """DDPM's ancestral sampler (Ho et al. 2020, algorithm 2) on any time grid: DDIM at eta = 1."""
-    return ddim(denoiser, x, ts, noise, eta=1.0, progress=progress)
+    return ddim(denoiser, x, ts, noise, callback, progress, eta=1.0)

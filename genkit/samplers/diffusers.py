@@ -6,8 +6,8 @@ import inspect
 import torch
 from tqdm.auto import tqdm
 
-from genkit.config import ConfigError
-from genkit.samplers.base import Denoiser
+from genkit.registry import ArgumentError
+from genkit.samplers.base import Callback, DenoiserLike
 
 
 class DiffusersSampler:
@@ -27,15 +27,16 @@ class DiffusersSampler:
         self.scheduler, self.seed = scheduler, seed
         self.kind = self.KINDS.get(scheduler.config.get("prediction_type", "epsilon"))
         if self.kind is None:
-            raise ConfigError(f"scheduler: prediction_type {scheduler.config.prediction_type!r} is not supported")
+            raise ArgumentError("scheduler", f"prediction_type {scheduler.config.prediction_type!r} is not supported")
 
     def check(self, path) -> None:
         theirs = self.scheduler.alphas_cumprod.double()
         if not hasattr(path, "alphas_cumprod") or len(theirs) != len(path.alphas_cumprod) or \
                 not torch.allclose(theirs, path.alphas_cumprod, rtol=1e-4, atol=1e-6):
-            raise ConfigError("scheduler: its beta schedule differs from the one the model was trained with")
+            raise ArgumentError("scheduler", "its beta schedule differs from the one the model was trained with")
 
-    def __call__(self, denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise=None, progress: bool = False):
+    def __call__(self, denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise=None,
+                 callback: Callback | None = None, progress: bool = False):
         path, sched = denoiser.path, self.scheduler
         self.check(path)
         steps = len(ts) - 1
@@ -44,9 +45,11 @@ class DiffusersSampler:
         if "generator" in inspect.signature(sched.step).parameters:
             step_kwargs["generator"] = torch.Generator().manual_seed(self.seed)
         x = x * float(sched.init_noise_sigma)
-        for k in tqdm(sched.timesteps, desc="sampling", disable=not progress, leave=False):
+        for i, k in enumerate(tqdm(sched.timesteps, desc="sampling", disable=not progress, leave=False)):
             t = (float(k) + 1) / path.num_timesteps
             x0, eps = denoiser(sched.scale_model_input(x, k), t)
+            if callback:
+                callback(i, t, x, x0)
             out = path.from_x0_eps(x0, eps, torch.tensor([t], dtype=torch.float64), self.kind)
             x = sched.step(out.to(x.dtype), k, x, **step_kwargs).prev_sample
         return x

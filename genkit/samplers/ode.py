@@ -9,30 +9,36 @@ import torch
 from tqdm.auto import trange
 
 from genkit.paths import _bcast
-from genkit.samplers.base import Denoiser, time_pairs
+from genkit.samplers.base import Callback, Denoiser, DenoiserLike, NoiseSource, time_pairs
 
 
-def _velocity(denoiser: Denoiser, x: torch.Tensor, t):
+def _velocity(denoiser: DenoiserLike, x: torch.Tensor, t):
     """The probability-flow velocity and x0 estimate at time t (a float, or [B] per-sample times)."""
     x0, eps = denoiser(x, t)
     tt = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
     return denoiser.path.from_x0_eps(x0, eps, tt, "velocity"), x0
 
 
-def euler(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise=None, progress: bool = False) -> torch.Tensor:
+def euler(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: NoiseSource | None = None,
+          callback: Callback | None = None, progress: bool = False) -> torch.Tensor:
     """Euler's method on the probability-flow ODE; the last step (to t = 0) lands on the
     denoised estimate, which is where an Euler step on a linear path lands too."""
-    for t, s in time_pairs(ts, progress):
+    for i, (t, s) in enumerate(time_pairs(ts, progress)):
         u, x0 = _velocity(denoiser, x, t)
+        if callback:
+            callback(i, t, x, x0)
         x = x0 if s == 0 else x + (s - t) * u
     return x
 
 
-def heun(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise=None, progress: bool = False) -> torch.Tensor:
+def heun(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: NoiseSource | None = None,
+         callback: Callback | None = None, progress: bool = False) -> torch.Tensor:
     """Heun's second-order method (Karras et al. 2022, algorithm 1) in t; the last step to t = 0
     is a single evaluation, as in EDM. NFE = 2 * steps - 1."""
-    for t, s in time_pairs(ts, progress):
+    for i, (t, s) in enumerate(time_pairs(ts, progress)):
         u, x0 = _velocity(denoiser, x, t)
+        if callback:
+            callback(i, t, x, x0)
         if s == 0:
             return x0
         guess = x + (s - t) * u
@@ -41,8 +47,8 @@ def heun(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise=None, prog
     return x
 
 
-def dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise=None, progress: bool = False,
-             corrector: bool = False) -> torch.Tensor:
+def dpmpp_2m(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: NoiseSource | None = None,
+             callback: Callback | None = None, progress: bool = False, corrector: bool = False) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, algorithm 2): multistep second order in the data
     prediction, exponential integrator in lambda = log(alpha / sigma); first order on the
     first step and a denoising jump on the last.
@@ -63,6 +69,8 @@ def dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise=None, 
             phi1 = -math.expm1(-h)  # 1 - e^{-h}
             phi2 = (h - phi1) / h if math.isfinite(h) else 1.0  # (h - 1 + e^{-h}) / h
             x = (sigma[i] / sigma[i - 1]) * x_prev + alpha[i] * (phi1 * x0_prev + phi2 * (x0 - x0_prev))
+        if callback:
+            callback(i, t, x, x0)
         if s == 0:
             return x0
         h = lam[i + 1] - lam[i]
@@ -76,18 +84,21 @@ def dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise=None, 
     return x
 
 
-def dpmpp_2m_pc(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise=None, progress: bool = False) -> torch.Tensor:
+def dpmpp_2m_pc(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: NoiseSource | None = None,
+                callback: Callback | None = None, progress: bool = False) -> torch.Tensor:
     """DPM-Solver++(2M) with the free second-order corrector (see `dpmpp_2m`)."""
-    return dpmpp_2m(denoiser, x, ts, noise, progress, corrector=True)
+    return dpmpp_2m(denoiser, x, ts, noise, callback, progress, corrector=True)
 
 
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
 
-def ode(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise=None, progress: bool = False,
-        method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, per_sample: bool = True) -> torch.Tensor:
-    """The probability-flow ODE to tolerance, then one denoising jump to t = 0.
+def ode(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise: NoiseSource | None = None,
+        callback: Callback | None = None, progress: bool = False, method: str = "dopri5", rtol: float = 1e-5,
+        atol: float = 1e-5, per_sample: bool = True) -> torch.Tensor:
+    """The probability-flow ODE to tolerance, then one denoising jump to t = 0 (the one step
+    `callback` sees: the solver's own steps are internal).
 
     Adaptive methods integrate from ts[0] to the smallest positive time ts[-2]; fixed-grid
     methods (euler, midpoint, rk4, ...) step on ts[:-1] through torchdiffeq (Chen et al. 2018).
@@ -110,7 +121,10 @@ def ode(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise=None, progr
         x = torch.cat(out)
     else:
         x = _torchdiffeq_solve(denoiser, x, ts, method, rtol, atol)
-    return denoiser(x, float(ts[-2]))[0]
+    x0 = denoiser(x, float(ts[-2]))[0]
+    if callback:
+        callback(0, float(ts[-2]), x, x0)
+    return x0
 
 
 def _torchdiffeq_solve(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, method: str, rtol: float, atol: float):

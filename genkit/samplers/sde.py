@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from genkit.samplers.base import Denoiser, time_pairs
+from genkit.samplers.base import Callback, DenoiserLike, NoiseSource, time_pairs
 from genkit.samplers.ddim import ddim_step
 
 
@@ -27,14 +27,16 @@ def _randn_like(noise, x: torch.Tensor) -> torch.Tensor:
     return noise.randn_like(x) if noise is not None else torch.randn_like(x)
 
 
-def em(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise=None, progress: bool = False,
-       denoise: bool = True) -> torch.Tensor:
+def em(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: NoiseSource | None = None,
+       callback: Callback | None = None, progress: bool = False, denoise: bool = True) -> torch.Tensor:
     """Euler-Maruyama on the reverse SDE. With `denoise`, the last step to t = 0 returns the
     denoised estimate E[x0 | x_t] (Tweedie) instead of a noiseless Euler step."""
     path = denoiser.path
     alpha, sigma = path.alpha(ts).tolist(), path.sigma(ts).tolist()
     for i, (t, s) in enumerate(time_pairs(ts, progress)):
         x0, eps = denoiser(x, t)
+        if callback:
+            callback(i, t, x, x0)
         if s == 0 and denoise:
             return x0
         if _pure_noise(alpha[i], sigma[i]):  # singular start: the exact posterior step
@@ -48,7 +50,7 @@ def em(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise=None, progre
     return x
 
 
-def langevin(denoiser: Denoiser, x: torch.Tensor, t: float, snr: float, step_scale: float, noise) -> torch.Tensor:
+def langevin(denoiser: DenoiserLike, x: torch.Tensor, t: float, snr: float, step_scale: float, noise) -> torch.Tensor:
     """One Langevin corrector step at time t (Song et al. 2021, algorithm 5).
 
     Song et al. set the step so that |step * score| / |sqrt(2 step) z| = snr with norms averaged
@@ -62,8 +64,8 @@ def langevin(denoiser: Denoiser, x: torch.Tensor, t: float, snr: float, step_sca
     return x - step * eps / sigma + (2 * step) ** 0.5 * _randn_like(noise, x)
 
 
-def pc(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise=None, progress: bool = False,
-       predictor: str = "reverse_diffusion", snr: float = 0.16, n_corrector: int = 1,
+def pc(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: NoiseSource | None = None,
+       callback: Callback | None = None, progress: bool = False, predictor: str = "reverse_diffusion", snr: float = 0.16, n_corrector: int = 1,
        denoise: bool = True) -> torch.Tensor:
     """Predictor-corrector sampling (Song et al. 2021, algorithms 2, 3 and 5): at each time,
     `n_corrector` Langevin steps, then one predictor step to the next time. NFE per step:
@@ -86,6 +88,8 @@ def pc(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise=None, progre
             for _ in range(n_corrector):
                 x = langevin(denoiser, x, t, snr, (a_t / a_s) ** 2, noise)
         x0, eps = denoiser(x, t)
+        if callback:
+            callback(i, t, x, x0)
         if s == 0 and denoise:
             return x0
         if predictor == "ancestral" or _pure_noise(a_t, s_t):

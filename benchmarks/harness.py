@@ -1,0 +1,104 @@
+"""What the benchmarks share: recipes, training in a subprocess, step counts, and results files.
+
+A recipe trains in its own process (`python train.py`), as a user runs it: nothing of one run's
+accelerate state or threads leaks into the next, and the benchmark process only samples and
+scores. Results go to `benchmarks/results/NAME.json` with the commit and the machine they were
+measured on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+QUIET = ["train.sample_every=0", "train.checkpoint_every=0"]  # a benchmark run writes one checkpoint, at the end
+
+
+def benchmark_parser(name: str, doc: str, workdir: bool = False) -> argparse.ArgumentParser:
+    """A benchmark's command line: described by its docstring's first line, with `--json` (default
+    benchmarks/results/NAME.json) and, for benchmarks that train, `--workdir` (default runs/NAME)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--json", default=str(RESULTS / f"{name}.json"), help="where to write the results (default: %(default)s)")
+    if workdir:
+        p.add_argument("--workdir", default=f"runs/{name}", help="where runs are trained (default: %(default)s)")
+    return p
+
+
+def recipe_path(name: str) -> Path:
+    """configs/NAME.yaml."""
+    return ROOT / "configs" / f"{name}.yaml"
+
+
+def train(config: str | Path, output_dir: str | Path, *overrides: str) -> Path:
+    """Train `config` (a recipe name or a YAML path) into `output_dir` in a subprocess; returns the
+    run directory. Periodic grids and checkpoints are off unless `overrides` turn them on."""
+    config = recipe_path(config) if not Path(config).suffix else Path(config)
+    command = [sys.executable, str(ROOT / "train.py"), "--config", str(config), f"output_dir={output_dir}",
+               *QUIET, *overrides]
+    subprocess.run(command, check=True, cwd=ROOT)
+    return Path(output_dir)
+
+
+def steps_per_second(config: str | Path, workdir: str | Path, *overrides: str, steps: int = 12) -> float:
+    """Training steps per second of `config` on this machine, from a short run's log (the first two
+    logged steps, which build kernels, are left out)."""
+    out = train(config, Path(workdir) / "calibration", f"train.max_steps={steps}", "train.log_every=2",
+                *overrides)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    batch = _batch_size(out)
+    # img_per_s is cumulative from the start: seconds to reach a step = step * batch / img_per_s
+    seconds = [r["step"] * batch / r["img_per_s"] for r in records]
+    return (records[-1]["step"] - records[0]["step"]) / (seconds[-1] - seconds[0])
+
+
+def _batch_size(run: Path) -> int:
+    from genkit.config import load_config
+
+    return load_config(run / "config.yaml").train.batch_size
+
+
+def steps_for(nfe: int, evals_per_step: int = 1, last_is_one: bool = False) -> int:
+    """The most steps whose network evaluations fit in `nfe`: `evals_per_step` per step, or one
+    on the last step with `last_is_one` (Heun's: 2 steps - 1)."""
+    if last_is_one:
+        return max(1, (nfe - 1) // evals_per_step + 1)
+    return max(1, nfe // evals_per_step)
+
+
+def commit() -> str:
+    """The commit the benchmark ran at, with `+dirty` when the tree had uncommitted changes."""
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def machine() -> dict:
+    """Where the figures were measured."""
+    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def write_results(name: str, result: dict, path: str | Path | None = None) -> Path:
+    """Write `result` with the commit and machine to `path` (default benchmarks/results/NAME.json),
+    through a temporary file so that an interrupted write leaves the old results whole."""
+    path = Path(path) if path else RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps({"commit": commit(), "machine": machine(), **result}, indent=2) + "\n")
+    tmp.replace(path)
+    return path
