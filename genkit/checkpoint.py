@@ -7,20 +7,24 @@
         net_ema.safetensors  EMA weights
         trainer_state.json   step and counters
 
-A checkpoint is written under a temporary name and renamed into place, so a directory named
-`step-*` is always complete.
+A checkpoint is written under a temporary name and renamed into place; re-saving a step moves
+the old copy aside first and pruning renames before it deletes, so a directory named `step-*` is
+always complete, whenever the process dies (`recover` tidies what a death leaves). A `step-*`
+damaged afterwards (truncated, overwritten) is skipped with a warning by `resolve_checkpoint`.
 """
 from __future__ import annotations
 
 import json
 import re
+import logging
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from genkit.config import Config, ConfigError, load_config, save_config
+from genkit.config import Config, load_config, save_config
+from genkit.registry import ArgumentError
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 NET_FILE, EMA_FILE, CONFIG_FILE, STATE_FILE = "net.safetensors", "net_ema.safetensors", "config.yaml", "trainer_state.json"
@@ -48,25 +52,104 @@ def write_export(directory: Path, cfg: Config, net_state: dict, ema_state: dict,
 
 
 def publish(tmp: Path, final: Path, keep: int) -> None:
-    """Rename a fully written checkpoint into place and prune the oldest beyond `keep` (0 keeps all)."""
-    if final.exists():
-        shutil.rmtree(final)
+    """Rename a fully written checkpoint into place and prune the oldest beyond `keep` (0 keeps
+    all). At every moment each step is whole under its own name or under `.old-` (see `recover`)."""
+    aside = final.with_name(f".old-{final.name}")
+    if final.exists():  # re-saving a step: the old copy stays whole until the new one is in place
+        _remove(aside)
+        final.rename(aside)
     tmp.rename(final)
+    _remove(aside)
     if keep > 0:
         for old in list_checkpoints(final.parent.parent)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
+
+
+def _remove(directory: Path) -> None:
+    """Delete a directory so that no half-deleted copy ever bears a checkpoint's name."""
+    if directory.exists():
+        trash = directory.with_name(f".trash-{directory.name.lstrip('.')}")
+        directory.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def recover(output_dir: str | Path) -> None:
+    """Tidy what a run killed while saving left behind: an old copy moved aside goes back if its
+    step has no other copy; unpublished and half-deleted directories are removed."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return
+    for path in sorted(root.iterdir()):
+        if path.name.startswith(".old-") and not (root / path.name[len(".old-"):]).exists():
+            path.rename(root / path.name[len(".old-"):])
+        elif path.name.startswith((".old-", ".tmp-", ".trash-")):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def damage(directory: Path) -> str | None:
+    """Why the inference export of a checkpoint cannot be read, or None if it can (headers and
+    sizes of the weights, the config, the trainer state)."""
+    from safetensors import safe_open
+
+    for name in (CONFIG_FILE, STATE_FILE, NET_FILE, EMA_FILE):
+        if not (directory / name).is_file():
+            return f"{name} is missing"
+    try:
+        for name in (NET_FILE, EMA_FILE):
+            with safe_open(str(directory / name), "pt") as f:
+                f.keys()
+        json.loads((directory / STATE_FILE).read_text())["step"]
+        missing = _missing_keys(directory / CONFIG_FILE)
+        if missing:
+            return f"{CONFIG_FILE} is incomplete (no {missing[0]})"
+    except Exception as err:  # any unreadable file: the reason is reported, not raised
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"
+    return None
+
+
+def _missing_keys(path: Path) -> list[str]:
+    """Keys the run's config must hold that the saved file lacks (a truncated file can still parse)."""
+    import yaml
+
+    from genkit.config import to_dict
+
+    def flat(data, prefix=""):
+        keys = set()
+        for key, value in data.items():
+            keys |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {prefix + key}
+        return keys
+    raw = yaml.safe_load(path.read_text())
+    return sorted(flat(to_dict(load_config(path))) - flat(raw if isinstance(raw, dict) else {}))
+
+
+def intact_checkpoints(output_dir: str | Path) -> list[Path]:
+    """The checkpoints of a run whose export reads back, oldest first; each one skipped is named
+    in a one-line warning (logger `genkit`)."""
+    intact = []
+    for path in list_checkpoints(output_dir):
+        problem = damage(path)
+        if problem is None:
+            intact.append(path)
+        else:
+            logging.getLogger("genkit").warning(f"skipping damaged checkpoint {path}: {problem}")
+    return intact
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory from either itself or a run directory (its newest checkpoint)."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise ConfigError(f"--checkpoint: {path} does not exist")
-    if (path / CONFIG_FILE).is_file() and (path / EMA_FILE).is_file():
+        raise ArgumentError("path", f"{path} does not exist")
+    if (path / STATE_FILE).is_file() or (path / EMA_FILE).is_file():  # a checkpoint itself
+        problem = damage(path)
+        if problem:
+            raise ArgumentError("path", f"{path} is damaged ({problem})")
         return path
-    found = list_checkpoints(path)
+    if not list_checkpoints(path):
+        raise ArgumentError("path", f"{path} is neither a checkpoint nor a run directory with checkpoints")
+    found = intact_checkpoints(path)
     if not found:
-        raise ConfigError(f"--checkpoint: {path} is neither a checkpoint nor a run directory with checkpoints")
+        raise ArgumentError("path", f"every checkpoint in {path} is damaged")
     return found[-1]
 
 
@@ -84,7 +167,7 @@ def load_export(path: str | Path, ema: bool = True) -> tuple[Config, torch.nn.Mo
     weights = directory / (EMA_FILE if ema else NET_FILE)
     try:
         net.load_state_dict(load_file(str(weights)))
-    except RuntimeError as err:
-        raise ConfigError(f"--checkpoint: weights in {weights} do not fit the net its config describes "
-                          f"({str(err).splitlines()[0]})")
+    except Exception as err:  # a wrong shape or an unreadable tensor
+        raise ArgumentError("path", f"weights in {weights} do not fit the net its config describes "
+                                    f"({str(err).splitlines()[0]})") from None
     return cfg, net.eval(), directory

@@ -9,9 +9,9 @@ from genkit.registry import ArgumentError, ConfigError
 
 # The library names a bad argument by its parameter (`genkit.registry.ArgumentError`); here is the
 # flag each parameter comes from. Any other name is a sampler option, given with --option.
-FLAGS = {"labels": "--class-label", "steps": "--steps", "sampler": "--sampler", "schedule": "--schedule",
-         "guidance": "--guidance", "batch_size": "--batch-size", "n": "--num", "model": "--checkpoint",
-         "out_dir": "--out", "images": "--bpd", "rtol": "--bpd-tol"}
+FLAGS = {"labels": "--class-label", "steps": "--steps", "seed": "--seed", "sampler": "--sampler", "schedule": "--schedule",
+         "guidance": "--guidance", "batch_size": "--batch-size", "path": "--checkpoint", "model": "--checkpoint",
+         "out_dir": "--out", "runs": "RUN"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -29,6 +29,15 @@ def one_line(text: str) -> str:
 def _run(fn, args) -> int:
     try:
         fn(args)
+    except RuntimeError as err:
+        if "allocate" not in str(err):
+            raise
+        print(f"error: out of memory ({one_line(str(err).splitlines()[0])}); use a smaller model, batch or "
+              f"image size", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("error: out of memory; use a smaller model, batch or image size", file=sys.stderr)
+        return 1
     except ConfigError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
@@ -132,7 +141,7 @@ def _train(args) -> None:
         import yaml
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return
-    from genkit.training import TrainingDiverged, train
+    from genkit.training import TrainingDiverged, TrainingInterrupted, train
 
     main_process = int(os.environ.get("RANK", "0")) == 0  # under a launcher, speak once
     try:
@@ -141,6 +150,15 @@ def _train(args) -> None:
         if main_process:
             print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1)
+    except TrainingInterrupted as err:  # the conventional status of a process ended by that signal
+        if main_process:
+            print(f"genkit: {err}", file=sys.stderr)
+        raise SystemExit(128 + err.signum)
+    except KeyboardInterrupt:
+        if main_process:
+            print("error: stopped at once by a second signal; the last periodic checkpoint stands "
+                  "(continue with train.resume=latest)", file=sys.stderr)
+        raise SystemExit(130)
     if main_process:
         print(f"done: final checkpoint {final}")
 
@@ -151,10 +169,19 @@ def _require_positive(args, *flags: str) -> None:
             raise ConfigError(f"--{flag.replace('_', '-')}: must be positive, got {getattr(args, flag)}")
 
 
+MAX_SEED, MAX_STEPS, MAX_NUM = 2**63 - 1, 100_000, 10_000_000  # beyond these a value is a typo
+
+
 def _check_sampling_flags(args) -> None:
     _require_positive(args, "num", "batch_size")
-    if args.steps is not None and args.steps <= 0:
-        raise ConfigError(f"--steps: must be positive, got {args.steps}")
+    if args.num > MAX_NUM:
+        raise ConfigError(f"--num: at most {MAX_NUM} images per call, got {args.num}")
+    if args.steps is not None and not 0 < args.steps <= MAX_STEPS:
+        raise ConfigError(f"--steps: must lie in 1..{MAX_STEPS}, got {args.steps}")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ConfigError(f"--seed: must lie in 0..2**63-1, got {args.seed}")
+    if getattr(args, "nrow", None) is not None and not 0 < args.nrow <= args.num:
+        raise ConfigError(f"--nrow: must lie in 1..--num ({args.num}), got {args.nrow}")
     if args.guidance is not None and not 0 <= args.guidance < float("inf"):
         raise ConfigError(f"--guidance: must be a finite number >= 0, got {args.guidance}")
 
@@ -200,20 +227,39 @@ def _draw(args, model=None):
     return model, drawn
 
 
+def _check_out(path: str) -> None:
+    """Refuse, before any work, an output file the run cannot write or must not overwrite."""
+    from pathlib import Path
+
+    from genkit.checkpoint import EMA_FILE, STATE_FILE
+    from genkit.images import image_format
+
+    out = Path(path)
+    try:
+        image_format(out)
+    except ArgumentError as err:
+        raise ConfigError(f"--out: {err.problem}") from None
+    if out.is_dir():
+        raise ConfigError(f"--out: {out} is a directory; name an image file")
+    if (out.parent / STATE_FILE).is_file() or (out.parent / EMA_FILE).is_file():
+        raise ConfigError(f"--out: {out.parent} is a checkpoint; write the grid elsewhere")
+
+
 def _sample(args) -> None:
     from genkit.images import save_grid
 
     _check_sampling_flags(args)
+    _check_out(args.out)
     _, drawn = _draw(args)
     path = save_grid(drawn.images, args.out, nrow=args.nrow)
     print(f"wrote {path} ({args.num} images, {drawn.nfe} network evaluations each)")
 
 
 def _eval(args) -> None:
-    import json
-
     import genkit
     from genkit.evaluation import Evaluator
+    from genkit.files import write_json
+
     _check_sampling_flags(args)
     if args.bpd < 0:
         raise ConfigError(f"--bpd: must not be negative, got {args.bpd}")
@@ -222,6 +268,8 @@ def _eval(args) -> None:
     model = genkit.load(args.checkpoint, ema=not args.raw_weights)
     if model.family == "autoregressive":  # exact likelihoods: nothing to sample
         return _eval_autoregressive(args, model)
+    if args.num < Evaluator.min_images:
+        raise ConfigError(f"--num: evaluation needs at least {Evaluator.min_images} samples, got {args.num}")
     model, drawn = _draw(args, model)
     evaluator = Evaluator(model.cfg.data)
     scores, floor = evaluator.score(drawn.images, drawn.labels, seed=args.seed), evaluator.floor(args.num, seed=args.seed)
@@ -242,14 +290,11 @@ def _eval(args) -> None:
     print(f"{'metric':<20}{'model':>10}{'real data':>12}")
     for key, value in scores.items():
         print(f"{key:<20}{value:>10.4g}" + (f"{floor[key]:>12.4g}" if key in floor else f"{'-':>12}"))
-    with open(args.json, "w") as out:
-        json.dump(report, out, indent=2)
+    write_json(args.json, report)
     print(f"wrote {args.json} ({args.num} samples, {drawn.nfe} network evaluations each)")
 
 
 def _eval_autoregressive(args, model) -> None:
-    import json
-
     from genkit.data import label_frequencies, load_images
 
     given = [f for f in ("steps", "sampler", "schedule", "guidance", "class_label") if getattr(args, f) is not None]
@@ -261,11 +306,12 @@ def _eval_autoregressive(args, model) -> None:
     prior = label_frequencies(model.cfg.data, model.num_classes) if model.num_classes else None
     scores = model.evaluate(test.images, test.labels, prior, seed=args.seed, batch_size=args.batch_size,
                             bf16=args.bf16)
+    from genkit.files import write_json
+
     report = {"checkpoint": str(model.directory), "seed": args.seed, "bf16": args.bf16, **scores}
     for key, value in scores.items():
         print(f"{key:<26}{value:>12.6g}")
-    with open(args.json, "w") as out:
-        json.dump(report, out, indent=2)
+    write_json(args.json, report)
     print(f"wrote {args.json} ({len(test)} test images)")
 
 
@@ -274,6 +320,8 @@ def _reflow(args) -> None:
     from genkit.reflow import generate_pairs
 
     _require_positive(args, "num", "steps", "batch_size")
+    args.guidance = None
+    _check_sampling_flags(args)
     model = genkit.load(args.checkpoint)
     out = generate_pairs(model, args.out, args.num, steps=args.steps, sampler=args.sampler, seed=args.seed,
                          batch_size=args.batch_size, bf16=args.bf16)

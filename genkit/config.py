@@ -106,6 +106,8 @@ class TrainConfig:
     cpu_threads: int = 0  # torch threads per process on CPU; 0 = cores / local processes
     compile: bool = False  # torch.compile the net (minutes of compilation before the first step)
     resume: str = ""  # "", a checkpoint directory, or "latest"
+    allow_config_changes: bool = False  # resume even where this config changes the checkpoint's trajectory
+    overwrite: bool = False  # replace a run already in output_dir (its checkpoints, logs and samples)
     init_from: str = ""  # start from these weights (a run or checkpoint directory), e.g. a 1-rectified flow
 
 
@@ -138,6 +140,8 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}")
+        except (UnicodeDecodeError, OSError) as err:
+            raise ConfigError(f"config file {path} cannot be read as text ({type(err).__name__})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     for item in overrides:
@@ -195,7 +199,10 @@ def validate(cfg: Config) -> None:
     require(cfg.train, "train", positive=["max_steps", "batch_size", "grad_accum", "lr", "log_every", "max_bad_steps"],
             non_negative=["weight_decay", "warmup_steps", "grad_clip", "sample_every", "checkpoint_every",
                           "checkpoints_keep", "cpu_threads", "max_minutes"], unit=["ema_decay"])
-    require(cfg.data, "data", positive=["image_size", "channels"])
+    require(cfg.data, "data", positive=["image_size"])
+    one_of(cfg.data.channels, (1, 3), "data.channels")  # grey or RGB images
+    if cfg.data.image_size > 4096:
+        raise ConfigError(f"data.image_size: at most 4096, got {cfg.data.image_size}")
     require(cfg.sample, "sample", positive=["steps", "num"])
     require(cfg.model, "model", non_negative=["num_classes"])
     require(cfg.method, "method", unit=["p_uncond"])

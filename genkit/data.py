@@ -1,6 +1,8 @@
 """Image data sets through HF `datasets`, held in memory as uint8 tensors for fast epochs."""
 from __future__ import annotations
 
+import difflib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +47,11 @@ class ImageData:
 
 
 def fit_image(image: Image.Image, cfg: DataConfig) -> np.ndarray:
-    """Convert, then pad (centred, black) or resize-and-centre-crop to a square: [H, W(, C)] uint8."""
+    """Convert, then pad (centred, black) or resize-and-centre-crop to a square: [H, W(, C)] uint8.
+    16-bit grey levels are scaled to 8 bits (PIL's own conversion would clip them to white)."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        levels = np.asarray(image, dtype=np.float64) / 257
+        image = Image.fromarray(np.clip(np.round(levels), 0, 255).astype(np.uint8), mode="L")
     image = image.convert("L" if cfg.channels == 1 else "RGB")
     size, (w, h) = cfg.image_size, image.size
     if cfg.fit == "pad" and w <= size and h <= size:
@@ -61,6 +67,28 @@ def fit_image(image: Image.Image, cfg: DataConfig) -> np.ndarray:
     return np.asarray(image)
 
 
+def _decode(value, index: int, cfg: DataConfig) -> Image.Image:
+    """A PIL image from a data set cell (undecoded bytes/path, or already an image)."""
+    if isinstance(value, Image.Image):
+        return value
+    name = (value or {}).get("path") if isinstance(value, dict) else None
+    try:
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+        image = Image.open(source)
+        image.load()
+        return image
+    except Exception as err:  # PIL raises many kinds for a bad file
+        raise ConfigError(f"data.path: image {name or f'#{index}'} of {cfg.path} cannot be decoded "
+                          f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'})") from None
+
+
+def _label(value, index: int, cfg: DataConfig) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) and \
+            not (isinstance(value, float) and value.is_integer()):
+        raise ConfigError(f"data.label_column: row {index} of {cfg.path} has label {value!r}, not an integer class id")
+    return int(value)
+
+
 def load_images(cfg: DataConfig, split: str | None = None, limit: int | None = None,
                 progress: bool = True) -> ImageData:
     """Load a split with `datasets.load_dataset` and decode it into memory.
@@ -71,8 +99,13 @@ def load_images(cfg: DataConfig, split: str | None = None, limit: int | None = N
 
     split = split or cfg.split
     path = resolve_data_path(cfg.path)
-    if not Path(path).exists() and (path.startswith((".", "/", "~")) or path.count("/") != 1):
-        raise ConfigError(f"data.path: {cfg.path} does not exist (and is not a hub id owner/name)")
+    if not Path(path).exists():
+        local_parent = Path(path).parent
+        if path.startswith((".", "/", "~")) or path.count("/") != 1 or local_parent.is_dir():  # not a hub id
+            near = difflib.get_close_matches(Path(path).name, [p.name for p in local_parent.iterdir()], n=1) \
+                if local_parent.is_dir() else []
+            hint = f" (did you mean {local_parent / near[0]}?)" if near else ""
+            raise ConfigError(f"data.path: {cfg.path} does not exist{hint}")
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     try:
@@ -89,11 +122,13 @@ def load_images(cfg: DataConfig, split: str | None = None, limit: int | None = N
     has_labels = bool(cfg.label_column) and cfg.label_column in ds.column_names
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
+    if isinstance(ds.features[cfg.image_column], datasets.Image):  # decode here, to name a file that fails
+        ds = ds.cast_column(cfg.image_column, datasets.Image(decode=False))
     arrays, labels = [], []
-    for row in tqdm(ds, desc=f"decoding {split}", disable=not progress, leave=False):
-        arrays.append(fit_image(row[cfg.image_column], cfg))
+    for i, row in enumerate(tqdm(ds, desc=f"decoding {split}", disable=not progress, leave=False)):
+        arrays.append(fit_image(_decode(row[cfg.image_column], i, cfg), cfg))
         if has_labels:
-            labels.append(int(row[cfg.label_column]))
+            labels.append(_label(row[cfg.label_column], i, cfg))
     images = torch.from_numpy(np.stack(arrays))
     images = images[:, None] if images.dim() == 3 else images.permute(0, 3, 1, 2)  # [N, C, H, W]
     return ImageData(images.contiguous(), torch.tensor(labels) if has_labels else None)

@@ -7,6 +7,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from genkit.files import atomic_path
+from genkit.registry import ArgumentError
+
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """[0, 1] floats -> uint8 in [0, 255], same shape."""
@@ -25,12 +28,22 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -
     return grid
 
 
+def image_format(path: str | Path) -> str:
+    """PIL's format for a file name's extension (.png, .jpg, .webp, ...), or `ArgumentError`."""
+    suffix = Path(path).suffix.lower()
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None or fmt not in Image.SAVE:
+        raise ArgumentError("path", f"cannot write images as '{suffix or Path(path).name}'; name a .png file")
+    return fmt
+
+
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
-    """Write [0, 1] images [N, C, H, W] as a PNG grid; returns the path."""
+    """Write [0, 1] images [N, C, H, W] as one grid image, in the format its extension names,
+    atomically (a crash leaves the old file or the new one, never half of one)."""
+    fmt = image_format(path)
     grid = make_grid(to_uint8(images.cpu()), nrow)
     array = grid.permute(1, 2, 0).numpy()  # [H', W', C]
     image = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="PNG")
-    return path
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=fmt)
+    return Path(path)

@@ -110,6 +110,10 @@ class GenerativeModel(TrainedModel):
             raise ArgumentError("steps", f"must be a positive integer, got {steps!r}")
         if not 0 <= guidance < float("inf"):
             raise ArgumentError("guidance", f"must be a finite number >= 0, got {guidance}")
+        if guidance != 1 and self.num_classes == 0:
+            raise ArgumentError("guidance", "this model is unconditional (model.num_classes = 0): nothing to guide")
+        if not 0 <= seed < 2**63:
+            raise ArgumentError("seed", f"must lie in 0..2**63-1, got {seed}")
         if hasattr(sampler, "set_timesteps"):  # a diffusers scheduler
             fn = DiffusersSampler(sampler, seed)
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from genkit.config import ConfigError
+from genkit.registry import ArgumentError
 
 
 def _pyplot():
@@ -29,7 +29,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     """A run's logged records, one per step (a resumed run's later record for a step wins)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
-        raise ConfigError(f"--run: {run_dir} has no metrics.jsonl (is it a training output directory?)")
+        raise ArgumentError("runs", f"{run_dir} has no metrics.jsonl (is it a training output directory?)")
     by_step = {}
     for line in path.read_text().splitlines():
         try:
@@ -38,7 +38,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
             continue
         by_step[record["step"]] = record
     if not by_step:
-        raise ConfigError(f"--run: {path} holds no records yet")
+        raise ArgumentError("runs", f"{path} holds no records yet")
     return [by_step[s] for s in sorted(by_step)]
 
 

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from genkit.files import atomic_path, write_text
 from genkit.registry import ArgumentError, ConfigError
 from genkit.samplers import euler
 
@@ -38,10 +39,10 @@ def generate_pairs(model, out_dir: str | Path, num: int, steps: int = 20, sample
     meta = {"num": num, "steps": steps, "sampler": sampler, "seed": seed, "shard_size": shard_size,
             "checkpoint": str(model.directory), "num_classes": model.num_classes}
     if is_pairs_dir(out):
-        old = json.loads((out / META_FILE).read_text())
+        old = _read_meta(out)
         if old != meta:
             raise ArgumentError("out_dir", f"{out} holds pairs drawn with other settings ({old}); choose a new directory")
-    (out / META_FILE).write_text(json.dumps(meta, indent=2))
+    write_text(out / META_FILE, json.dumps(meta, indent=2))
     shards = math.ceil(num / shard_size)
     for shard in tqdm(range(shards), desc="pairs", disable=not progress):
         path = out / f"pairs-{shard:05d}.safetensors"
@@ -55,10 +56,17 @@ def generate_pairs(model, out_dir: str | Path, num: int, steps: int = 20, sample
         tensors = {"x0": (drawn.images * 2 - 1).contiguous(), "noise": drawn.noise.float().contiguous()}
         if labels is not None:
             tensors["labels"] = labels
-        tmp = path.with_name(f".tmp-{path.name}")
-        save_file(tensors, str(tmp))
-        tmp.rename(path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp))
     return out
+
+
+def _read_meta(directory: Path) -> dict:
+    try:
+        return json.loads((directory / META_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"data.path: {directory / META_FILE} is unreadable ({type(err).__name__}); "
+                          f"draw the pairs again into a new directory") from None
 
 
 @dataclass
@@ -86,7 +94,7 @@ class PairData:
 def load_pairs(directory: str | Path) -> PairData:
     """All shards of a pairs directory; refuses an unfinished generation."""
     directory = Path(directory)
-    meta = json.loads((directory / META_FILE).read_text())
+    meta = _read_meta(directory)
     paths = sorted(directory.glob("pairs-*.safetensors"))
     expected = math.ceil(meta["num"] / meta["shard_size"])
     if len(paths) < expected:

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -15,19 +18,33 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from genkit import checkpoint as ckpt
-from genkit.config import Config, ConfigError, to_dict
+from genkit.config import Config, ConfigError, load_config, to_dict
+from genkit.registry import ArgumentError
 from genkit.data import batch_indices, load_images, resolve_data_path
 from genkit.ema import EMA
 from genkit.methods import build_method
 from genkit.nets import build_net
 from genkit.reflow import is_pairs_dir, load_pairs
+from genkit.run_dir import RunLock, claim, config_changes
 
 
 METRICS_FILE = "metrics.jsonl"  # one JSON line per log step, for `genkit plot-loss`
 
 
 class TrainingDiverged(RuntimeError):
-    """Too many consecutive steps with a non-finite loss or gradient."""
+    """Too many consecutive steps with a non-finite loss, gradient or update."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped the run after its current step, with a checkpoint saved."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; saved {checkpoint}; "
+                         f"continue with train.resume=latest")
+
+
+log = logging.getLogger("genkit")
 
 
 def warmup_cosine(warmup: int, total: int):
@@ -78,7 +95,22 @@ class Trainer:
         if tc.batch_size % (world * tc.grad_accum):
             raise ConfigError(f"train.batch_size: {tc.batch_size} is not divisible by processes x "
                               f"train.grad_accum = {world} x {tc.grad_accum}")
-        self.resume_from = self._find_resume()
+        self.lock = RunLock(self.out)
+        if self.accelerator.is_main_process:
+            self.lock.acquire()
+        try:
+            self._setup()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup(self) -> None:
+        cfg, tc = self.cfg, self.cfg.train
+        if self.accelerator.is_main_process:
+            ckpt.recover(self.out)
+            claim(cfg, resuming=bool(tc.resume))
+        self.accelerator.wait_for_everyone()
+        self.resume_candidates = self._find_resume()
         set_seed(tc.seed)  # same initial weights on every process
         self.data = self._load_data()
         if self.data.images.shape[1] != cfg.data.channels:
@@ -107,8 +139,8 @@ class Trainer:
 
         try:
             net.load_state_dict(load_file(str(ckpt.resolve_checkpoint(source) / ckpt.EMA_FILE)))
-        except ConfigError as err:
-            raise ConfigError(f"train.init_from: {str(err).split(': ', 1)[-1]}") from None
+        except ArgumentError as err:
+            raise ConfigError(f"train.init_from: {err.problem}") from None
         except RuntimeError as err:
             raise ConfigError(f"train.init_from: the weights in {source} do not fit this run's net "
                               f"({str(err).splitlines()[0]})") from None
@@ -119,26 +151,61 @@ class Trainer:
         if is_pairs_dir(path):
             if self.cfg.method.name != "flow":
                 raise ConfigError(f"data.path: {path} holds reflow pairs, which train method.name=flow only")
-            return load_pairs(path)
-        return load_images(self.cfg.data, progress=self.accelerator.is_main_process)
+            data = load_pairs(path)
+        else:
+            data = load_images(self.cfg.data, progress=self.accelerator.is_main_process)
+        classes, column = self.cfg.model.num_classes, self.cfg.data.label_column
+        if classes > 0 and data.labels is None:
+            raise ConfigError(f"data.label_column: {self.cfg.data.path} has no label column '{column}'; name the "
+                              f"column that holds the labels, or set model.num_classes=0 for an unconditional model")
+        if classes > 0 and (data.labels.min() < 0 or data.labels.max() >= classes):
+            bad = data.labels[(data.labels < 0) | (data.labels >= classes)][0].item()
+            raise ConfigError(f"data.label_column: labels must lie in 0..{classes - 1} (model.num_classes={classes}), "
+                              f"found {bad}")
+        return data
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _find_resume(self) -> Path | None:
+    def _find_resume(self) -> list[Path]:
+        """The checkpoints to resume from, newest first (`load` falls back along them)."""
         resume = self.cfg.train.resume
         if not resume:
-            return None
+            return []
         if resume == "latest":
-            found = ckpt.list_checkpoints(self.out)
-            return found[-1] if found else None  # nothing yet: start fresh
+            found = ckpt.intact_checkpoints(self.out)
+            if not found and ckpt.list_checkpoints(self.out):
+                raise ConfigError(f"train.resume: every checkpoint in {self.out / 'checkpoints'} is damaged")
+            return found[::-1]  # nothing yet: start fresh
         path = Path(resume)
         if not (path / ckpt.STATE_FILE).is_file():
             raise ConfigError(f"train.resume: {resume} is not a checkpoint directory (use 'latest' or a step-* path)")
-        return path
+        problem = ckpt.damage(path)
+        if problem:
+            raise ConfigError(f"train.resume: {path} is damaged ({problem})")
+        return [path]
+
+    def _check_resume_config(self, path: Path) -> None:
+        """Refuse a resume whose config changes the run's trajectory, unless allowed."""
+        saved = load_config(path / ckpt.CONFIG_FILE)
+        changes = config_changes(saved, self.cfg)
+        if changes and not self.cfg.train.allow_config_changes:
+            raise ConfigError(f"train.resume: this config changes what {path.name} was trained with "
+                              f"({'; '.join(changes)}); resume with its values or set train.allow_config_changes=true")
+
+    def _apply_learning_rate(self) -> None:
+        """After a resume: this config's learning rate (the one its checkpoints record) replaces the
+        loaded scheduler's, which a state load restores."""
+        lr, sched = self.cfg.train.lr, self.scheduler
+        sched.base_lrs = [lr] * len(sched.base_lrs)
+        for group, factor in zip(self.optimizer.param_groups, sched.lr_lambdas):
+            group["initial_lr"], group["lr"] = lr, lr * factor(sched.last_epoch)
 
     def save(self) -> Path:
-        """Write a complete checkpoint atomically; every process takes part."""
+        """Write a complete checkpoint atomically; every process takes part. Weights that are not
+        finite are never published."""
         acc = self.accelerator
+        if not all(torch.isfinite(v).all() for v in self.ema.shadow.values()):
+            raise TrainingDiverged(f"the EMA weights at step {self.step} are not finite; no checkpoint written")
         final = ckpt.checkpoint_dir(self.out, self.step)
         tmp = final.parent / f".tmp-{final.name}"
         if acc.is_main_process and tmp.exists():  # left by a run killed while saving
@@ -155,9 +222,29 @@ class Trainer:
         return final
 
     def load(self, path: Path) -> None:
+        # accelerate skips a random state it cannot read without a word, which breaks exact resume
+        rng = path / f"random_states_{self.accelerator.process_index}.pkl"
+        if "random_state" not in torch.load(rng, weights_only=False):
+            raise ValueError(f"{rng.name} holds no random state")
         self.accelerator.load_state(str(path))
         state = ckpt.read_trainer_state(path)
         self.step, self.bad_steps_total = state["step"], state["bad_steps_total"]
+
+    def resume(self) -> Path | None:
+        """Load the newest loadable checkpoint among the candidates, warning about each one skipped."""
+        for path in self.resume_candidates:
+            self._check_resume_config(path)
+            try:
+                self.load(path)
+                self._apply_learning_rate()
+            except Exception as err:  # a damaged optimizer, RNG or scheduler state: try the one before
+                log.warning(f"skipping checkpoint {path}: it does not load ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else 'unreadable'})")
+                continue
+            return path
+        if self.resume_candidates:
+            raise ConfigError(f"train.resume: no checkpoint of {self.out} loads")
+        return None
 
     # ------------------------------------------------------------------ samples
 
@@ -195,24 +282,53 @@ class Trainer:
         grad_norm = acc.clip_grad_norm_(self.net.parameters(), max_norm)
         ok = bool(torch.isfinite(grad_norm)) and math.isfinite(total)
         if ok:
+            params = [p for p in self.net.parameters()]
+            before = [p.detach().clone() for p in params]
             self.optimizer.step()
-            self.ema.update(acc.unwrap_model(self.net))
+            ok = all(bool(torch.isfinite(p).all()) for p in params)
+            if ok:
+                self.ema.update(acc.unwrap_model(self.net))
+            else:  # a finite gradient gave non-finite weights (a huge learning rate): undo the update
+                with torch.no_grad():
+                    for p, old in zip(params, before):
+                        p.copy_(old)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         return total, ok
 
-    def out_of_time(self, started: float) -> bool:
-        """Whether any process has used up `train.max_minutes` (all processes agree)."""
-        over = time.perf_counter() - started > 60 * self.cfg.train.max_minutes
-        flag = torch.tensor(float(over), device=self.accelerator.device)
-        return bool(self.accelerator.reduce(flag, "max").item())
+    def should_stop(self, started: float, signalled: int | None) -> str | None:
+        """Why every process stops after this step (a signal, `train.max_minutes`), or None; the
+        processes agree, so that they save the same step."""
+        minutes = self.cfg.train.max_minutes
+        reasons = [float(signalled or 0), float(bool(minutes) and time.perf_counter() - started > 60 * minutes)]
+        if self.accelerator.num_processes > 1:
+            flags = self.accelerator.reduce(torch.tensor(reasons, device=self.accelerator.device), "max").tolist()
+        else:
+            flags = reasons
+        if flags[0]:
+            self.stop_signal = int(flags[0])
+            return signal.Signals(self.stop_signal).name
+        return "time" if flags[1] else None
 
     def fit(self) -> Path:
+        """Train to `train.max_steps` (or until a signal or `train.max_minutes`); returns the final
+        checkpoint. SIGINT and SIGTERM finish the current step and save (a second one stops at once);
+        then `TrainingInterrupted` is raised."""
+        try:
+            with _StopRequests() as stop:
+                final = self._fit(stop)
+        finally:
+            self.lock.release()
+        if self.stop_signal:
+            raise TrainingInterrupted(self.stop_signal, self.step, final)
+        return final
+
+    def _fit(self, stop: "_StopRequests") -> Path:
         acc, tc = self.accelerator, self.cfg.train
-        if self.resume_from is not None:
-            self.load(self.resume_from)
-        if acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
+        self.stop_signal = 0
+        resumed = self.resume()
+        if resumed is not None and acc.is_main_process:
+            tqdm.write(f"genkit: resuming from {resumed} (step {self.step})")
         acc.init_trackers("train", config=_flat(to_dict(self.cfg)))
         main = acc.is_main_process
         if main:
@@ -232,18 +348,19 @@ class Trainer:
                     window.append(loss)
                 if streak >= tc.max_bad_steps:
                     raise TrainingDiverged(
-                        f"{streak} consecutive steps had a non-finite loss or gradient (last at step {self.step}); "
-                        f"stopping. The last good checkpoint is {last_saved or 'not written yet'}; "
+                        f"{streak} consecutive steps had a non-finite loss, gradient or update (last at step "
+                        f"{self.step}); stopping. The last good checkpoint is {last_saved or 'not written yet'}; "
                         f"try a lower train.lr or train.mixed_precision=no")
                 bar.update(1)
                 if self.step % tc.log_every == 0 or self.step == tc.max_steps:
-                    mean = sum(window) / max(1, len(window))
+                    mean = sum(window) / len(window) if window else float("nan")  # nan: no step applied
                     mean = acc.reduce(torch.tensor(mean, device=acc.device), "mean").item()
                     rate = (self.step - start_step) * tc.batch_size / (time.perf_counter() - started)
-                    record = {"loss": mean, "lr": self.scheduler.get_last_lr()[0], "img_per_s": rate,
-                              "bad_steps": self.bad_steps_total}
-                    record.update(self.method.log_terms(mean, self.data.images[0].numel()))  # e.g. bits/dim
-                    acc.log(record, step=self.step)
+                    record = {"loss": mean if math.isfinite(mean) else None, "lr": self.scheduler.get_last_lr()[0],
+                              "img_per_s": rate, "bad_steps": self.bad_steps_total}
+                    if math.isfinite(mean):
+                        record.update(self.method.log_terms(mean, self.data.images[0].numel()))  # e.g. bits/dim
+                    acc.log({k: v for k, v in record.items() if v is not None}, step=self.step)
                     if main:
                         with open(self.out / METRICS_FILE, "a") as log:
                             log.write(json.dumps({"step": self.step, **record}) + "\n")
@@ -254,16 +371,44 @@ class Trainer:
                     self.sample_grid()
                 if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < tc.max_steps:
                     last_saved = self.save()
-                if tc.max_minutes and self.out_of_time(started):
-                    tqdm.write(f"genkit: train.max_minutes={tc.max_minutes} reached at step {self.step}")
+                reason = self.should_stop(started, stop.signum)
+                if reason:
+                    tqdm.write(f"genkit: {f'train.max_minutes={tc.max_minutes}' if reason == 'time' else reason} "
+                               f"reached at step {self.step}; saving a checkpoint")
                     break
         finally:
             bar.close()
         last_saved = self.save()
-        if main and tc.sample_every:
+        if main and tc.sample_every and not self.stop_signal:
             self.sample_grid()
         acc.end_training()
         return last_saved
+
+
+class _StopRequests:
+    """While active, the first SIGINT or SIGTERM is recorded (`signum`) for the loop to stop at the
+    end of its step; a second one raises KeyboardInterrupt at once. Handlers are installed only in
+    the main thread (elsewhere signals cannot be caught) and restored on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum, self.previous = None, {}
+
+    def __enter__(self) -> "_StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._request) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _request(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        tqdm.write(f"genkit: {signal.Signals(signum).name}: finishing this step and saving (send it again to stop at once)")
 
 
 def train(cfg: Config) -> Path:

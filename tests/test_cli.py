@@ -30,7 +30,7 @@ def test_sample_cli_writes_grid_and_is_deterministic(trained_run, tmp_path):
     (["train.py", "--config", "configs/nope.yaml"], "config file not found"),
     (["train.py", "data.path=/no/such/dir", "train.max_steps=1"], "data.path"),
     (["sample.py", "--checkpoint", "/no/such/run"], "does not exist"),
-    (["sample.py", "--checkpoint", ".", "--steps", "0"], "--steps: must be positive"),
+    (["sample.py", "--checkpoint", ".", "--steps", "0"], "--steps: must lie in 1.."),
     (["sample.py", "--checkpoint", ".", "--sampler", "magic"], "invalid choice"),
     (["sample.py", "--checkpoint", "."], "neither a checkpoint nor a run directory"),
 ])

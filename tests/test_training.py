@@ -32,7 +32,7 @@ def test_resume_latest_reaches_identical_weights(tiny_cfg):
     shutil.rmtree(final)  # as if the run had died between step 2 and step 4
     resumed_cfg = tiny_cfg("model.unet.dropout=0.1", "train.resume=latest")
     trainer = Trainer(resumed_cfg)
-    assert trainer.resume_from.name == "step-000002"
+    assert trainer.resume_candidates[0].name == "step-000002"
     resumed = trainer.fit()
     assert read_trainer_state(resumed)["step"] == 4
     again = load_file(str(resumed / "net.safetensors"))

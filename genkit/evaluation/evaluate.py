@@ -5,6 +5,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genkit.config import DataConfig
+from genkit.registry import ArgumentError
 from genkit.data import load_images
 from genkit.evaluation.classifier import MNISTClassifier, load_classifier
 from genkit.evaluation.metrics import class_coverage, fid, precision_recall
@@ -17,6 +18,8 @@ class Evaluator:
     features are computed once. `floor(n)` scores n real training images the same way: the
     best a model can do with n samples.
     """
+
+    min_images = 5  # precision/recall's k-NN radii (k = 3) need k + 1 other points, FID a covariance
 
     def __init__(self, data: DataConfig | None = None, classifier: MNISTClassifier | None = None,
                  batch_size: int = 500, progress: bool = True):
@@ -40,6 +43,8 @@ class Evaluator:
     def score(self, images: torch.Tensor, labels: torch.Tensor | None = None, seed: int = 0) -> dict[str, float]:
         """Metrics of images [N, C, H, W] in [0, 1]; `label_accuracy` too when the requested class
         labels [N] are given (how often the classifier agrees with the label asked for)."""
+        if len(images) < self.min_images:
+            raise ArgumentError("images", f"scoring needs at least {self.min_images} images, got {len(images)}")
         feats, probs = self.embed(images)
         # precision/recall compare equal-sized sets (k-NN radii depend on the set size)
         subset = torch.randperm(len(self.test_features), generator=torch.Generator().manual_seed(seed))[:len(feats)]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from genkit.registry import ArgumentError
 from genkit.samplers.base import Callback, DenoiserLike, NoiseSource, time_pairs
 
 
@@ -26,6 +27,8 @@ def ddim_step(x0: torch.Tensor, eps: torch.Tensor, a_t: float, s_t: float, a_s: 
 def ddim(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: NoiseSource | None = None,
          callback: Callback | None = None, progress: bool = False, eta: float = 0.0) -> torch.Tensor:
     """Step x from ts[0] down to ts[-1] with `ddim_step`; eta = 0 is deterministic."""
+    if not 0 <= eta < float("inf"):
+        raise ArgumentError("eta", f"must be a finite number >= 0, got {eta}")
     alpha, sigma = denoiser.path.alpha(ts).tolist(), denoiser.path.sigma(ts).tolist()
     for i, (t, s) in enumerate(time_pairs(ts, progress)):
         x0, eps = denoiser(x, t)

@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import trange
 
 from genkit.paths import _bcast
+from genkit.registry import ArgumentError
 from genkit.samplers.base import Callback, Denoiser, DenoiserLike, NoiseSource, time_pairs
 
 
@@ -108,6 +109,13 @@ def ode(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, noise: NoiseSourc
     sample on its own (slow for large batches). `per_sample=False` hands the batch to torchdiffeq
     whole. The NFE is what the solver spends (`denoiser.nfe`: per sample, the most any needed).
     """
+    from torchdiffeq._impl.odeint import SOLVERS
+
+    if method not in SOLVERS:
+        raise ArgumentError("method", f"unknown ODE solver {method!r}; choose from {', '.join(SOLVERS)}")
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if not 0 < tol < 1:
+            raise ArgumentError(name, f"must lie in (0, 1), got {tol}")
     adaptive = method in ADAPTIVE_METHODS
     if adaptive and per_sample and method == "dopri5":
         x = dopri5_per_sample(denoiser, x, float(ts[0]), float(ts[-2]), rtol, atol)

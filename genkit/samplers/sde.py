@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from genkit.registry import ArgumentError
 from genkit.samplers.base import Callback, DenoiserLike, NoiseSource, time_pairs
 from genkit.samplers.ddim import ddim_step
 
@@ -78,9 +79,10 @@ def pc(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: NoiseSo
     DDPM's posterior q(x_s | x_t, x0_hat).
     """
     if predictor not in ("reverse_diffusion", "ancestral"):
-        raise ValueError(f"predictor must be reverse_diffusion or ancestral, got {predictor!r}")
-    if n_corrector < 0 or snr < 0:
-        raise ValueError(f"n_corrector and snr must be non-negative, got {n_corrector} and {snr}")
+        raise ArgumentError("predictor", f"must be reverse_diffusion or ancestral, got {predictor!r}")
+    for name, value in (("n_corrector", n_corrector), ("snr", snr)):
+        if not 0 <= value < float("inf"):
+            raise ArgumentError(name, f"must be a finite number >= 0, got {value}")
     alpha, sigma = denoiser.path.alpha(ts).tolist(), denoiser.path.sigma(ts).tolist()
     for i, (t, s) in enumerate(time_pairs(ts, progress)):
         a_t, s_t, a_s, s_s = alpha[i], sigma[i], alpha[i + 1], sigma[i + 1]
