@@ -141,12 +141,12 @@ def _train(args) -> None:
         import yaml
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return
-    from genkit.training import TrainingDiverged, TrainingInterrupted, train
+    from genkit.training import CheckpointNotWritten, TrainingDiverged, TrainingInterrupted, train
 
     main_process = int(os.environ.get("RANK", "0")) == 0  # under a launcher, speak once
     try:
         final = train(cfg)
-    except TrainingDiverged as err:
+    except (TrainingDiverged, CheckpointNotWritten) as err:
         if main_process:
             print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1)

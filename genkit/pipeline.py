@@ -1,6 +1,7 @@
 """A trained model for inference: `genkit.load("runs/x").sample(16, seed=0)`."""
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,11 +79,22 @@ class GenerativeModel(TrainedModel):
         super().__init__(cfg, net, device)
         self.path = build_path(cfg)
         self.prediction = cfg.method.resolved_prediction
+        self._bf16_net: torch.nn.Module | None = None
+
+    def inference_net(self, bf16: bool = False) -> torch.nn.Module:
+        """The net that samples: `net` itself, or for bf16 a bf16 copy of its weights (made once),
+        which under autocast spares the cast of every weight at every call (about 1.25x faster on
+        a CPU with AMX than autocast over fp32 weights, to the same error; benchmarks/throughput.py)."""
+        if not bf16:
+            return self.net
+        if self._bf16_net is None:
+            self._bf16_net = copy.deepcopy(self.net).to(torch.bfloat16)
+        return self._bf16_net
 
     def denoiser(self, labels: torch.Tensor | None = None, guidance: float = 1.0, clip_x0: bool = False,
                  bf16: bool = False) -> Denoiser:
         """The net as samplers see it (see `genkit.samplers.Denoiser`)."""
-        return Denoiser(self.net, self.path, self.prediction, labels=labels, guidance=guidance,
+        return Denoiser(self.inference_net(bf16), self.path, self.prediction, labels=labels, guidance=guidance,
                         null_class=self.num_classes, clip_x0=clip_x0, bf16=bf16)
 
     @torch.no_grad()

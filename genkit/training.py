@@ -35,6 +35,10 @@ class TrainingDiverged(RuntimeError):
     """Too many consecutive steps with a non-finite loss, gradient or update."""
 
 
+class CheckpointNotWritten(RuntimeError):
+    """The disk refused a checkpoint; the published ones are intact."""
+
+
 class TrainingInterrupted(RuntimeError):
     """SIGINT or SIGTERM stopped the run after its current step, with a checkpoint saved."""
 
@@ -211,13 +215,19 @@ class Trainer:
         if acc.is_main_process and tmp.exists():  # left by a run killed while saving
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()  # every rank's RNG state is in tmp before it is published
-        if acc.is_main_process:
-            state = {"step": self.step, "bad_steps_total": self.bad_steps_total}
-            net_state = acc.unwrap_model(self.net).state_dict()
-            ckpt.write_export(tmp, self.cfg, net_state, self.ema.shadow, state)
-            ckpt.publish(tmp, final, self.cfg.train.checkpoints_keep)
+        try:
+            acc.save_state(str(tmp))
+            acc.wait_for_everyone()  # every rank's RNG state is in tmp before it is published
+            if acc.is_main_process:
+                state = {"step": self.step, "bad_steps_total": self.bad_steps_total}
+                net_state = acc.unwrap_model(self.net).state_dict()
+                ckpt.write_export(tmp, self.cfg, net_state, self.ema.shadow, state)
+                ckpt.publish(tmp, final, self.cfg.train.checkpoints_keep)
+        except OSError as err:  # a full disk, a lost mount: leave no half-written copy to fill it further
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointNotWritten(f"cannot write checkpoint {final} ({err.strerror or err}); the checkpoints "
+                                       f"already in {final.parent} are intact: free space, then continue with "
+                                       f"train.resume=latest") from None
         acc.wait_for_everyone()
         return final
 

@@ -261,7 +261,8 @@ def test_inconsistent_autoregressive_configs_are_refused(overrides, needle):
         load_config(None, overrides)
 
 
-@pytest.mark.parametrize("recipe", ["pixelcnn_mnist", "made_mnist", "fvsbn_mnist"])
+@pytest.mark.parametrize("recipe", [pytest.param("pixelcnn_mnist", marks=pytest.mark.slow),
+                                    pytest.param("made_mnist", marks=pytest.mark.slow), "fvsbn_mnist"])
 def test_recipes_train_from_the_cli_on_mnist(recipe, tmp_path):
     result = run("train.py", "--config", f"configs/{recipe}.yaml", "train.max_steps=2", "train.log_every=1",
                  f"output_dir={tmp_path}", "train.sample_every=2")

@@ -53,9 +53,10 @@ def test_print_config_shows_resolved_values():
 
 
 @pytest.mark.parametrize("method, samplers", [
-    (["method.name=sde", "method.sde.kind=subvp"], ["em", "pc", "ode"]),
+    pytest.param(["method.name=sde", "method.sde.kind=subvp"], ["em", "pc", "ode"], marks=pytest.mark.slow),
     (["method.name=sde", "method.sde.kind=ve"], ["pc", "dpmpp_2m_pc"]),
-    (["method.name=flow", "method.flow.time_density=mode", "method.flow.shift=2"], ["euler", "heun", "ode"]),
+    pytest.param(["method.name=flow", "method.flow.time_density=mode", "method.flow.shift=2"], ["euler", "heun", "ode"],
+                 marks=pytest.mark.slow),
 ])
 def test_sde_and_flow_runs_train_and_sample_from_the_cli(imagefolder, tmp_path, method, samplers):
     out = tmp_path / "run"
@@ -78,7 +79,8 @@ def test_eval_bits_per_dim_and_bad_options(trained_run, tmp_path):
     assert result.returncode == 2 and "--option snr: not an option of ddim" in result.stderr
 
 
-@pytest.mark.parametrize("recipe, net", [("ddpm_unet_mnist", "unet with 1.65M"), ("ddpm_dit_mnist", "dit with 7.38M")])
+@pytest.mark.parametrize("recipe, net", [("ddpm_unet_mnist", "unet with 1.65M"),
+                                         pytest.param("ddpm_dit_mnist", "dit with 7.38M", marks=pytest.mark.slow)])
 def test_unet_and_dit_recipes_train_and_sample_a_class_from_the_cli(recipe, net, tmp_path):
     result = run("train.py", "--config", f"configs/{recipe}.yaml", "train.max_steps=2", "train.batch_size=8",
                  "train.sample_every=0", f"output_dir={tmp_path / 'run'}")

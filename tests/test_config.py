@@ -103,3 +103,25 @@ def test_random_overrides_load_or_fail_with_one_line(pairs):
 def test_train_cli_with_random_overrides_runs_or_fails_in_one_line(pairs):
     code, stderr = call(train_main, ["--print-config", *[f"{k}={v}" for k, v in pairs]])
     assert_ran_or_one_line(code, stderr)
+
+
+def test_the_sampler_and_its_options_are_checked_when_the_config_loads():
+    """Regression: `sample.sampler=dpmpp2m` used to train until the first sample grid, then die."""
+    assert "sample.sampler: unknown sampler 'dpmpp2m'; choose from ddpm, ddim" in error_of("sample.sampler=dpmpp2m")
+    assert "sample.options.snr: not an option of ddim" in error_of("sample.sampler=ddim", "sample.options={snr: 1}")
+    assert "sample.options.eta: expected a float" in error_of("sample.sampler=ddim", "sample.options={eta: x}")
+    assert load_config(None, ["sample.sampler=pc", "sample.options={snr: 0.1, n_corrector: 2}"]).sample.options == \
+        {"snr": 0.1, "n_corrector": 2}
+
+
+def test_a_saved_config_holds_only_the_sections_of_its_net_and_method():
+    saved = to_dict(load_config(ROOT / "configs" / "rf_unet_mnist.yaml"))
+    assert set(saved["model"]) == {"name", "num_classes", "unet"}
+    assert set(saved["method"]) == {"name", "prediction", "p_uncond", "flow"}
+
+
+def test_configs_saved_before_ddpm_keys_nested_still_load(tmp_path):
+    (tmp_path / "old.yaml").write_text("method:\n  name: ddpm\n  num_timesteps: 500\n  beta_schedule: cosine\n")
+    cfg = load_config(tmp_path / "old.yaml", ["method.zero_terminal_snr=true", "method.prediction=v"])
+    assert (cfg.method.ddpm.num_timesteps, cfg.method.ddpm.beta_schedule, cfg.method.ddpm.zero_terminal_snr) == \
+        (500, "cosine", True)

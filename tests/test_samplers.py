@@ -249,3 +249,17 @@ def test_adaptive_ode_samples_do_not_depend_on_the_batch():
         return SAMPLERS["ode"](denoiser, batch, ts, rtol=1e-3, atol=1e-3, **options)
     assert torch.equal(solve(x[:8]), solve(x)[:8])
     assert (solve(x[:8], per_sample=False) - solve(x, per_sample=False)[:8]).abs().max() > 1e-4
+
+
+def test_bf16_sampling_uses_a_bf16_copy_and_stays_close_to_fp32(tiny_cfg):
+    model = tiny_model(tiny_cfg)
+    full = model.sample(4, steps=3, progress=False).images
+    half = model.sample(4, steps=3, progress=False, bf16=True).images
+    assert all(p.dtype == torch.float32 for p in model.net.parameters())  # the model's own weights untouched
+    assert all(p.dtype == torch.bfloat16 for p in model.inference_net(bf16=True).parameters())
+    x = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    exact = model.denoiser().raw(x, 0.5)
+    for denoiser in (model.denoiser(bf16=True), Denoiser(model.net, model.path, model.prediction, bf16=True)):
+        error = (denoiser.raw(x, 0.5) - exact).norm() / exact.norm()  # bf16 copy, and autocast over fp32 weights
+        assert 0 < error < 0.02
+    assert 0 < (full - half).abs().mean() < 0.02
