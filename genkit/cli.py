@@ -11,7 +11,7 @@ from genkit.registry import ArgumentError, ConfigError
 # flag each parameter comes from. Any other name is a sampler option, given with --option.
 FLAGS = {"labels": "--class-label", "steps": "--steps", "seed": "--seed", "sampler": "--sampler", "schedule": "--schedule",
          "guidance": "--guidance", "batch_size": "--batch-size", "path": "--checkpoint", "model": "--checkpoint",
-         "out_dir": "--out", "runs": "RUN"}
+         "out": "--out", "out_dir": "--out", "runs": "RUN"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -38,6 +38,9 @@ def _run(fn, args) -> int:
     except MemoryError:
         print("error: out of memory; use a smaller model, batch or image size", file=sys.stderr)
         return 1
+    except OSError as err:  # a path given that cannot be read or written
+        print(f"error: {one_line(err.filename or '')}: {one_line(err.strerror or err)}", file=sys.stderr)
+        return 2
     except ConfigError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
@@ -235,10 +238,7 @@ def _check_out(path: str) -> None:
     from genkit.images import image_format
 
     out = Path(path)
-    try:
-        image_format(out)
-    except ArgumentError as err:
-        raise ConfigError(f"--out: {err.problem}") from None
+    image_format(out)
     if out.is_dir():
         raise ConfigError(f"--out: {out} is a directory; name an image file")
     if (out.parent / STATE_FILE).is_file() or (out.parent / EMA_FILE).is_file():

@@ -28,22 +28,22 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -
     return grid
 
 
-def image_format(path: str | Path) -> str:
+def image_format(out: str | Path) -> str:
     """PIL's format for a file name's extension (.png, .jpg, .webp, ...), or `ArgumentError`."""
-    suffix = Path(path).suffix.lower()
+    suffix = Path(out).suffix.lower()
     fmt = Image.registered_extensions().get(suffix)
     if fmt is None or fmt not in Image.SAVE:
-        raise ArgumentError("path", f"cannot write images as '{suffix or Path(path).name}'; name a .png file")
+        raise ArgumentError("out", f"cannot write images as '{suffix or Path(out).name}'; name a .png file")
     return fmt
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+def save_grid(images: torch.Tensor, out: str | Path, nrow: int | None = None) -> Path:
     """Write [0, 1] images [N, C, H, W] as one grid image, in the format its extension names,
     atomically (a crash leaves the old file or the new one, never half of one)."""
-    fmt = image_format(path)
+    fmt = image_format(out)
     grid = make_grid(to_uint8(images.cpu()), nrow)
     array = grid.permute(1, 2, 0).numpy()  # [H', W', C]
     image = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
-    with atomic_path(path) as tmp:
+    with atomic_path(out) as tmp:
         image.save(tmp, format=fmt)
-    return Path(path)
+    return Path(out)

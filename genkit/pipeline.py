@@ -52,7 +52,10 @@ class TrainedModel:
             return self.default_labels(n)
         if self.num_classes == 0:
             raise ArgumentError("labels", "this model is unconditional (model.num_classes = 0)")
-        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        try:
+            labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        except (TypeError, ValueError, OverflowError, RuntimeError):  # not integers, or beyond int64
+            raise ArgumentError("labels", f"must be class ids in 0..{self.num_classes - 1}, got {labels!r}") from None
         if labels.numel() == 1:
             labels = labels.expand(n)
         if labels.numel() != n:

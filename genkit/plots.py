@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from genkit.files import atomic_path
+from genkit.images import image_format
 from genkit.registry import ArgumentError
 
 
@@ -17,10 +19,10 @@ def _pyplot():
 
 
 def _save(fig, out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out, fmt = Path(out), image_format(out).lower()
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120, format=fmt)
     _pyplot().close(fig)
     return out
 
@@ -36,7 +38,8 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError:  # a line cut short by a killed run
             continue
-        by_step[record["step"]] = record
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            by_step[record["step"]] = record
     if not by_step:
         raise ArgumentError("runs", f"{path} holds no records yet")
     return [by_step[s] for s in sorted(by_step)]
@@ -47,7 +50,7 @@ def plot_loss(run_dirs: list[str | Path], out: str | Path, log_scale: bool = Tru
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for run in run_dirs:
-        records = read_metrics(run)
+        records = [r for r in read_metrics(run) if isinstance(r.get("loss"), (int, float))]  # None: no step applied
         ax.plot([r["step"] for r in records], [r["loss"] for r in records], label=Path(run).name)
     ax.set(xlabel="step", ylabel="training loss", yscale="log" if log_scale else "linear")
     ax.grid(alpha=0.3)

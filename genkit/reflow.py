@@ -100,7 +100,13 @@ def load_pairs(directory: str | Path) -> PairData:
     if len(paths) < expected:
         raise ConfigError(f"data.path: {directory} holds {len(paths)} of {expected} shards; "
                           f"rerun `genkit reflow` with the same arguments to finish it")
-    shards = [load_file(str(p)) for p in paths]
+    shards = []
+    for path in paths:
+        try:
+            shards.append(load_file(str(path)))
+        except Exception as err:  # a damaged shard: name it
+            raise ConfigError(f"data.path: shard {path} does not load ({type(err).__name__}); delete it and rerun "
+                              f"`genkit reflow` with the same arguments to draw it again") from None
     labels = torch.cat([s["labels"] for s in shards]) if "labels" in shards[0] else None
     return PairData(torch.cat([s["x0"] for s in shards]), torch.cat([s["noise"] for s in shards]), labels)
 

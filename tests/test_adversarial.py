@@ -323,7 +323,7 @@ DEFAULTS = {"sample": ["--num", "2", "--steps", "1"], "eval": ["--num", "5", "--
             "reflow": ["--num", "2", "--steps", "1"], "plot-loss": []}
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(command=st.sampled_from(list(COMMANDS)), data=st.data())
 def test_every_cli_with_random_flags_runs_or_fails_in_one_line(two_checkpoints, tmp_path, command, data):
     flags = data.draw(st.lists(st.tuples(st.sampled_from(COMMANDS[command]), FLAG_VALUES), max_size=3))
@@ -389,3 +389,24 @@ def test_a_full_disk_leaves_no_partial_checkpoint_and_keeps_the_published_ones(t
     assert code == 1 and "No space left on device" in stderr and "train.resume=latest" in stderr
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
     assert all(ckpt.damage(p) is None for p in ckpt.list_checkpoints(run))
+
+
+@pytest.mark.parametrize("command", ["sample", "plot-loss"])
+def test_an_output_path_that_cannot_be_written_fails_in_one_line(two_checkpoints, command):
+    where = [str(two_checkpoints)] if command == "plot-loss" else ["--checkpoint", str(two_checkpoints), "--num", "2",
+                                                                   "--steps", "1"]
+    code, stderr = call(main, [command, *where, "--out", "/dev/null/grid.png"])
+    assert_ran_or_one_line(code, stderr)
+    assert code == 2 and "/dev/null" in stderr
+
+
+def test_a_damaged_reflow_shard_is_named(two_checkpoints, tmp_path, imagefolder):
+    from genkit.reflow import generate_pairs
+
+    flow = train(load_config(None, tiny_overrides(imagefolder, tmp_path / "flow") + ["method.name=flow",
+                                                                                    "train.max_steps=1"]))
+    pairs = generate_pairs(genkit.load(flow), tmp_path / "pairs", num=4, steps=1, shard_size=2, progress=False)
+    (pairs / "pairs-00001.safetensors").write_bytes(b"junk")
+    code, stderr = call(train_main, tiny_overrides(imagefolder, tmp_path / "rf2") + [
+        "method.name=flow", f"data.path={pairs}", "train.batch_size=4"])
+    assert code == 2 and "pairs-00001.safetensors does not load" in stderr
