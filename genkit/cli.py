@@ -55,7 +55,7 @@ def train_parser(prog: str = "train.py") -> Parser:
     p = Parser(prog=prog, description="Train a generative model from a YAML recipe.",
                epilog="Overrides are dotted key=value pairs after the flags, e.g. "
                       "train.max_steps=200 train.batch_size=64 output_dir=runs/x data.path=DIR "
-                      "train.resume=latest. Use --print-config to see every key and its value.")
+                      "train.resume=latest. Use --print-config to see the run's keys and their values.")
     p.add_argument("--config", help="YAML recipe under configs/ (default: built-in defaults)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")

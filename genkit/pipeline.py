@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 from genkit.config import Config
 from genkit.methods import METHODS, build_path
 from genkit.registry import ArgumentError, ConfigError
-from genkit.samplers import SAMPLERS, SCHEDULES, Callback, Denoiser, DiffusersSampler, SampleNoise, check_options
-from genkit.samplers import default_schedule
+from genkit.samplers import (SAMPLERS, SCHEDULES, Callback, Denoiser, DiffusersSampler, SampleNoise, check_options,
+                             default_schedule)
 
 
 @dataclass
