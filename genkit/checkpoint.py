@@ -14,9 +14,10 @@ damaged afterwards (truncated, overwritten) is skipped with a warning by `resolv
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import re
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -48,7 +49,12 @@ def write_export(directory: Path, cfg: Config, net_state: dict, ema_state: dict,
     save_file({k: v.contiguous() for k, v in net_state.items()}, str(directory / NET_FILE))
     save_file({k: v.contiguous() for k, v in ema_state.items()}, str(directory / EMA_FILE))
     save_config(cfg, directory / CONFIG_FILE)
-    (directory / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
+    state = {**trainer_state, "config_sha256": _sha256(directory / CONFIG_FILE)}  # a damaged config shows
+    (directory / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def publish(tmp: Path, final: Path, keep: int) -> None:
@@ -88,7 +94,8 @@ def recover(output_dir: str | Path) -> None:
 
 def damage(directory: Path) -> str | None:
     """Why the inference export of a checkpoint cannot be read, or None if it can (headers and
-    sizes of the weights, the config, the trainer state)."""
+    sizes of the weights; the config, against the checksum saved beside it by this version; the
+    trainer state)."""
     from safetensors import safe_open
 
     for name in (CONFIG_FILE, STATE_FILE, NET_FILE, EMA_FILE):
@@ -98,28 +105,14 @@ def damage(directory: Path) -> str | None:
         for name in (NET_FILE, EMA_FILE):
             with safe_open(str(directory / name), "pt") as f:
                 f.keys()
-        json.loads((directory / STATE_FILE).read_text())["step"]
-        missing = _missing_keys(directory / CONFIG_FILE)
-        if missing:
-            return f"{CONFIG_FILE} is incomplete (no {missing[0]})"
+        state = json.loads((directory / STATE_FILE).read_text())
+        state["step"]
+        if state.get("config_sha256", _sha256(directory / CONFIG_FILE)) != _sha256(directory / CONFIG_FILE):
+            return f"{CONFIG_FILE} is not the one written with these weights (checksum)"
+        load_config(directory / CONFIG_FILE)
     except Exception as err:  # any unreadable file: the reason is reported, not raised
         return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"
     return None
-
-
-def _missing_keys(path: Path) -> list[str]:
-    """Keys the run's config must hold that the saved file lacks (a truncated file can still parse)."""
-    import yaml
-
-    from genkit.config import to_dict
-
-    def flat(data, prefix=""):
-        keys = set()
-        for key, value in data.items():
-            keys |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {prefix + key}
-        return keys
-    raw = yaml.safe_load(path.read_text())
-    return sorted(flat(to_dict(load_config(path))) - flat(raw if isinstance(raw, dict) else {}))
 
 
 def intact_checkpoints(output_dir: str | Path) -> list[Path]:

@@ -9,9 +9,9 @@ from genkit.registry import ArgumentError, ConfigError
 
 # The library names a bad argument by its parameter (`genkit.registry.ArgumentError`); here is the
 # flag each parameter comes from. Any other name is a sampler option, given with --option.
-FLAGS = {"labels": "--class-label", "steps": "--steps", "seed": "--seed", "sampler": "--sampler", "schedule": "--schedule",
-         "guidance": "--guidance", "batch_size": "--batch-size", "path": "--checkpoint", "model": "--checkpoint",
-         "out": "--out", "out_dir": "--out", "runs": "RUN"}
+FLAGS = {"labels": "--class-label", "steps": "--steps", "seed": "--seed", "device": "--device",
+         "sampler": "--sampler", "schedule": "--schedule", "guidance": "--guidance", "batch_size": "--batch-size",
+         "path": "--checkpoint", "model": "--checkpoint", "out": "--out", "out_dir": "--out", "runs": "RUN"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -80,6 +80,8 @@ def _sampling_flags(p: Parser) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="images per network call (default: 256)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPUs with AMX)")
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps "
+                                                  "(default: auto); samples do not depend on it beyond rounding")
     p.add_argument("--option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="sampler options, one or more, flag repeatable: snr=0.1 n_corrector=2 predictor=ancestral (pc); "
                         "method=rk4, rtol=1e-4 (ode); eta=0.5 (ddim); denoise=false (em, pc)")
@@ -125,6 +127,7 @@ def reflow_parser(prog: str = "genkit reflow") -> Parser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPUs with AMX)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     return p
 
 
@@ -217,7 +220,7 @@ def _draw(args, model=None):
     import genkit
 
     options = _sampler_options(args.option)
-    model = model or genkit.load(args.checkpoint, ema=not args.raw_weights)
+    model = model or genkit.load(args.checkpoint, ema=not args.raw_weights, device=args.device)
     given = {name: getattr(args, name) for name in ("sampler", "steps", "guidance", "schedule")
              if getattr(args, name) is not None}
     takes = inspect.signature(model.sample).parameters
@@ -265,7 +268,7 @@ def _eval(args) -> None:
         raise ConfigError(f"--bpd: must not be negative, got {args.bpd}")
     if not 0 < args.bpd_tol < 1:
         raise ConfigError(f"--bpd-tol: must lie in (0, 1), got {args.bpd_tol}")
-    model = genkit.load(args.checkpoint, ema=not args.raw_weights)
+    model = genkit.load(args.checkpoint, ema=not args.raw_weights, device=args.device)
     if model.family == "autoregressive":  # exact likelihoods: nothing to sample
         return _eval_autoregressive(args, model)
     if args.num < Evaluator.min_images:
@@ -322,7 +325,7 @@ def _reflow(args) -> None:
     _require_positive(args, "num", "steps", "batch_size")
     args.guidance = None
     _check_sampling_flags(args)
-    model = genkit.load(args.checkpoint)
+    model = genkit.load(args.checkpoint, device=args.device)
     out = generate_pairs(model, args.out, args.num, steps=args.steps, sampler=args.sampler, seed=args.seed,
                          batch_size=args.batch_size, bf16=args.bf16)
     print(f"wrote {args.num} pairs to {out}; train on them with data.path={out} train.init_from={args.checkpoint}")
@@ -357,10 +360,16 @@ COMMANDS = {
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--version":
+        from genkit import __version__
+
+        print(f"genkit {__version__}")
+        return 0
     if not argv or argv[0] not in COMMANDS:
         if argv and argv[0] in ("-h", "--help"):
             lines = "\n".join(f"  {name:<10} {text}" for name, (_, _, text) in COMMANDS.items())
-            print(f"usage: genkit {{{','.join(COMMANDS)}}} ...\n\n{lines}\n\nRun genkit COMMAND --help for details.")
+            print(f"usage: genkit [--version] {{{','.join(COMMANDS)}}} ...\n\n{lines}\n\n"
+                  f"Run genkit COMMAND --help for details.")
             return 0
         print(f"error: expected a command: {', '.join(COMMANDS)} (see genkit --help)", file=sys.stderr)
         return 2

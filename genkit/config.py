@@ -94,8 +94,10 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 200
+    lr_schedule: str = "warmup_cosine"  # warmup_cosine (genkit's) or a diffusers.optimization schedule name
     grad_clip: float = 1.0  # 0 disables clipping
-    mixed_precision: str = "bf16"  # no | bf16
+    mixed_precision: str = "auto"  # auto | no | fp16 | bf16 (auto: accelerate's choice, else what the hardware has)
+    report_to: str = "tensorboard"  # an accelerate tracker (tensorboard, wandb, mlflow, comet_ml, ...), all, or none
     ema_decay: float = 0.999
     seed: int = 0
     log_every: int = 20
@@ -120,6 +122,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
+
+LR_SCHEDULES = ("warmup_cosine", "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                "constant_with_warmup")  # genkit's warm-up + cosine to 0, then diffusers.optimization's
+TRACKERS = ("none", "all", "tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive")
 
 # Keys renamed since earlier versions (saved runs still load): old dotted key -> new one.
 RENAMED = {f"method.{key}": f"method.ddpm.{key}" for key in
@@ -194,7 +200,9 @@ def validate(cfg: Config) -> None:
     """Check the run's own sections, then let the chosen net, method and sampler check theirs;
     raise `ConfigError` on the first problem."""
     one_of(cfg.data.fit, ("pad", "resize"), "data.fit")
-    one_of(cfg.train.mixed_precision, ("no", "bf16"), "train.mixed_precision")
+    one_of(cfg.train.mixed_precision, ("auto", "no", "fp16", "bf16"), "train.mixed_precision")
+    one_of(cfg.train.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
+    one_of(cfg.train.report_to, TRACKERS, "train.report_to")
     one_of(cfg.method.prediction, ("auto", "eps", "x0", "v", "velocity"), "method.prediction")
     require(cfg.train, "train", positive=["max_steps", "batch_size", "grad_accum", "lr", "log_every", "max_bad_steps"],
             non_negative=["weight_decay", "warmup_steps", "grad_clip", "sample_every", "checkpoint_every",

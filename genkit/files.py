@@ -2,6 +2,7 @@
 written to a temporary sibling, flushed, and renamed over the target (atomic on POSIX)."""
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -15,6 +16,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; once the block has written it, rename it over `path`.
     On an error the temporary file is removed and `path` is untouched."""
     path = Path(path)
+    if not path.name or path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "names a directory, not a file", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:

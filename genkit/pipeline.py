@@ -28,15 +28,47 @@ class Samples:
     nfe: int
 
 
+def pick_device(name: str | torch.device = "auto") -> torch.device:
+    """`auto` (CUDA, else Apple's MPS, else the CPU), `cpu`, `cuda`, `cuda:N` or `mps`, checked
+    against what this machine has."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ArgumentError("device", f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ArgumentError("device", f"{name}: this machine has no CUDA device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ArgumentError("device", f"{name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ArgumentError("device", f"{name}: MPS is not available on this machine")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ArgumentError("device", f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
 class TrainedModel:
     """A trained net with its config, on a device; knows the model's classes."""
 
     family = "denoiser"  # which samplers in `genkit.samplers.SAMPLERS` apply
 
     def __init__(self, cfg: Config, net: torch.nn.Module, device: str | torch.device = "cpu"):
-        self.cfg, self.device = cfg, torch.device(device)
+        self.cfg, self.device = cfg, pick_device(device)
         self.directory: Path | None = None  # the checkpoint it was loaded from, if any
         self.net = net.to(self.device).eval()
+
+    def to(self, device: str | torch.device) -> "TrainedModel":
+        """Move the model to `device` (see `pick_device`); samples stay a function of (seed, i)."""
+        self.device = pick_device(device)
+        self.net = self.net.to(self.device)
+        if getattr(self, "_bf16_net", None) is not None:
+            self._bf16_net = self._bf16_net.to(self.device)
+        return self
 
     @property
     def num_classes(self) -> int:
@@ -254,7 +286,8 @@ def build_model(cfg: Config, net: torch.nn.Module, device: str | torch.device = 
 
 
 def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> TrainedModel:
-    """Load a run directory or checkpoint directory for sampling (safetensors + YAML only)."""
+    """Load a run directory or checkpoint directory for sampling (safetensors + YAML only), onto
+    `device` (`auto`, `cpu`, `cuda[:N]`, `mps`)."""
     from genkit.checkpoint import load_export
 
     cfg, net, directory = load_export(path, ema=ema)

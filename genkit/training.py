@@ -61,6 +61,31 @@ def warmup_cosine(warmup: int, total: int):
     return factor
 
 
+def lr_schedule(optimizer: torch.optim.Optimizer, tc) -> torch.optim.lr_scheduler.LambdaLR:
+    """`train.lr_schedule` over `train.max_steps` with `train.warmup_steps` of warm-up: genkit's
+    warm-up + cosine, or any schedule of `diffusers.optimization.get_scheduler` by name."""
+    if tc.lr_schedule == "warmup_cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(tc.warmup_steps, tc.max_steps))
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(tc.lr_schedule, optimizer, num_warmup_steps=tc.warmup_steps, num_training_steps=tc.max_steps)
+
+
+def mixed_precision(choice: str) -> str | None:
+    """What to hand accelerate for `train.mixed_precision`. `auto` defers to a precision chosen with
+    `accelerate launch --mixed_precision` or `accelerate config` (None: accelerate reads it), and
+    otherwise takes bf16 where the hardware has it, fp16 (with accelerate's loss scaling) on a GPU
+    without, and full precision on a CPU without. The launcher's own default, `no`, does not count
+    as a choice: ask for full precision with `no` here."""
+    if choice != "auto":
+        return choice
+    if os.environ.get("ACCELERATE_MIXED_PRECISION", "no") != "no":
+        return None
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+
+
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -87,8 +112,8 @@ class Trainer:
         multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.accelerator = Accelerator(
             cpu=multi_cpu or None,
-            mixed_precision=tc.mixed_precision,
-            log_with="tensorboard",
+            mixed_precision=mixed_precision(tc.mixed_precision),
+            log_with=None if tc.report_to == "none" else tc.report_to,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
         )
         world = self.accelerator.num_processes
@@ -130,7 +155,7 @@ class Trainer:
         if tc.compile:
             net.compile()  # in place: parameter names, hence checkpoints, stay as they are
         optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(tc.warmup_steps, tc.max_steps))
+        self.scheduler = lr_schedule(optimizer, tc)
         self.net, self.optimizer = self.accelerator.prepare(net, optimizer)
         self.ema = EMA(self.accelerator.unwrap_model(self.net), tc.ema_decay)
         self.accelerator.register_for_checkpointing(self.scheduler, self.ema)
@@ -260,13 +285,21 @@ class Trainer:
 
     def sample_grid(self) -> Path:
         """An 8x8 grid from the EMA weights with the config's sampler, fixed seed."""
-        from genkit.images import save_grid
+        from genkit.images import make_grid, save_grid, to_uint8
         from genkit.pipeline import build_model
 
         net = build_net(self.cfg)
         net.load_state_dict(self.ema.shadow)
-        images = build_model(self.cfg, net.eval()).sample(64, seed=0, progress=False).images
-        return save_grid(images, self.out / "samples" / f"step-{self.step:06d}.png", nrow=8)
+        model = build_model(self.cfg, net.eval(), self.accelerator.device)  # drawn where the run trains
+        images = model.sample(64, seed=0, progress=False).images
+        path = save_grid(images, self.out / "samples" / f"step-{self.step:06d}.png", nrow=8)
+        grid = make_grid(to_uint8(images), nrow=8)  # [C, H, W] uint8
+        for tracker in self.accelerator.trackers:  # the grid goes to the tracker too
+            if tracker.name == "tensorboard":
+                tracker.log_images({"samples": grid[None].numpy()}, step=self.step)
+            elif hasattr(tracker, "log_images"):
+                tracker.log_images({"samples": [grid.permute(1, 2, 0).numpy()]}, step=self.step)
+        return path
 
     # ------------------------------------------------------------------ loop
 
@@ -339,7 +372,7 @@ class Trainer:
         resumed = self.resume()
         if resumed is not None and acc.is_main_process:
             tqdm.write(f"genkit: resuming from {resumed} (step {self.step})")
-        acc.init_trackers("train", config=_flat(to_dict(self.cfg)))
+        acc.init_trackers(self.out.name or "genkit", config=_flat(to_dict(self.cfg)))  # the run's name as project
         main = acc.is_main_process
         if main:
             tqdm.write(f"genkit: {self.cfg.model.name} with {self.num_params / 1e6:.2f}M parameters, "

@@ -417,3 +417,15 @@ def test_a_net_too_large_for_memory_fails_in_one_line(imagefolder, tmp_path):
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert code == 1 and len(errors) == 1 and "out of memory" in errors[0] and "Traceback" not in stderr
     assert not (tmp_path / "run" / ".lock").exists()  # the failed run let go of its directory
+
+
+def test_a_checkpoint_written_before_a_config_key_was_added_still_loads(two_checkpoints, tmp_path):
+    """Regression: a completeness check on the config's keys called every older checkpoint damaged."""
+    run = copy_run(two_checkpoints, tmp_path)
+    step = ckpt.list_checkpoints(run)[-1]
+    config = (step / "config.yaml").read_text().replace("  report_to: tensorboard\n", "")  # a key of a later version
+    (step / "config.yaml").write_text(config)
+    state = json.loads((step / "trainer_state.json").read_text())
+    del state["config_sha256"]  # nor did older versions write a checksum
+    (step / "trainer_state.json").write_text(json.dumps(state))
+    assert ckpt.damage(step) is None and genkit.load(run).directory == step

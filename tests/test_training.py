@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import pytest
@@ -115,3 +116,44 @@ def test_gradient_accumulation_gives_the_full_batch_gradient(tiny_cfg):
     assert any(g.abs().max() > 0 for g in whole)
     for a, b in zip(whole, accumulated):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_mixed_precision_auto_defers_to_accelerate_and_otherwise_fits_the_hardware(monkeypatch):
+    from genkit.training import mixed_precision
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert mixed_precision("no") == "no" and mixed_precision("fp16") == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert mixed_precision("auto") == "fp16"  # a V100 or T4: fp16 with loss scaling
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert mixed_precision("auto") == "bf16"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # accelerate launch --mixed_precision fp16
+    assert mixed_precision("auto") is None and mixed_precision("bf16") == "bf16"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # the launcher's default is no choice
+    assert mixed_precision("auto") == "bf16"
+
+
+@pytest.mark.parametrize("precision", ["fp16", "auto"])
+def test_fp16_and_auto_precision_train(tiny_cfg, precision):
+    final = train(tiny_cfg(f"train.mixed_precision={precision}", "train.max_steps=2"))
+    assert read_trainer_state(final)["step"] == 2
+
+
+@pytest.mark.parametrize("schedule", ["constant_with_warmup", "linear"])
+def test_lr_schedules_by_diffusers_name_and_grids_reach_the_tracker(tiny_cfg, schedule):
+    cfg = tiny_cfg(f"train.lr_schedule={schedule}", "train.sample_every=2", "train.warmup_steps=2")
+    final = train(cfg)
+    log = [json.loads(line) for line in (final.parent.parent / "metrics.jsonl").read_text().splitlines()]
+    lrs = [row["lr"] for row in log]  # warm-up to 1e-3, then held or decayed
+    assert lrs[1] == pytest.approx(1e-3) and (lrs[-1] == pytest.approx(1e-3)) == (schedule == "constant_with_warmup")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((final.parent.parent / "logs").rglob("events.out.tfevents*")).parent))
+    events.Reload()
+    assert "samples" in events.Tags()["images"]
+
+
+def test_tracking_can_be_turned_off(tiny_cfg):
+    final = train(tiny_cfg("train.report_to=none"))
+    assert not (final.parent.parent / "logs").exists()
