@@ -88,8 +88,10 @@ def claim(cfg: Config, resuming: bool) -> None:
         raise ConfigError(f"output_dir: {out} already holds a run ({', '.join(found)}); continue it with "
                           f"train.resume=latest, replace it with train.overwrite=true, or choose another output_dir")
     for name in found:
-        path = out / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+        else:
+            (out / name).unlink()
 
 
 def config_changes(saved: Config, cfg: Config) -> list[str]:
