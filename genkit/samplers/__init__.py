@@ -55,9 +55,9 @@ def default_sampler(path) -> str:
 def default_schedule(sampler, path) -> str:
     """The time grid `sampler` (a name, or a function: `uniform`) gets on `path` unless the caller
     names one: the sampler's registered grid, unless the path has its own for it."""
-    own = SAMPLERS[sampler].extra.get("schedule", "uniform") if isinstance(sampler, str) and sampler in SAMPLERS \
-        else "uniform"
-    return path.default_schedule(sampler, own) if isinstance(sampler, str) else own
+    if not isinstance(sampler, str) or sampler not in SAMPLERS:
+        return "uniform"
+    return path.default_schedule(sampler, SAMPLERS[sampler].extra.get("schedule", "uniform"))
 
 
 def check_options(sampler, options: dict, name: str = "this sampler") -> None:
