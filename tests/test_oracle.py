@@ -171,3 +171,20 @@ def test_default_sampler_is_the_configs_and_runs_on_every_path():
         x = torch.randn(N, 2, generator=torch.Generator().manual_seed(2)) * path.prior_std(float(ts[0]))
         out = SAMPLERS[name](denoiser, x, ts, BatchNoise(3))
         assert denoiser.nfe == 10 and sliced_wasserstein(out, DATA) < 2 * FLOOR, path  # 10 evaluations
+
+
+@pytest.mark.parametrize("name", ["FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"])
+def test_diffusers_flow_matching_schedulers_sample_a_flow(name):
+    """Regression: a flow-matching scheduler on a rectified flow died with AttributeError (no alphas_cumprod)."""
+    import diffusers
+
+    from genkit.paths import FlowPath
+    from genkit.registry import ArgumentError
+
+    flow = FlowPath()
+    denoiser = Denoiser(GMM.as_net(flow, "velocity"), flow, "velocity")
+    x = torch.randn(N, 2, generator=torch.Generator().manual_seed(2))
+    out = DiffusersSampler(getattr(diffusers, name)())(denoiser, x, torch.zeros(51))
+    assert sliced_wasserstein(out, DATA) < 2 * FLOOR
+    with pytest.raises(ArgumentError, match="not a rectified flow"):
+        DiffusersSampler(getattr(diffusers, name)())(Denoiser(GMM.as_net(PATH), PATH, "eps"), x, torch.zeros(6))
