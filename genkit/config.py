@@ -192,6 +192,16 @@ def to_dict(cfg, active_only: bool = True) -> dict:
     return data
 
 
+def flat_dict(cfg) -> dict:
+    """The config as {dotted key: value} (an empty mapping, like sample.options, is one value)."""
+    def walk(data: dict, prefix: str) -> dict:
+        out = {}
+        for key, value in data.items():
+            out.update(walk(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {prefix + key: value})
+        return out
+    return walk(to_dict(cfg), "")
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 

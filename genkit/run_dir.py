@@ -8,7 +8,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from genkit.config import Config, ConfigError, to_dict
+from genkit.config import Config, ConfigError, flat_dict
 
 LOCK_FILE = ".lock"
 RUN_FILES = ("checkpoints", "metrics.jsonl", "samples", "logs")  # what a run writes into output_dir
@@ -97,19 +97,9 @@ def claim(cfg: Config, resuming: bool) -> None:
 def config_changes(saved: Config, cfg: Config) -> list[str]:
     """'key: old -> new' for every key that differs between a checkpoint's config and this run's,
     except those a resumed run may change (`MAY_CHANGE`)."""
-    old, new = _flat(to_dict(saved)), _flat(to_dict(cfg))
+    old, new = flat_dict(saved), flat_dict(cfg)
     changed = []
     for key in sorted(set(old) & set(new)):
         if old[key] != new[key] and not any(key == k or (k.endswith(".") and key.startswith(k)) for k in MAY_CHANGE):
             changed.append(f"{key}: {old[key]} -> {new[key]}")
     return changed
-
-
-def _flat(data: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out

@@ -18,7 +18,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from genkit import checkpoint as ckpt
-from genkit.config import Config, ConfigError, load_config, to_dict
+from genkit.config import Config, ConfigError, flat_dict, load_config
 from genkit.data import batch_indices, load_images, resolve_data_path
 from genkit.ema import EMA
 from genkit.methods import build_method
@@ -84,16 +84,6 @@ def mixed_precision(choice: str) -> str | None:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -372,7 +362,8 @@ class Trainer:
         resumed = self.resume()
         if resumed is not None and acc.is_main_process:
             tqdm.write(f"genkit: resuming from {resumed} (step {self.step})")
-        acc.init_trackers(self.out.name or "genkit", config=_flat(to_dict(self.cfg)))  # the run's name as project
+        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat_dict(self.cfg).items()}
+        acc.init_trackers(self.out.name or "genkit", config=hparams)  # the run's name as the project
         main = acc.is_main_process
         if main:
             tqdm.write(f"genkit: {self.cfg.model.name} with {self.num_params / 1e6:.2f}M parameters, "
