@@ -56,8 +56,9 @@ def train_parser(prog: str = "train.py") -> Parser:
                epilog="Overrides are dotted key=value pairs after the flags, e.g. "
                       "train.max_steps=200 train.batch_size=64 output_dir=runs/x data.path=DIR "
                       "train.resume=latest. Use --print-config to see the run's keys and their values.")
-    p.add_argument("--config", help="YAML recipe under configs/ (default: built-in defaults)")
+    p.add_argument("--config", help="a YAML recipe: a file, or the name of one shipped with genkit (e.g. rf_unet_mnist; see --list-recipes)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--list-recipes", action="store_true", help="list the recipes shipped with genkit and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return p
 
@@ -142,6 +143,8 @@ def plot_loss_parser(prog: str = "genkit plot-loss") -> Parser:
 def _train(args) -> None:
     from genkit.config import load_config, to_dict
 
+    if args.list_recipes:
+        return _list_recipes()
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
         import yaml
@@ -167,6 +170,15 @@ def _train(args) -> None:
         raise SystemExit(130)
     if main_process:
         print(f"done: final checkpoint {final}")
+
+
+def _list_recipes() -> None:
+    """Each bundled recipe with the first line of its header comment."""
+    from genkit.assets import RECIPES, recipe_names
+
+    for name in recipe_names():
+        first = (RECIPES / f"{name}.yaml").read_text().splitlines()[0]
+        print(f"{name:<24}{first.lstrip('# ') if first.startswith('#') else ''}")
 
 
 def _require_positive(args, *flags: str) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from genkit.assets import find_recipe, recipe_names
 from genkit.methods import METHODS
 from genkit.nets import NETS
 from genkit.registry import ArgumentError, ConfigError, one_of, require
@@ -139,9 +140,10 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         assemble()
     raw: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        found = find_recipe(path)
+        if found is None:
+            raise ConfigError(f"config file not found: {path} (genkit's recipes: {', '.join(recipe_names())})")
+        path = found
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:

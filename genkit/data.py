@@ -11,19 +11,16 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from genkit.assets import locate
 from genkit.config import ConfigError, DataConfig
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def resolve_data_path(path: str) -> str:
-    """A local path as given, else relative to the project root (so the default works from any
-    directory), else the string unchanged (a hub id)."""
-    if Path(path).expanduser().exists():
-        return str(Path(path).expanduser())
-    if (PROJECT_ROOT / path).exists():
-        return str(PROJECT_ROOT / path)
-    return path
+    """A local path as given, else a data set bundled with genkit (`data/mnist`, so the recipes
+    work from any directory and from a plain install), else the string unchanged (a hub id)."""
+    found = locate(path)
+    return path if found is None else str(found)
 
 
 @dataclass

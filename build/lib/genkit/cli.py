@@ -1,0 +1,389 @@
+"""Command line: `genkit train|sample`, also reachable as train.py and sample.py."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from genkit.registry import ArgumentError, ConfigError
+
+# The library names a bad argument by its parameter (`genkit.registry.ArgumentError`); here is the
+# flag each parameter comes from. Any other name is a sampler option, given with --option.
+FLAGS = {"labels": "--class-label", "steps": "--steps", "seed": "--seed", "device": "--device",
+         "sampler": "--sampler", "schedule": "--schedule", "guidance": "--guidance", "batch_size": "--batch-size",
+         "path": "--checkpoint", "model": "--checkpoint", "out": "--out", "out_dir": "--out", "runs": "RUN"}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake as one line and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def one_line(text: str) -> str:
+    """`text` with line breaks and other control characters escaped (a key may hold any)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(text))
+
+
+def _run(fn, args) -> int:
+    try:
+        fn(args)
+    except RuntimeError as err:
+        if "allocate" not in str(err):
+            raise
+        print(f"error: out of memory ({one_line(str(err).splitlines()[0])}); use a smaller model, batch or "
+              f"image size", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("error: out of memory; use a smaller model, batch or image size", file=sys.stderr)
+        return 1
+    except OSError as err:  # a path given that cannot be read or written
+        print(f"error: {one_line(err.filename or '')}: {one_line(err.strerror or err)}", file=sys.stderr)
+        return 2
+    except ConfigError as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except ArgumentError as err:
+        flag = FLAGS.get(err.argument, f"--option {err.argument}")
+        print(f"error: {flag}: {one_line(err.problem)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def train_parser(prog: str = "train.py") -> Parser:
+    p = Parser(prog=prog, description="Train a generative model from a YAML recipe.",
+               epilog="Overrides are dotted key=value pairs after the flags, e.g. "
+                      "train.max_steps=200 train.batch_size=64 output_dir=runs/x data.path=DIR "
+                      "train.resume=latest. Use --print-config to see the run's keys and their values.")
+    p.add_argument("--config", help="a YAML recipe: a file, or the name of one shipped with genkit (e.g. rf_unet_mnist; see --list-recipes)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--list-recipes", action="store_true", help="list the recipes shipped with genkit and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    return p
+
+
+def _sampling_flags(p: Parser) -> None:
+    """Flags shared by `sample` and `eval`: which checkpoint, and how to draw from it."""
+    from genkit.samplers import SAMPLERS, SCHEDULES
+
+    p.add_argument("--checkpoint", required=True, help="run directory (newest checkpoint) or checkpoint directory")
+    p.add_argument("--seed", type=int, default=0, help="seed; sample i depends only on (seed, i)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the run's sample.steps)")
+    denoising, autoregressive = SAMPLERS.names("denoiser"), SAMPLERS.names("autoregressive")
+    p.add_argument("--sampler", choices=list(SAMPLERS), metavar="NAME",
+                   help=f"one of: {', '.join(denoising)}; autoregressive models: "
+                        f"{' or '.join(autoregressive)} (default: the run's sample.sampler)")
+    p.add_argument("--schedule", choices=sorted(SCHEDULES), metavar="NAME",
+                   help=f"time grid, one of: {', '.join(sorted(SCHEDULES))} (default: the sampler's own)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance weight (1 = none)")
+    p.add_argument("--class-label", type=int, help="draw only this class (default: classes in turn)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per network call (default: 256)")
+    p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPUs with AMX)")
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps "
+                                                  "(default: auto); samples do not depend on it beyond rounding")
+    p.add_argument("--option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="sampler options, one or more, flag repeatable: snr=0.1 n_corrector=2 predictor=ancestral (pc); "
+                        "method=rk4, rtol=1e-4 (ode); eta=0.5 (ddim); denoise=false (em, pc)")
+
+
+def sample_parser(prog: str = "sample.py") -> Parser:
+    p = Parser(prog=prog, description="Sample a trained model into a PNG grid.")
+    _sampling_flags(p)
+    p.add_argument("--out", default="grid.png", help="output PNG (default: grid.png)")
+    p.add_argument("--num", type=int, default=64, help="number of images (default: 64)")
+    p.add_argument("--nrow", type=int, help="images per grid row (default: square)")
+    return p
+
+
+def eval_parser(prog: str = "eval.py") -> Parser:
+    p = Parser(prog=prog, description="Score a trained MNIST model: FID, precision/recall and class coverage "
+                                      "in the feature space of genkit's MNIST classifier, beside the same "
+                                      "metrics for as many real training digits (the floor). For an "
+                                      "autoregressive model: the exact test NLL of the first --num test digits "
+                                      "(binarized with --seed), and, if it is class-conditional, generative "
+                                      "classification by argmax_y log p(x | y) + log p(y).")
+    _sampling_flags(p)
+    p.add_argument("--num", type=int, default=10000, help="number of samples (default: 10000)")
+    p.add_argument("--json", default="eval.json", help="where to write the results (default: eval.json)")
+    p.add_argument("--bpd", type=int, default=0, metavar="N",
+                   help="also report bits/dim of the first N test images through the probability-flow ODE "
+                        "(dopri5, Hutchinson estimator; slow: minutes per 100 images on a CPU)")
+    p.add_argument("--bpd-estimator", choices=["hutchinson", "exact"], default="hutchinson",
+                   help="divergence estimator for --bpd (exact: one backward pass per pixel)")
+    p.add_argument("--bpd-tol", type=float, default=1e-5, help="dopri5's rtol = atol for --bpd (default: 1e-5)")
+    return p
+
+
+def reflow_parser(prog: str = "genkit reflow") -> Parser:
+    p = Parser(prog=prog, description="Draw (noise, sample) pairs from a trained flow for reflow (Liu et al. 2022); "
+                                      "resumable. Train a 2-rectified flow on them with data.path=OUT "
+                                      "train.init_from=CHECKPOINT.")
+    p.add_argument("--checkpoint", required=True, help="a trained flow: run directory or checkpoint directory")
+    p.add_argument("--out", required=True, help="directory for the pair shards")
+    p.add_argument("--num", type=int, default=50000, help="number of pairs (default: 50000)")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps per pair (default: 20)")
+    p.add_argument("--sampler", default="euler", help="sampler (default: euler)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPUs with AMX)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    return p
+
+
+def plot_loss_parser(prog: str = "genkit plot-loss") -> Parser:
+    p = Parser(prog=prog, description="Plot the training loss of one or more runs into a PNG.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="training output directories (holding metrics.jsonl)")
+    p.add_argument("--out", default="loss.png", help="output PNG (default: loss.png)")
+    p.add_argument("--linear", action="store_true", help="linear instead of logarithmic loss axis")
+    return p
+
+
+def _train(args) -> None:
+    from genkit.config import load_config, to_dict
+
+    if args.list_recipes:
+        return _list_recipes()
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        import yaml
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return
+    from genkit.training import CheckpointNotWritten, TrainingDiverged, TrainingInterrupted, train
+
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under a launcher, speak once
+    try:
+        final = train(cfg)
+    except (TrainingDiverged, CheckpointNotWritten) as err:
+        if main_process:
+            print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1)
+    except TrainingInterrupted as err:  # the conventional status of a process ended by that signal
+        if main_process:
+            print(f"genkit: {err}", file=sys.stderr)
+        raise SystemExit(128 + err.signum)
+    except KeyboardInterrupt:
+        if main_process:
+            print("error: stopped at once by a second signal; the last periodic checkpoint stands "
+                  "(continue with train.resume=latest)", file=sys.stderr)
+        raise SystemExit(130)
+    if main_process:
+        print(f"done: final checkpoint {final}")
+
+
+def _list_recipes() -> None:
+    """Each bundled recipe with the first line of its header comment."""
+    from genkit.assets import RECIPES, recipe_names
+
+    for name in recipe_names():
+        first = (RECIPES / f"{name}.yaml").read_text().splitlines()[0]
+        print(f"{name:<24}{first.lstrip('# ') if first.startswith('#') else ''}")
+
+
+def _require_positive(args, *flags: str) -> None:
+    for flag in flags:
+        if getattr(args, flag) <= 0:
+            raise ConfigError(f"--{flag.replace('_', '-')}: must be positive, got {getattr(args, flag)}")
+
+
+MAX_SEED, MAX_STEPS, MAX_NUM = 2**63 - 1, 100_000, 10_000_000  # beyond these a value is a typo
+
+
+def _check_sampling_flags(args) -> None:
+    _require_positive(args, "num", "batch_size")
+    if args.num > MAX_NUM:
+        raise ConfigError(f"--num: at most {MAX_NUM} images per call, got {args.num}")
+    if args.steps is not None and not 0 < args.steps <= MAX_STEPS:
+        raise ConfigError(f"--steps: must lie in 1..{MAX_STEPS}, got {args.steps}")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ConfigError(f"--seed: must lie in 0..2**63-1, got {args.seed}")
+    if getattr(args, "nrow", None) is not None and not 0 < args.nrow <= args.num:
+        raise ConfigError(f"--nrow: must lie in 1..--num ({args.num}), got {args.nrow}")
+    if args.guidance is not None and not 0 <= args.guidance < float("inf"):
+        raise ConfigError(f"--guidance: must be a finite number >= 0, got {args.guidance}")
+
+
+def _sampler_options(items: list[str]) -> dict:
+    import yaml
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option: {item!r} is not of the form KEY=VALUE")
+        parsed = yaml.safe_load(value) if value.strip() else ""
+        if isinstance(parsed, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        options[key.strip()] = parsed
+    return options
+
+
+def _draw(args, model=None):
+    """Load the checkpoint (unless given) and draw `args.num` images: (model, `Samples`).
+
+    Flags the model's `sample` does not take (steps, guidance, ... for autoregressive models)
+    are refused before anything is drawn; sampler options are checked by `sample` itself."""
+    import inspect
+
+    import genkit
+
+    options = _sampler_options(args.option)
+    model = model or genkit.load(args.checkpoint, ema=not args.raw_weights, device=args.device)
+    given = {name: getattr(args, name) for name in ("sampler", "steps", "guidance", "schedule")
+             if getattr(args, name) is not None}
+    takes = inspect.signature(model.sample).parameters
+    for name in [*given, *(["options"] if options else [])]:
+        if name not in takes and not (name == "options" and any(p.kind == p.VAR_KEYWORD for p in takes.values())):
+            flag = FLAGS.get(name, "--option")
+            raise ConfigError(f"{flag}: does not apply to {model.family} models")
+    drawn = model.sample(args.num, seed=args.seed, labels=args.class_label, batch_size=args.batch_size,
+                         bf16=args.bf16, **given, **options)
+    return model, drawn
+
+
+def _check_out(path: str) -> None:
+    """Refuse, before any work, an output file the run cannot write or must not overwrite."""
+    from pathlib import Path
+
+    from genkit.checkpoint import EMA_FILE, STATE_FILE
+    from genkit.images import image_format
+
+    out = Path(path)
+    image_format(out)
+    if out.is_dir():
+        raise ConfigError(f"--out: {out} is a directory; name an image file")
+    if (out.parent / STATE_FILE).is_file() or (out.parent / EMA_FILE).is_file():
+        raise ConfigError(f"--out: {out.parent} is a checkpoint; write the grid elsewhere")
+
+
+def _sample(args) -> None:
+    from genkit.images import save_grid
+
+    _check_sampling_flags(args)
+    _check_out(args.out)
+    _, drawn = _draw(args)
+    path = save_grid(drawn.images, args.out, nrow=args.nrow)
+    print(f"wrote {path} ({args.num} images, {drawn.nfe} network evaluations each)")
+
+
+def _eval(args) -> None:
+    import genkit
+    from genkit.evaluation import Evaluator
+    from genkit.files import write_json
+
+    _check_sampling_flags(args)
+    if args.bpd < 0:
+        raise ConfigError(f"--bpd: must not be negative, got {args.bpd}")
+    if not 0 < args.bpd_tol < 1:
+        raise ConfigError(f"--bpd-tol: must lie in (0, 1), got {args.bpd_tol}")
+    model = genkit.load(args.checkpoint, ema=not args.raw_weights, device=args.device)
+    if model.family == "autoregressive":  # exact likelihoods: nothing to sample
+        return _eval_autoregressive(args, model)
+    if args.num < Evaluator.min_images:
+        raise ConfigError(f"--num: evaluation needs at least {Evaluator.min_images} samples, got {args.num}")
+    model, drawn = _draw(args, model)
+    evaluator = Evaluator(model.cfg.data)
+    scores, floor = evaluator.score(drawn.images, drawn.labels, seed=args.seed), evaluator.floor(args.num, seed=args.seed)
+    sc = model.cfg.sample
+    report = {"checkpoint": str(model.directory), "num": args.num, "seed": args.seed,
+              "sampler": args.sampler or sc.sampler, "steps": args.steps or sc.steps,
+              "guidance": sc.guidance if args.guidance is None else args.guidance,
+              "nfe": drawn.nfe, "metrics": scores, "real_data_floor": floor}
+    if args.bpd:
+        from genkit.data import load_images
+
+        test = load_images(model.cfg.data, split="test", limit=args.bpd)
+        bpd, err, nfe = model.bits_per_dim(test.images, seed=args.seed, estimator=args.bpd_estimator, bf16=args.bf16,
+                                           rtol=args.bpd_tol, atol=args.bpd_tol)
+        report["bits_per_dim"] = {"images": len(test), "mean": bpd, "stderr": err, "nfe_per_batch": nfe,
+                                  "estimator": args.bpd_estimator}
+        scores = {**scores, "bits_per_dim": bpd}
+    print(f"{'metric':<20}{'model':>10}{'real data':>12}")
+    for key, value in scores.items():
+        print(f"{key:<20}{value:>10.4g}" + (f"{floor[key]:>12.4g}" if key in floor else f"{'-':>12}"))
+    write_json(args.json, report)
+    print(f"wrote {args.json} ({args.num} samples, {drawn.nfe} network evaluations each)")
+
+
+def _eval_autoregressive(args, model) -> None:
+    from genkit.data import label_frequencies, load_images
+
+    given = [f for f in ("steps", "sampler", "schedule", "guidance", "class_label") if getattr(args, f) is not None]
+    given += [f for f in ("option", "bpd") if getattr(args, f)]
+    if given:
+        raise ConfigError(f"--{given[0].replace('_', '-')}: does not apply to an autoregressive model, whose "
+                          f"likelihood is exact and needs no sampling")
+    test = load_images(model.cfg.data, split="test", limit=args.num)
+    prior = label_frequencies(model.cfg.data, model.num_classes) if model.num_classes else None
+    scores = model.evaluate(test.images, test.labels, prior, seed=args.seed, batch_size=args.batch_size,
+                            bf16=args.bf16)
+    from genkit.files import write_json
+
+    report = {"checkpoint": str(model.directory), "seed": args.seed, "bf16": args.bf16, **scores}
+    for key, value in scores.items():
+        print(f"{key:<26}{value:>12.6g}")
+    write_json(args.json, report)
+    print(f"wrote {args.json} ({len(test)} test images)")
+
+
+def _reflow(args) -> None:
+    import genkit
+    from genkit.reflow import generate_pairs
+
+    _require_positive(args, "num", "steps", "batch_size")
+    args.guidance = None
+    _check_sampling_flags(args)
+    model = genkit.load(args.checkpoint, device=args.device)
+    out = generate_pairs(model, args.out, args.num, steps=args.steps, sampler=args.sampler, seed=args.seed,
+                         batch_size=args.batch_size, bf16=args.bf16)
+    print(f"wrote {args.num} pairs to {out}; train on them with data.path={out} train.init_from={args.checkpoint}")
+
+
+def _plot_loss(args) -> None:
+    from genkit.plots import plot_loss
+
+    print(f"wrote {plot_loss(args.runs, args.out, log_scale=not args.linear)}")
+
+
+def train_main(argv=None) -> int:
+    return _run(_train, train_parser().parse_args(argv))
+
+
+def sample_main(argv=None) -> int:
+    return _run(_sample, sample_parser().parse_args(argv))
+
+
+def eval_main(argv=None) -> int:
+    return _run(_eval, eval_parser().parse_args(argv))
+
+
+COMMANDS = {
+    "train": (train_parser, _train, "train a model from a YAML recipe"),
+    "sample": (sample_parser, _sample, "sample a trained model into a PNG grid"),
+    "eval": (eval_parser, _eval, "score a trained MNIST model (FID, precision/recall, coverage; NLL)"),
+    "reflow": (reflow_parser, _reflow, "draw (noise, sample) pairs from a flow for reflow training"),
+    "plot-loss": (plot_loss_parser, _plot_loss, "plot training losses into a PNG"),
+}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--version":
+        from genkit import __version__
+
+        print(f"genkit {__version__}")
+        return 0
+    if not argv or argv[0] not in COMMANDS:
+        if argv and argv[0] in ("-h", "--help"):
+            lines = "\n".join(f"  {name:<10} {text}" for name, (_, _, text) in COMMANDS.items())
+            print(f"usage: genkit [--version] {{{','.join(COMMANDS)}}} ...\n\n{lines}\n\n"
+                  f"Run genkit COMMAND --help for details.")
+            return 0
+        print(f"error: expected a command: {', '.join(COMMANDS)} (see genkit --help)", file=sys.stderr)
+        return 2
+    make, fn, _ = COMMANDS[argv[0]]
+    return _run(fn, make(f"genkit {argv[0]}").parse_args(argv[1:]))

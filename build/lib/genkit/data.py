@@ -1,0 +1,156 @@
+"""Image data sets through HF `datasets`, held in memory as uint8 tensors for fast epochs."""
+from __future__ import annotations
+
+import difflib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from genkit.assets import locate
+from genkit.config import ConfigError, DataConfig
+
+
+
+def resolve_data_path(path: str) -> str:
+    """A local path as given, else a data set bundled with genkit (`data/mnist`, so the recipes
+    work from any directory and from a plain install), else the string unchanged (a hub id)."""
+    found = locate(path)
+    return path if found is None else str(found)
+
+
+@dataclass
+class ImageData:
+    """A whole split in memory: images [N, C, H, W] uint8 and labels [N] long (or None)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, indices: torch.Tensor, hflip_generator: torch.Generator | None = None):
+        """(images scaled to [-1, 1], their labels, None: no noise is coupled to them); random
+        horizontal flips if a generator is given. The trainer's data protocol, with `PairData`."""
+        x = self.images[indices].float() / 127.5 - 1
+        if hflip_generator is not None:
+            flip = torch.rand(len(indices), generator=hflip_generator) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x, (self.labels[indices] if self.labels is not None else None), None
+
+
+def fit_image(image: Image.Image, cfg: DataConfig) -> np.ndarray:
+    """Convert, then pad (centred, black) or resize-and-centre-crop to a square: [H, W(, C)] uint8.
+    16-bit grey levels are scaled to 8 bits (PIL's own conversion would clip them to white)."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        levels = np.asarray(image, dtype=np.float64) / 257
+        image = Image.fromarray(np.clip(np.round(levels), 0, 255).astype(np.uint8), mode="L")
+    image = image.convert("L" if cfg.channels == 1 else "RGB")
+    size, (w, h) = cfg.image_size, image.size
+    if cfg.fit == "pad" and w <= size and h <= size:
+        canvas = Image.new(image.mode, (size, size))
+        canvas.paste(image, ((size - w) // 2, (size - h) // 2))
+        image = canvas
+    elif (w, h) != (size, size):
+        scale = size / min(w, h)
+        image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+        w, h = image.size
+        left, top = (w - size) // 2, (h - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+    return np.asarray(image)
+
+
+def _decode(value, index: int, cfg: DataConfig) -> Image.Image:
+    """A PIL image from a data set cell (undecoded bytes/path, or already an image)."""
+    if isinstance(value, Image.Image):
+        return value
+    name = (value or {}).get("path") if isinstance(value, dict) else None
+    try:
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+        image = Image.open(source)
+        image.load()
+        return image
+    except Exception as err:  # PIL raises many kinds for a bad file
+        raise ConfigError(f"data.path: image {name or f'#{index}'} of {cfg.path} cannot be decoded "
+                          f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'})") from None
+
+
+def _label(value, index: int, cfg: DataConfig) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) and \
+            not (isinstance(value, float) and value.is_integer()):
+        raise ConfigError(f"data.label_column: row {index} of {cfg.path} has label {value!r}, not an integer class id")
+    return int(value)
+
+
+def load_images(cfg: DataConfig, split: str | None = None, limit: int | None = None,
+                progress: bool = True) -> ImageData:
+    """Load a split with `datasets.load_dataset` and decode it into memory.
+
+    Raises `ConfigError` (one line) for a missing path, an empty split or absent columns.
+    """
+    import datasets
+
+    split = split or cfg.split
+    path = resolve_data_path(cfg.path)
+    if not Path(path).exists():
+        local_parent = Path(path).parent
+        if path.startswith((".", "/", "~")) or path.count("/") != 1 or local_parent.is_dir():  # not a hub id
+            near = difflib.get_close_matches(Path(path).name, [p.name for p in local_parent.iterdir()], n=1) \
+                if local_parent.is_dir() else []
+            hint = f" (did you mean {local_parent / near[0]}?)" if near else ""
+            raise ConfigError(f"data.path: {cfg.path} does not exist{hint}")
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_dataset(path, split=split)
+    except ValueError as err:
+        raise ConfigError(f"data.path: cannot load split '{split}' from {cfg.path}: {str(err).splitlines()[0]}")
+    except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as err:
+        raise ConfigError(f"data.path: {cfg.path} holds no loadable data set ({type(err).__name__})")
+    if len(ds) == 0:
+        raise ConfigError(f"data.path: split '{split}' of {cfg.path} is empty")
+    if cfg.image_column not in ds.column_names:
+        raise ConfigError(f"data.image_column: '{cfg.image_column}' is not a column of {cfg.path} "
+                          f"(columns: {', '.join(ds.column_names)})")
+    has_labels = bool(cfg.label_column) and cfg.label_column in ds.column_names
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    if isinstance(ds.features[cfg.image_column], datasets.Image):  # decode here, to name a file that fails
+        ds = ds.cast_column(cfg.image_column, datasets.Image(decode=False))
+    arrays, labels = [], []
+    for i, row in enumerate(tqdm(ds, desc=f"decoding {split}", disable=not progress, leave=False)):
+        arrays.append(fit_image(_decode(row[cfg.image_column], i, cfg), cfg))
+        if has_labels:
+            labels.append(_label(row[cfg.label_column], i, cfg))
+    images = torch.from_numpy(np.stack(arrays))
+    images = images[:, None] if images.dim() == 3 else images.permute(0, 3, 1, 2)  # [N, C, H, W]
+    return ImageData(images.contiguous(), torch.tensor(labels) if has_labels else None)
+
+
+def label_frequencies(cfg: DataConfig, num_classes: int, split: str | None = None) -> torch.Tensor:
+    """The fraction of each class among a split's labels, an empirical p(y): [num_classes]."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    ds = datasets.load_dataset(resolve_data_path(cfg.path), split=split or cfg.split)
+    labels = torch.tensor(ds[cfg.label_column])
+    return torch.bincount(labels, minlength=num_classes).double() / len(labels)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of n examples used in `epoch`: a pure function of (seed, epoch), which
+    makes the data order exactly reproducible on resume."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """Indices of the global batch for optimiser step `step` (epochs drop their last partial batch)."""
+    per_epoch = n // batch_size
+    if per_epoch == 0:
+        raise ConfigError(f"train.batch_size: {batch_size} is larger than the data set ({n} images)")
+    epoch, offset = divmod(step, per_epoch)
+    return epoch_order(n, seed, epoch)[offset * batch_size:(offset + 1) * batch_size]

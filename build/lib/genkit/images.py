@@ -1,0 +1,49 @@
+"""Image edges of the library: [0, 1] tensors in, uint8 grids and PNG files out."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from genkit.files import atomic_path
+from genkit.registry import ArgumentError
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] floats -> uint8 in [0, 255], same shape."""
+    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
+    """Tile [N, C, H, W] uint8 images into one [C, H', W'] grid, `nrow` images per row."""
+    n, c, h, w = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    grid = torch.zeros(c, rows * (h + padding) + padding, nrow * (w + padding) + padding, dtype=images.dtype)
+    for i in range(n):
+        top, left = padding + (i // nrow) * (h + padding), padding + (i % nrow) * (w + padding)
+        grid[:, top:top + h, left:left + w] = images[i]
+    return grid
+
+
+def image_format(out: str | Path) -> str:
+    """PIL's format for a file name's extension (.png, .jpg, .webp, ...), or `ArgumentError`."""
+    suffix = Path(out).suffix.lower()
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None or fmt not in Image.SAVE:
+        raise ArgumentError("out", f"cannot write images as '{suffix or Path(out).name}'; name a .png file")
+    return fmt
+
+
+def save_grid(images: torch.Tensor, out: str | Path, nrow: int | None = None) -> Path:
+    """Write [0, 1] images [N, C, H, W] as one grid image, in the format its extension names,
+    atomically (a crash leaves the old file or the new one, never half of one)."""
+    fmt = image_format(out)
+    grid = make_grid(to_uint8(images.cpu()), nrow)
+    array = grid.permute(1, 2, 0).numpy()  # [H', W', C]
+    image = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
+    with atomic_path(out) as tmp:
+        image.save(tmp, format=fmt)
+    return Path(out)

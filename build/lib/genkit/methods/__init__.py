@@ -1,0 +1,36 @@
+"""Training objectives `loss(net, x0, y, generator)`; the Gaussian-path methods own a path.
+
+`METHODS` maps `method.name` to each method's class, config section (`method.<name>`), checks,
+path builder and default prediction.
+"""
+from __future__ import annotations
+
+from genkit.methods import autoregressive, ddpm, flow, sde
+from genkit.methods.autoregressive import Autoregressive
+from genkit.methods.ddpm import DDPM, make_betas
+from genkit.methods.flow import RectifiedFlow
+from genkit.methods.sde import ScoreSDE
+from genkit.registry import ConfigError, Registry
+
+METHODS = Registry("method")
+METHODS.register("ddpm", DDPM, ddpm.DDPMConfig, ddpm.check, path=ddpm.build_path, prediction="eps")
+METHODS.register("sde", ScoreSDE, sde.SDEConfig, sde.check, path=sde.build_path, prediction="eps")
+METHODS.register("flow", RectifiedFlow, flow.FlowConfig, flow.check, path=flow.build_path, prediction="velocity")
+METHODS.register("autoregressive", Autoregressive, autoregressive.AutoregressiveConfig, autoregressive.check,
+                 family="autoregressive")
+
+__all__ = ["Autoregressive", "DDPM", "METHODS", "RectifiedFlow", "ScoreSDE", "build_method", "build_path",
+           "make_betas"]
+
+
+def build_method(cfg):
+    """The training method named by `cfg.method.name`."""
+    return METHODS[cfg.method.name].build(cfg.method, cfg.model.num_classes)
+
+
+def build_path(cfg):
+    """The Gaussian path of `cfg`'s method, without building the method (what inference needs)."""
+    component = METHODS[cfg.method.name]
+    if "path" not in component.extra:
+        raise ConfigError(f"method.name: {cfg.method.name} models have no Gaussian path")
+    return component.extra["path"](cfg.method)

@@ -1,0 +1,61 @@
+"""Continuous-time denoising score matching on the score-SDE paths (Song et al. 2021)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from genkit.methods.base import DenoisingMethod, loss_weight
+from genkit.paths import GaussianPath, SubVPPath, VEPath, VPPath
+from genkit.registry import ConfigError, one_of
+
+
+@dataclass
+class SDEConfig:
+    """`method.sde`: the process (Song et al. 2021); see `genkit.paths.sde`."""
+
+    kind: str = "vp"  # vp | subvp | ve
+    beta_min: float = 0.1  # vp, subvp
+    beta_max: float = 20.0
+    sigma_min: float = 0.01  # ve
+    sigma_max: float = 50.0
+    t_eps: float = 1e-5  # training draws t ~ U(t_eps, 1)
+    likelihood_weighting: bool = False  # weight the loss by g(t)^2 (Song et al. 2021b) instead of sigma^2
+
+
+def check(cfg) -> None:
+    sde = cfg.method.sde
+    one_of(sde.kind, ("vp", "subvp", "ve"), "method.sde.kind")
+    if not 0 < sde.beta_min < sde.beta_max:
+        raise ConfigError("method.sde.beta_min, method.sde.beta_max: need 0 < beta_min < beta_max")
+    if not 0 < sde.sigma_min < sde.sigma_max:
+        raise ConfigError("method.sde.sigma_min, method.sde.sigma_max: need 0 < sigma_min < sigma_max")
+    if not 0 < sde.t_eps < 0.1:
+        raise ConfigError(f"method.sde.t_eps: must lie in (0, 0.1), got {sde.t_eps}")
+
+
+def build_path(method_cfg) -> GaussianPath:
+    """The VP, sub-VP or VE path of a `method` config section."""
+    sde = method_cfg.sde
+    if sde.kind == "ve":
+        return VEPath(sde.sigma_min, sde.sigma_max)
+    return (SubVPPath if sde.kind == "subvp" else VPPath)(sde.beta_min, sde.beta_max)
+
+
+class ScoreSDE(DenoisingMethod):
+    """t ~ U(t_eps, 1). With the usual lambda(t) = sigma^2 weighting the score-matching loss is
+    the plain eps-prediction MSE (the net's eps is -sigma times its score; for VE that is the
+    scaled score up to sign). `likelihood_weighting` uses lambda(t) = g(t)^2 instead, which
+    makes the loss a bound on the negative log-likelihood (Song et al. 2021b, theorem 1)."""
+
+    build_path = staticmethod(build_path)
+
+    def sample_time(self, n: int, generator: torch.Generator | None):
+        eps = self.cfg.sde.t_eps
+        t = eps + (1 - eps) * torch.rand(n, generator=generator, dtype=torch.float64)
+        if not self.cfg.sde.likelihood_weighting:
+            return t, None
+        sigma2 = self.path.sigma(t) ** 2
+        snr = self.path.alpha(t) ** 2 / sigma2
+        # g^2 |score error|^2 = (g^2 / sigma^2) |eps error|^2 = (g^2 SNR / sigma^2) |x0 error|^2
+        return t, loss_weight(snr, self.prediction, self.path.diffusion_sq(t) * snr / sigma2)

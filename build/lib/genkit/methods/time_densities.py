@@ -1,0 +1,95 @@
+"""Training-time densities over t in (0, 1) for rectified flow (Esser et al. 2024, section 3.1).
+
+Each draws t from its density (`sample`) and evaluates the density and its CDF (`pdf`, `cdf`),
+so that a run can either sample t from it or draw t uniformly and weight the loss by `pdf`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class Uniform:
+    def sample(self, n: int, generator=None) -> torch.Tensor:
+        return torch.rand(n, generator=generator, dtype=torch.float64)
+
+    def pdf(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(t)
+
+    def cdf(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+
+class LogitNormal:
+    """t = sigmoid(m + s n), n ~ N(0, 1)."""
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0):
+        self.mean, self.std = mean, std
+
+    def sample(self, n: int, generator=None) -> torch.Tensor:
+        return torch.sigmoid(self.mean + self.std * torch.randn(n, generator=generator, dtype=torch.float64))
+
+    def pdf(self, t: torch.Tensor) -> torch.Tensor:
+        z = (torch.logit(t) - self.mean) / self.std
+        return torch.exp(-0.5 * z**2) / (self.std * math.sqrt(2 * math.pi) * t * (1 - t))
+
+    def cdf(self, t: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (1 + torch.erf((torch.logit(t) - self.mean) / (self.std * math.sqrt(2))))
+
+
+class Mode:
+    """t = f(u) = 1 - u - s (cos^2(pi u / 2) - 1 + u), u ~ U(0, 1): heavier in the middle for s > 0.
+    f falls from 1 to 0 for -1 < s < 2 / (pi - 2), so P(t <= x) = 1 - f^-1(x)."""
+
+    def __init__(self, scale: float = 1.29):
+        self.scale = scale
+
+    def f(self, u: torch.Tensor) -> torch.Tensor:
+        return 1 - u - self.scale * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
+
+    def df(self, u: torch.Tensor) -> torch.Tensor:
+        return -1 - self.scale * (1 - math.pi / 2 * torch.sin(math.pi * u))
+
+    def inverse(self, t: torch.Tensor, iters: int = 60) -> torch.Tensor:
+        """u with f(u) = t, by bisection (f is decreasing)."""
+        lo, hi = torch.zeros_like(t), torch.ones_like(t)
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            above = self.f(mid) > t  # f(mid) still too large: the root lies to the right
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        return (lo + hi) / 2
+
+    def sample(self, n: int, generator=None) -> torch.Tensor:
+        return self.f(torch.rand(n, generator=generator, dtype=torch.float64))
+
+    def pdf(self, t: torch.Tensor) -> torch.Tensor:
+        return 1 / self.df(self.inverse(t)).abs()
+
+    def cdf(self, t: torch.Tensor) -> torch.Tensor:
+        return 1 - self.inverse(t)
+
+
+class CosMap:
+    """t = 1 - 1 / (tan(pi u / 2) + 1), u ~ U(0, 1); density 2 / (pi (1 - 2t + 2t^2))."""
+
+    def sample(self, n: int, generator=None) -> torch.Tensor:
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        return 1 - 1 / (torch.tan(math.pi * u / 2) + 1)
+
+    def pdf(self, t: torch.Tensor) -> torch.Tensor:
+        return 2 / (math.pi * (1 - 2 * t + 2 * t**2))
+
+    def cdf(self, t: torch.Tensor) -> torch.Tensor:
+        return 2 / math.pi * torch.atan2(t, 1 - t)
+
+
+def build_density(cfg) -> Uniform | LogitNormal | Mode | CosMap:
+    """The density named by a `FlowConfig`."""
+    if cfg.time_density == "logit_normal":
+        return LogitNormal(cfg.logit_mean, cfg.logit_std)
+    if cfg.time_density == "mode":
+        return Mode(cfg.mode_scale)
+    if cfg.time_density == "cosmap":
+        return CosMap()
+    return Uniform()

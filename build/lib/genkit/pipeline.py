@@ -1,0 +1,296 @@
+"""A trained model for inference: `genkit.load("runs/x").sample(16, seed=0)`."""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from genkit.config import Config
+from genkit.methods import METHODS, build_path
+from genkit.registry import ArgumentError, ConfigError
+from genkit.samplers import (SAMPLERS, SCHEDULES, Callback, Denoiser, DiffusersSampler, SampleNoise, check_options,
+                             default_schedule)
+
+
+@dataclass
+class Samples:
+    """What `model.sample` returns: images [N, C, H, W] in [0, 1], the starting noise each was
+    drawn from [N, C, H, W] (None for autoregressive models), their class labels [N] (None for an
+    unconditional model), and the network evaluations per sample (the most any batch needed)."""
+
+    images: torch.Tensor
+    noise: torch.Tensor | None
+    labels: torch.Tensor | None
+    nfe: int
+
+
+def pick_device(name: str | torch.device = "auto") -> torch.device:
+    """`auto` (CUDA, else Apple's MPS, else the CPU), `cpu`, `cuda`, `cuda:N` or `mps`, checked
+    against what this machine has."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ArgumentError("device", f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ArgumentError("device", f"{name}: this machine has no CUDA device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ArgumentError("device", f"{name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ArgumentError("device", f"{name}: MPS is not available on this machine")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ArgumentError("device", f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+class TrainedModel:
+    """A trained net with its config, on a device; knows the model's classes."""
+
+    family = "denoiser"  # which samplers in `genkit.samplers.SAMPLERS` apply
+
+    def __init__(self, cfg: Config, net: torch.nn.Module, device: str | torch.device = "cpu"):
+        self.cfg, self.device = cfg, pick_device(device)
+        self.directory: Path | None = None  # the checkpoint it was loaded from, if any
+        self.net = net.to(self.device).eval()
+
+    def to(self, device: str | torch.device) -> "TrainedModel":
+        """Move the model to `device` (see `pick_device`); samples stay a function of (seed, i)."""
+        self.device = pick_device(device)
+        self.net = self.net.to(self.device)
+        if getattr(self, "_bf16_net", None) is not None:
+            self._bf16_net = self._bf16_net.to(self.device)
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.model.num_classes
+
+    def default_labels(self, n: int) -> torch.Tensor | None:
+        """Class i mod num_classes for sample i (every class appears in a grid), or None."""
+        return torch.arange(n) % self.num_classes if self.num_classes > 0 else None
+
+    def labels_for(self, labels, n: int) -> torch.Tensor | None:
+        """`labels` (None, an int or a sequence) as [n] class ids, checked against the model."""
+        if labels is None:
+            return self.default_labels(n)
+        if self.num_classes == 0:
+            raise ArgumentError("labels", "this model is unconditional (model.num_classes = 0)")
+        try:
+            labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        except (TypeError, ValueError, OverflowError, RuntimeError):  # not integers, or beyond int64
+            raise ArgumentError("labels", f"must be class ids in 0..{self.num_classes - 1}, got {labels!r}") from None
+        if labels.numel() == 1:
+            labels = labels.expand(n)
+        if labels.numel() != n:
+            raise ArgumentError("labels", f"got {labels.numel()} labels for {n} samples")
+        if labels.min() < 0 or labels.max() >= self.num_classes:
+            raise ArgumentError("labels", f"must lie in 0..{self.num_classes - 1}")
+        return labels.clone()
+
+    def _sampler(self, name: str):
+        """The registered sampler `name` of this model's family, checked against its config."""
+        try:
+            component = SAMPLERS.lookup(name, "sampler", self.family)
+            if component.check is not None:
+                component.check(self.cfg)
+        except ConfigError as err:
+            raise ArgumentError("sampler", err.problem) from None
+        return component.build
+
+
+class GenerativeModel(TrainedModel):
+    """A denoiser with its path and prediction kind; samples images in [0, 1]."""
+
+    def __init__(self, cfg: Config, net: torch.nn.Module, device: str | torch.device = "cpu"):
+        super().__init__(cfg, net, device)
+        self.path = build_path(cfg)
+        self.prediction = cfg.method.resolved_prediction
+        self._bf16_net: torch.nn.Module | None = None
+
+    def inference_net(self, bf16: bool = False) -> torch.nn.Module:
+        """The net that samples: `net` itself, or for bf16 a bf16 copy of its weights (made once),
+        which under autocast spares the cast of every weight at every call (about 1.25x faster on
+        a CPU with AMX than autocast over fp32 weights, to the same error; benchmarks/throughput.py)."""
+        if not bf16:
+            return self.net
+        if self._bf16_net is None:
+            self._bf16_net = copy.deepcopy(self.net).to(torch.bfloat16)
+        return self._bf16_net
+
+    def denoiser(self, labels: torch.Tensor | None = None, guidance: float = 1.0, clip_x0: bool = False,
+                 bf16: bool = False) -> Denoiser:
+        """The net as samplers see it (see `genkit.samplers.Denoiser`)."""
+        return Denoiser(self.inference_net(bf16), self.path, self.prediction, labels=labels, guidance=guidance,
+                        null_class=self.num_classes, clip_x0=clip_x0, bf16=bf16)
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0, sampler=None, steps: int | None = None, guidance: float | None = None,
+               labels=None, schedule=None, batch_size: int = 256, progress: bool = True, bf16: bool = False,
+               clip_x0: bool = True, start_index: int = 0, callback: Callback | None = None,
+               **options) -> Samples:
+        """Draw `n` images; returns `Samples` (images in [0, 1], starting noise, labels, NFE).
+
+        `sampler`: a name in `genkit.samplers.SAMPLERS`, a function with the sampler signature,
+        or a diffusers scheduler instance (default: the config's `sample.sampler`, with its
+        `sample.options`). `schedule`: a name in `genkit.samplers.SCHEDULES` or a function
+        (path, steps) -> times (default: the sampler's own on this path). `labels`: an int, a
+        sequence of class ids, or None (class i mod K for sample i). `clip_x0` clamps every x0
+        estimate to [-1, 1]; `callback(step, t, x, x0_hat)` sees every step of every batch;
+        `options` go to the sampler. Sample i is drawn from noise stream (seed, start_index + i),
+        whatever `batch_size`.
+        """
+        sc = self.cfg.sample
+        steps = sc.steps if steps is None else steps
+        guidance = sc.guidance if guidance is None else guidance
+        if sampler is None:
+            sampler, options = sc.sampler, {**sc.options, **options}
+        if not isinstance(steps, int) or steps <= 0:
+            raise ArgumentError("steps", f"must be a positive integer, got {steps!r}")
+        if not 0 <= guidance < float("inf"):
+            raise ArgumentError("guidance", f"must be a finite number >= 0, got {guidance}")
+        if guidance != 1 and self.num_classes == 0:
+            raise ArgumentError("guidance", "this model is unconditional (model.num_classes = 0): nothing to guide")
+        if not 0 <= seed < 2**63:
+            raise ArgumentError("seed", f"must lie in 0..2**63-1, got {seed}")
+        if hasattr(sampler, "set_timesteps"):  # a diffusers scheduler
+            fn = DiffusersSampler(sampler, seed)
+        else:
+            fn = sampler if callable(sampler) else self._sampler(sampler)
+        check_options(fn, options, sampler if isinstance(sampler, str) else "this sampler")
+        labels = self.labels_for(labels, n)
+        ts = self._grid(schedule or default_schedule(sampler, self.path), steps)
+        shape = (self.cfg.data.channels, self.cfg.data.image_size, self.cfg.data.image_size)
+        prior_std = float((self.path.alpha(ts[:1]) ** 2 + self.path.sigma(ts[:1]) ** 2).sqrt())
+        images, starts, nfe = [], [], 0
+        for start in tqdm(range(0, n, batch_size), desc="sampling", disable=not progress or n <= batch_size):
+            idx = torch.arange(start, min(n, start + batch_size))
+            noise = SampleNoise(seed, (idx + start_index).tolist(), self.device)
+            denoiser = self.denoiser(None if labels is None else labels[idx].to(self.device), guidance, clip_x0, bf16)
+            x = noise.randn(*shape) * prior_std  # [B, C, H, W]
+            starts.append(x.cpu())
+            x = fn(denoiser, x, ts, noise, callback=callback, progress=progress and n <= batch_size, **options)
+            nfe = max(nfe, denoiser.nfe)
+            images.append(((x.clamp(-1, 1) + 1) / 2).cpu())
+        return Samples(torch.cat(images), torch.cat(starts), labels, nfe)
+
+    def _grid(self, schedule, steps: int) -> torch.Tensor:
+        if isinstance(schedule, str):
+            if schedule not in SCHEDULES:
+                raise ArgumentError("schedule", f"unknown schedule '{schedule}'; choose from {', '.join(SCHEDULES)}")
+            schedule = SCHEDULES[schedule]
+        try:
+            return schedule(self.path, steps)
+        except ValueError as err:
+            raise ArgumentError("schedule", str(err)) from None
+
+    def bits_per_dim(self, images: torch.Tensor, batch_size: int = 50, seed: int = 0, progress: bool = True,
+                     bf16: bool = False, **options) -> tuple[float, float, int]:
+        """Bits/dim of uint8 images [N, C, H, W] under the model's probability-flow ODE (the
+        unconditional density p(x): the null class of a conditional model), with uniform
+        dequantization: (mean, standard error, network evaluations per batch). `options` go to
+        `genkit.likelihood.log_likelihood` (estimator, probe, method, rtol, atol, t_min)."""
+        from genkit.likelihood import dataset_bits_per_dim
+
+        with torch.no_grad():
+            return dataset_bits_per_dim(lambda: self.denoiser(bf16=bf16), images.to(self.device), batch_size, seed,
+                                        progress, **options)
+
+
+class AutoregressiveModel(TrainedModel):
+    """An autoregressive net (PixelCNN, MADE, FVSBN) with its config: samples images in [0, 1]
+    pixel by pixel, scores exact log-likelihoods, and classifies by Bayes' rule."""
+
+    family = "autoregressive"
+
+    def __init__(self, cfg: Config, net: torch.nn.Module, device: str | torch.device = "cpu"):
+        super().__init__(cfg, net, device)
+        self.levels = cfg.method.autoregressive.levels
+        if getattr(self.net, "channels_last", False):  # full passes about 2x faster on CPU, same values
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0, sampler: str | None = None, labels=None, batch_size: int = 256,
+               progress: bool = True, bf16: bool = False, start_index: int = 0) -> Samples:
+        """Draw `n` images [n, 1, H, W] in [0, 1] in raster order; `sampler` is `cached` (PixelCNN
+        only) or `naive`, which draw the same images. Sample i depends only on (seed, start_index + i)."""
+        how = sampler or self.cfg.sample.sampler
+        draw = self._sampler(how)
+        labels = self.labels_for(labels, n)
+        size, out = self.cfg.data.image_size, []
+        for start in tqdm(range(0, n, batch_size), desc="sampling", disable=not progress or n <= batch_size):
+            idx = torch.arange(start, min(n, start + batch_size))
+            uniforms = SampleNoise(seed, (idx + start_index).tolist(), self.device).rand(size, size)  # [B, H, W]
+            y = None if labels is None else labels[idx].to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                pixels = draw(self.net, uniforms, y, self.levels, progress=progress and n <= batch_size)
+            out.append(pixels.float().cpu() / (self.levels - 1))
+        nfe = 1 if how == "cached" else size * size  # cached: one pass spread over the pixels
+        return Samples(torch.cat(out), None, labels, nfe)
+
+    @torch.no_grad()
+    def log_likelihood(self, pixels: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 256,
+                       bf16: bool = False) -> torch.Tensor:
+        """Exact log p(x | y) in nats of integer pixels [N, 1, H, W] (y = None: the null class): [N]."""
+        from genkit.methods.autoregressive import log_likelihood
+
+        out = []
+        for start in range(0, len(pixels), batch_size):
+            x = pixels[start:start + batch_size].to(self.device)
+            y = None if labels is None else labels[start:start + batch_size].to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                out.append(log_likelihood(self.net, x, y, self.levels).double().cpu())
+        return torch.cat(out)
+
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor | None = None, prior: torch.Tensor | None = None,
+                 seed: int = 0, batch_size: int = 256, bf16: bool = False, progress: bool = True) -> dict:
+        """Test NLL of uint8 images [N, 1, H, W] (binarized with `seed` when levels = 2), in nats
+        per image and bits/dim. A conditional model scores log p(x | y) for every class y, which
+        gives the marginal log p(x) = logsumexp_y log p(x | y) + log p(y) (`prior`, uniform if
+        None), and classifies each image by argmax_y log p(x, y) against `labels`."""
+        from genkit.methods.autoregressive import discretize
+
+        pixels = discretize(images, self.levels, seed)
+        dims, n = pixels[0].numel(), len(pixels)
+        report = {"images": n, "levels": self.levels}
+        if self.num_classes == 0:
+            log_px = self.log_likelihood(pixels, None, batch_size, bf16)
+        else:
+            prior = torch.full((self.num_classes,), 1 / self.num_classes) if prior is None else prior
+            log_joint = torch.stack([
+                self.log_likelihood(pixels, torch.full((n,), k), batch_size, bf16) + math.log(prior[k])
+                for k in tqdm(range(self.num_classes), desc="classes", disable=not progress, leave=False)], 1)
+            log_px = log_joint.logsumexp(1)  # [N]
+            if labels is not None:
+                conditional = log_joint.gather(1, labels[:, None])[:, 0] - prior.log().double()[labels]
+                report["conditional_nll_nats"] = -conditional.mean().item()
+                report["classification_accuracy"] = (log_joint.argmax(1) == labels).double().mean().item()
+        report["nll_nats"] = -log_px.mean().item()
+        report["nll_stderr"] = log_px.std().item() / math.sqrt(n) if n > 1 else float("nan")
+        report["bits_per_dim"] = report["nll_nats"] / (dims * math.log(2))
+        return report
+
+
+def build_model(cfg: Config, net: torch.nn.Module, device: str | torch.device = "cpu") -> TrainedModel:
+    """The inference wrapper for `cfg`'s family: autoregressive or Gaussian-path."""
+    family = METHODS[cfg.method.name].family
+    return (AutoregressiveModel if family == AutoregressiveModel.family else GenerativeModel)(cfg, net, device)
+
+
+def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> TrainedModel:
+    """Load a run directory or checkpoint directory for sampling (safetensors + YAML only), onto
+    `device` (`auto`, `cpu`, `cuda[:N]`, `mps`)."""
+    from genkit.checkpoint import load_export
+
+    cfg, net, directory = load_export(path, ema=ema)
+    model = build_model(cfg, net, device)
+    model.directory = directory
+    return model

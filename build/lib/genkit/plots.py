@@ -1,0 +1,77 @@
+"""PNG plots of training logs and benchmark results (matplotlib, no display needed)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from genkit.files import atomic_path
+from genkit.images import image_format
+from genkit.registry import ArgumentError
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: str | Path) -> Path:
+    out, fmt = Path(out), image_format(out).lower()
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120, format=fmt)
+    _pyplot().close(fig)
+    return out
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """A run's logged records, one per step (a resumed run's later record for a step wins)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise ArgumentError("runs", f"{run_dir} has no metrics.jsonl (is it a training output directory?)")
+    by_step = {}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a killed run
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            by_step[record["step"]] = record
+    if not by_step:
+        raise ArgumentError("runs", f"{path} holds no records yet")
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def plot_loss(run_dirs: list[str | Path], out: str | Path, log_scale: bool = True) -> Path:
+    """Loss against step for one or more runs, on one set of axes."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run in run_dirs:
+        records = [r for r in read_metrics(run) if isinstance(r.get("loss"), (int, float))]  # None: no step applied
+        ax.plot([r["step"] for r in records], [r["loss"] for r in records], label=Path(run).name)
+    ax.set(xlabel="step", ylabel="training loss", yscale="log" if log_scale else "linear")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, out)
+
+
+def plot_quality(rows: list[dict], out: str | Path, floor: float | None = None, title: str = "") -> Path:
+    """FID against NFE, one line per (library, recipe), log-log; `floor` as a dashed line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    series: dict[str, list[tuple[int, float]]] = {}
+    for row in rows:
+        series.setdefault(f"{row['library']}: {row['recipe']}", []).append((row["nfe"], row["fid"]))
+    for name, points in series.items():
+        points.sort()
+        ax.plot(*zip(*points), marker="o", label=name)
+    if floor is not None:
+        ax.axhline(floor, color="grey", linestyle="--", label="real-data floor")
+    ax.set(xlabel="network evaluations per sample (NFE)", ylabel="FID (MNIST classifier features)",
+           xscale="log", yscale="log", title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, out)

@@ -1,0 +1,112 @@
+"""Time grids for samplers: descending t from the start time to 0, [steps + 1] float64.
+
+Each takes the path, so it can place steps by the path's own noise level; `uniform` is evenly
+spaced in t (through the path's time warp: SD3's shift for flows; for DDPM's discrete path
+it is diffusers' "trailing" spacing), `log_snr` is evenly spaced in log-SNR (Lu et al. 2022),
+`karras` is EDM's rho-spaced noise levels (Karras et al. 2022) in sigma / alpha; `flow` and
+`angle` are evenly spaced in the rectified flow's and the cosine schedule's clocks, given as
+functions of sigma / alpha alone, so they put the same noise levels on every path; `auto`
+chooses between `flow` and `log_snr` by the step count; `trailing`, `leading` and `linspace` are
+diffusers' spacings of DDPM's discrete steps.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from genkit.paths import DiscreteVPPath, GaussianPath
+
+
+def _finish(path: GaussianPath, t: torch.Tensor) -> torch.Tensor:
+    """Snap to the path's own times (DDPM's discrete steps) and append t = 0."""
+    return torch.cat([path.snap(t), torch.zeros(1, dtype=torch.float64)])
+
+
+def uniform(path: GaussianPath, steps: int, t_max: float = 1.0) -> torch.Tensor:
+    u = torch.linspace(t_max, 0, steps + 1, dtype=torch.float64)[:-1]
+    return _finish(path, path.time_warp(u))
+
+
+def log_snr(path: GaussianPath, steps: int, t_max: float = 1.0, t_min: float | None = None,
+            sigma_max: float | None = None, sigma_min: float | None = None) -> torch.Tensor:
+    hi, lo = _log_snr_range(path, t_max, t_min, sigma_max, sigma_min)
+    lam = torch.linspace(hi, lo, steps, dtype=torch.float64)
+    return _finish(path, _start_at(path.t_of_log_snr(lam), t_max, sigma_max))
+
+
+def karras(path: GaussianPath, steps: int, rho: float = 7.0, t_max: float = 1.0, t_min: float | None = None,
+           sigma_max: float | None = None, sigma_min: float | None = None) -> torch.Tensor:
+    hi, lo = _log_snr_range(path, t_max, t_min, sigma_max, sigma_min)
+    s_max, s_min = (torch.tensor([hi, lo], dtype=torch.float64) * (-0.5 / rho)).exp()  # (sigma / alpha)^(1/rho)
+    levels = (s_max + torch.linspace(0, 1, steps, dtype=torch.float64) * (s_min - s_max)) ** rho
+    return _finish(path, _start_at(path.t_of_log_snr(-2 * torch.log(levels)), t_max, sigma_max))
+
+
+def angle(path: GaussianPath, steps: int, t_max: float = 1.0) -> torch.Tensor:
+    """Evenly spaced in arctan(sigma / alpha) from the start down to 0 (the cosine schedule's own
+    clock, Nichol & Dhariwal 2021): the same noise levels on every path, and no evaluation spent
+    at a nearly clean time."""
+    return _clock(path, steps, t_max, torch.atan, torch.tan)
+
+
+def flow(path: GaussianPath, steps: int, t_max: float = 1.0) -> torch.Tensor:
+    """Evenly spaced in sigma / (alpha + sigma) from the start down to 0 (the rectified flow's own
+    clock): the same noise levels on every path, and no evaluation spent at a nearly clean time."""
+    return _clock(path, steps, t_max, lambda sigma: sigma / (1 + sigma), lambda u: u / (1 - u))
+
+
+def _clock(path: GaussianPath, steps: int, t_max: float, clock, inverse) -> torch.Tensor:
+    """steps + 1 times evenly spaced in clock(sigma / alpha) from t_max to t = 0 (clock(0) = 0)."""
+    hi, _ = _log_snr_range(path, t_max, None)
+    top = clock(torch.tensor(math.exp(-hi / 2), dtype=torch.float64))
+    levels = inverse(top * torch.linspace(1, 0, steps + 1, dtype=torch.float64)[:-1])  # sigma / alpha > 0
+    return _finish(path, _start_at(path.t_of_log_snr(-2 * torch.log(levels)), t_max))
+
+
+def auto(path: GaussianPath, steps: int, t_max: float = 1.0) -> torch.Tensor:
+    """The robust default for DPM-Solver++ and the ODE samplers: the flow clock (`flow`) below 10
+    steps, where a log-SNR grid wastes its last evaluation at a nearly clean time and strides too
+    far between the others; from 10 steps on, even in log-SNR with the noise level sigma / alpha
+    capped at EDM's 80 (Karras et al. 2022), which keeps cosine and flow paths from spending steps
+    at SNR 1e-8. Chosen by `benchmarks/samplers.py` on its two tuning mixtures (see MIXTURES there)."""
+    if steps < 10:
+        return flow(path, steps, t_max)
+    return log_snr(path, steps, t_max, sigma_max=80.0)
+
+
+def _log_snr_range(path: GaussianPath, t_max: float, t_min: float | None, sigma_max: float | None = None,
+                   sigma_min: float | None = None) -> tuple[float, float]:
+    """log-SNR at the two ends; where it is -inf at t_max (alpha = 0: zero terminal SNR, flows),
+    the spacing starts from the log-SNR a hair before it. `sigma_max` and `sigma_min` bound the
+    noise level sigma / alpha (EDM's units, Karras et al. 2022) within the path's own range."""
+    t_min = t_min if t_min is not None else path.t_min
+    hi, lo = path.log_snr(torch.tensor([t_max, t_min], dtype=torch.float64)).tolist()
+    if not math.isfinite(hi):
+        hi = float(path.log_snr(torch.tensor([t_max - path.t_min], dtype=torch.float64)))
+    if sigma_max is not None:
+        hi = max(hi, -2 * math.log(sigma_max))
+    if sigma_min is not None:
+        lo = min(lo, -2 * math.log(sigma_min))
+    return hi, lo
+
+
+def _start_at(ts: torch.Tensor, t_max: float, sigma_max: float | None = None) -> torch.Tensor:
+    """The grid starts at t_max, unless `sigma_max` starts it below (then the sampler's starting
+    noise is drawn at that time: nearly pure noise, Karras et al. 2022, section 5)."""
+    if sigma_max is None:
+        ts[0] = t_max
+    return ts
+
+
+def _spacing(name: str):
+    """diffusers' timestep spacing `name` on DDPM's discrete grid (see DiscreteVPPath.timesteps)."""
+    def schedule(path: GaussianPath, steps: int, **options) -> torch.Tensor:
+        if not isinstance(path, DiscreteVPPath):
+            raise ValueError(f"the '{name}' spacing needs DDPM's discrete path")
+        return path.timesteps(steps, name, **options)
+    return schedule
+
+
+SCHEDULES = {"auto": auto, "uniform": uniform, "log_snr": log_snr, "karras": karras, "angle": angle, "flow": flow,
+             "trailing": _spacing("trailing"), "leading": _spacing("leading"), "linspace": _spacing("linspace")}

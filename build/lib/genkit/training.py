@@ -1,0 +1,472 @@
+"""The training loop on `accelerate.Accelerator`: generic over the method (its `loss`)."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+
+from genkit import checkpoint as ckpt
+from genkit.config import Config, ConfigError, flat_dict, load_config
+from genkit.data import batch_indices, load_images, resolve_data_path
+from genkit.ema import EMA
+from genkit.methods import build_method
+from genkit.nets import build_net
+from genkit.reflow import is_pairs_dir, load_pairs
+from genkit.registry import ArgumentError
+from genkit.run_dir import RunLock, claim, config_changes
+
+
+METRICS_FILE = "metrics.jsonl"  # one JSON line per log step, for `genkit plot-loss`
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps with a non-finite loss, gradient or update."""
+
+
+class CheckpointNotWritten(RuntimeError):
+    """The disk refused a checkpoint; the published ones are intact."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped the run after its current step, with a checkpoint saved."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; saved {checkpoint}; "
+                         f"continue with train.resume=latest")
+
+
+log = logging.getLogger("genkit")
+
+
+def warmup_cosine(warmup: int, total: int):
+    """LR multiplier: linear warm-up over `warmup` steps, then a cosine decay to zero at `total`."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return factor
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, tc) -> torch.optim.lr_scheduler.LambdaLR:
+    """`train.lr_schedule` over `train.max_steps` with `train.warmup_steps` of warm-up: genkit's
+    warm-up + cosine, or any schedule of `diffusers.optimization.get_scheduler` by name."""
+    if tc.lr_schedule == "warmup_cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(tc.warmup_steps, tc.max_steps))
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(tc.lr_schedule, optimizer, num_warmup_steps=tc.warmup_steps, num_training_steps=tc.max_steps)
+
+
+def mixed_precision(choice: str) -> str | None:
+    """What to hand accelerate for `train.mixed_precision`. `auto` defers to a precision chosen with
+    `accelerate launch --mixed_precision` or `accelerate config` (None: accelerate reads it), and
+    otherwise takes bf16 where the hardware has it, fp16 (with accelerate's loss scaling) on a GPU
+    without, and full precision on a CPU without. The launcher's own default, `no`, does not count
+    as a choice: ask for full precision with `no` here."""
+    if choice != "auto":
+        return choice
+    if os.environ.get("ACCELERATE_MIXED_PRECISION", "no") != "no":
+        return None
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """Noise for one optimiser step on one process: a pure function of (seed, step, rank)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
+
+
+class Trainer:
+    """Trains `cfg`'s net with `cfg`'s method; checkpoints, EMA, logs and sample grids."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        tc = cfg.train
+        self.out = Path(cfg.output_dir)
+        # Without CUDA, accelerate sets up gloo for several processes only when told it is on CPU.
+        multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.accelerator = Accelerator(
+            cpu=multi_cpu or None,
+            mixed_precision=mixed_precision(tc.mixed_precision),
+            log_with=None if tc.report_to == "none" else tc.report_to,
+            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
+        )
+        world = self.accelerator.num_processes
+        if self.accelerator.device.type == "cpu":
+            # `accelerate launch` defaults to one thread per process, which halves CPU throughput
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+            torch.set_num_threads(tc.cpu_threads or max(1, (os.cpu_count() or 1) // local))
+        if tc.batch_size % (world * tc.grad_accum):
+            raise ConfigError(f"train.batch_size: {tc.batch_size} is not divisible by processes x "
+                              f"train.grad_accum = {world} x {tc.grad_accum}")
+        self.lock = RunLock(self.out)
+        if self.accelerator.is_main_process:
+            self.lock.acquire()
+        try:
+            self._setup()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup(self) -> None:
+        cfg, tc = self.cfg, self.cfg.train
+        if self.accelerator.is_main_process:
+            ckpt.recover(self.out)
+            claim(cfg, resuming=bool(tc.resume))
+        self.accelerator.wait_for_everyone()
+        self.resume_candidates = self._find_resume()
+        set_seed(tc.seed)  # same initial weights on every process
+        self.data = self._load_data()
+        if self.data.images.shape[1] != cfg.data.channels:
+            raise ConfigError(f"data.channels: the model takes {cfg.data.channels} channels, "
+                              f"the data has {self.data.images.shape[1]}")
+        self.method = build_method(cfg)
+        net = build_net(cfg)
+        if getattr(net, "channels_last", False):  # faster convolutions on CPU for nets that say so
+            net = net.to(memory_format=torch.channels_last)
+        if tc.init_from:
+            self._init_weights(net, tc.init_from)
+        self.num_params = sum(p.numel() for p in net.parameters())
+        if tc.compile:
+            net.compile()  # in place: parameter names, hence checkpoints, stay as they are
+        optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.scheduler = lr_schedule(optimizer, tc)
+        self.net, self.optimizer = self.accelerator.prepare(net, optimizer)
+        self.ema = EMA(self.accelerator.unwrap_model(self.net), tc.ema_decay)
+        self.accelerator.register_for_checkpointing(self.scheduler, self.ema)
+        self.step, self.bad_steps_total = 0, 0
+
+    @staticmethod
+    def _init_weights(net: torch.nn.Module, source: str) -> None:
+        """Start from another run's EMA weights (the nets must have the same shape)."""
+        from safetensors.torch import load_file
+
+        try:
+            net.load_state_dict(load_file(str(ckpt.resolve_checkpoint(source) / ckpt.EMA_FILE)))
+        except ArgumentError as err:
+            raise ConfigError(f"train.init_from: {err.problem}") from None
+        except RuntimeError as err:
+            raise ConfigError(f"train.init_from: the weights in {source} do not fit this run's net "
+                              f"({str(err).splitlines()[0]})") from None
+
+    def _load_data(self):
+        """Images, or (noise, sample) pairs from `genkit reflow` when data.path holds them."""
+        path = resolve_data_path(self.cfg.data.path)
+        if is_pairs_dir(path):
+            if self.cfg.method.name != "flow":
+                raise ConfigError(f"data.path: {path} holds reflow pairs, which train method.name=flow only")
+            data = load_pairs(path)
+        else:
+            data = load_images(self.cfg.data, progress=self.accelerator.is_main_process)
+        classes, column = self.cfg.model.num_classes, self.cfg.data.label_column
+        if classes > 0 and data.labels is None:
+            raise ConfigError(f"data.label_column: {self.cfg.data.path} has no label column '{column}'; name the "
+                              f"column that holds the labels, or set model.num_classes=0 for an unconditional model")
+        if classes > 0 and (data.labels.min() < 0 or data.labels.max() >= classes):
+            bad = data.labels[(data.labels < 0) | (data.labels >= classes)][0].item()
+            raise ConfigError(f"data.label_column: labels must lie in 0..{classes - 1} (model.num_classes={classes}), "
+                              f"found {bad}")
+        return data
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _find_resume(self) -> list[Path]:
+        """The checkpoints to resume from, newest first (`load` falls back along them)."""
+        resume = self.cfg.train.resume
+        if not resume:
+            return []
+        if resume == "latest":
+            found = ckpt.intact_checkpoints(self.out)
+            if not found and ckpt.list_checkpoints(self.out):
+                raise ConfigError(f"train.resume: every checkpoint in {self.out / 'checkpoints'} is damaged")
+            return found[::-1]  # nothing yet: start fresh
+        path = Path(resume)
+        if not (path / ckpt.STATE_FILE).is_file():
+            raise ConfigError(f"train.resume: {resume} is not a checkpoint directory (use 'latest' or a step-* path)")
+        problem = ckpt.damage(path)
+        if problem:
+            raise ConfigError(f"train.resume: {path} is damaged ({problem})")
+        return [path]
+
+    def _check_resume_config(self, path: Path) -> None:
+        """Refuse a resume whose config changes the run's trajectory, unless allowed."""
+        saved = load_config(path / ckpt.CONFIG_FILE)
+        changes = config_changes(saved, self.cfg)
+        if changes and not self.cfg.train.allow_config_changes:
+            raise ConfigError(f"train.resume: this config changes what {path.name} was trained with "
+                              f"({'; '.join(changes)}); resume with its values or set train.allow_config_changes=true")
+
+    def _apply_learning_rate(self) -> None:
+        """After a resume: this config's learning rate (the one its checkpoints record) replaces the
+        loaded scheduler's, which a state load restores."""
+        lr, sched = self.cfg.train.lr, self.scheduler
+        sched.base_lrs = [lr] * len(sched.base_lrs)
+        for group, factor in zip(self.optimizer.param_groups, sched.lr_lambdas):
+            group["initial_lr"], group["lr"] = lr, lr * factor(sched.last_epoch)
+
+    def save(self) -> Path:
+        """Write a complete checkpoint atomically; every process takes part. Weights that are not
+        finite are never published."""
+        acc = self.accelerator
+        if not all(torch.isfinite(v).all() for v in self.ema.shadow.values()):
+            raise TrainingDiverged(f"the EMA weights at step {self.step} are not finite; no checkpoint written")
+        final = ckpt.checkpoint_dir(self.out, self.step)
+        tmp = final.parent / f".tmp-{final.name}"
+        if acc.is_main_process and tmp.exists():  # left by a run killed while saving
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        try:
+            acc.save_state(str(tmp))
+            acc.wait_for_everyone()  # every rank's RNG state is in tmp before it is published
+            if acc.is_main_process:
+                state = {"step": self.step, "bad_steps_total": self.bad_steps_total}
+                net_state = acc.unwrap_model(self.net).state_dict()
+                ckpt.write_export(tmp, self.cfg, net_state, self.ema.shadow, state)
+                ckpt.publish(tmp, final, self.cfg.train.checkpoints_keep)
+        except OSError as err:  # a full disk, a lost mount: leave no half-written copy to fill it further
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointNotWritten(f"cannot write checkpoint {final} ({err.strerror or err}); the checkpoints "
+                                       f"already in {final.parent} are intact: free space, then continue with "
+                                       f"train.resume=latest") from None
+        acc.wait_for_everyone()
+        return final
+
+    def load(self, path: Path) -> None:
+        with _Heard("accelerate.checkpointing") as heard:
+            self.accelerator.load_state(str(path))
+        # accelerate skips a random state it cannot read with only an info line; resume would not be exact
+        if any("Could not load random states" in message for message in heard.messages):
+            raise ValueError("its random states do not load")
+        state = ckpt.read_trainer_state(path)
+        self.step, self.bad_steps_total = state["step"], state["bad_steps_total"]
+
+    def resume(self) -> Path | None:
+        """Load the newest loadable checkpoint among the candidates, warning about each one skipped."""
+        for path in self.resume_candidates:
+            self._check_resume_config(path)
+            try:
+                self.load(path)
+                self._apply_learning_rate()
+            except Exception as err:  # a damaged optimizer, RNG or scheduler state: try the one before
+                log.warning(f"skipping checkpoint {path}: it does not load ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else 'unreadable'})")
+                continue
+            return path
+        if self.resume_candidates:
+            raise ConfigError(f"train.resume: no checkpoint of {self.out} loads")
+        return None
+
+    # ------------------------------------------------------------------ samples
+
+    def sample_grid(self) -> Path:
+        """An 8x8 grid from the EMA weights with the config's sampler, fixed seed."""
+        from genkit.images import make_grid, save_grid, to_uint8
+        from genkit.pipeline import build_model
+
+        net = build_net(self.cfg)
+        net.load_state_dict(self.ema.shadow)
+        model = build_model(self.cfg, net.eval(), self.accelerator.device)  # drawn where the run trains
+        images = model.sample(64, seed=0, progress=False).images
+        path = save_grid(images, self.out / "samples" / f"step-{self.step:06d}.png", nrow=8)
+        grid = make_grid(to_uint8(images), nrow=8)  # [C, H, W] uint8
+        for tracker in self.accelerator.trackers:  # the grid goes to the tracker too
+            if tracker.name == "tensorboard":
+                tracker.log_images({"samples": grid[None].numpy()}, step=self.step)
+            elif hasattr(tracker, "log_images"):
+                tracker.log_images({"samples": [grid.permute(1, 2, 0).numpy()]}, step=self.step)
+        return path
+
+    # ------------------------------------------------------------------ loop
+
+    def train_step(self) -> tuple[float, bool]:
+        """One optimiser step over the global batch; returns (mean loss, whether it was applied)."""
+        acc, tc = self.accelerator, self.cfg.train
+        rank, world = acc.process_index, acc.num_processes
+        idx = batch_indices(len(self.data), tc.batch_size, tc.seed, self.step)[rank::world]
+        gen = step_generator(tc.seed, self.step, rank)
+        x0, y, noise = self.data.batch(idx, gen if self.cfg.data.hflip else None)
+        x0 = x0.to(acc.device)
+        noise = None if noise is None else noise.to(acc.device)
+        y = y.to(acc.device) if (y is not None and self.cfg.model.num_classes > 0) else None
+        total = 0.0
+        for i, micro in enumerate(torch.arange(len(idx)).chunk(tc.grad_accum)):
+            sync = i == tc.grad_accum - 1
+            with nullcontext() if sync else acc.no_sync(self.net):
+                loss = self.method.loss(self.net, x0[micro], None if y is None else y[micro], gen,
+                                        noise=None if noise is None else noise[micro])
+                acc.backward(loss / tc.grad_accum)
+            total += loss.item() / tc.grad_accum
+        max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
+        grad_norm = acc.clip_grad_norm_(self.net.parameters(), max_norm)
+        ok = bool(torch.isfinite(grad_norm)) and math.isfinite(total)
+        if ok:
+            params = list(self.net.parameters())
+            before = [p.detach().clone() for p in params]  # about 1 ms a step for the MNIST nets
+            self.optimizer.step()
+            ok = bool(torch.stack([p.isfinite().all() for p in params]).all())  # one device sync
+            if ok:
+                self.ema.update(acc.unwrap_model(self.net))
+            else:  # a finite gradient gave non-finite weights (a huge learning rate): undo the update
+                with torch.no_grad():
+                    for p, old in zip(params, before):
+                        p.copy_(old)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return total, ok
+
+    def should_stop(self, started: float, signalled: int | None) -> str | None:
+        """Why every process stops after this step (a signal, `train.max_minutes`), or None; the
+        processes agree, so that they save the same step."""
+        minutes = self.cfg.train.max_minutes
+        reasons = [float(signalled or 0), float(bool(minutes) and time.perf_counter() - started > 60 * minutes)]
+        if self.accelerator.num_processes > 1:
+            flags = self.accelerator.reduce(torch.tensor(reasons, device=self.accelerator.device), "max").tolist()
+        else:
+            flags = reasons
+        if flags[0]:
+            self.stop_signal = int(flags[0])
+            return signal.Signals(self.stop_signal).name
+        return "time" if flags[1] else None
+
+    def fit(self) -> Path:
+        """Train to `train.max_steps` (or until a signal or `train.max_minutes`); returns the final
+        checkpoint. SIGINT and SIGTERM finish the current step and save (a second one stops at once);
+        then `TrainingInterrupted` is raised."""
+        try:
+            with _StopRequests() as stop:
+                final = self._fit(stop)
+        finally:
+            self.lock.release()
+        if self.stop_signal:
+            raise TrainingInterrupted(self.stop_signal, self.step, final)
+        return final
+
+    def _fit(self, stop: "_StopRequests") -> Path:
+        acc, tc = self.accelerator, self.cfg.train
+        self.stop_signal = 0
+        resumed = self.resume()
+        if resumed is not None and acc.is_main_process:
+            tqdm.write(f"genkit: resuming from {resumed} (step {self.step})")
+        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat_dict(self.cfg).items()}
+        acc.init_trackers(self.out.name or "genkit", config=hparams)  # the run's name as the project
+        main = acc.is_main_process
+        if main:
+            tqdm.write(f"genkit: {self.cfg.model.name} with {self.num_params / 1e6:.2f}M parameters, "
+                       f"{len(self.data)} images, {acc.num_processes} process(es), output in {self.out}")
+        bar = tqdm(total=tc.max_steps, initial=self.step, desc="train", disable=not main, dynamic_ncols=True)
+        streak, window, started = 0, [], time.perf_counter()
+        start_step = self.step
+        last_saved = None
+        try:
+            while self.step < tc.max_steps:
+                loss, ok = self.train_step()
+                self.step += 1
+                streak = 0 if ok else streak + 1
+                self.bad_steps_total += 0 if ok else 1
+                if ok:
+                    window.append(loss)
+                if streak >= tc.max_bad_steps:
+                    raise TrainingDiverged(
+                        f"{streak} consecutive steps had a non-finite loss, gradient or update (last at step "
+                        f"{self.step}); stopping. The last good checkpoint is {last_saved or 'not written yet'}; "
+                        f"try a lower train.lr or train.mixed_precision=no")
+                bar.update(1)
+                if self.step % tc.log_every == 0 or self.step == tc.max_steps:
+                    mean = sum(window) / len(window) if window else float("nan")  # nan: no step applied
+                    mean = acc.reduce(torch.tensor(mean, device=acc.device), "mean").item()
+                    rate = (self.step - start_step) * tc.batch_size / (time.perf_counter() - started)
+                    record = {"loss": mean if math.isfinite(mean) else None, "lr": self.scheduler.get_last_lr()[0],
+                              "img_per_s": rate, "bad_steps": self.bad_steps_total}
+                    if math.isfinite(mean):
+                        record.update(self.method.log_terms(mean, self.data.images[0].numel()))  # e.g. bits/dim
+                    acc.log({k: v for k, v in record.items() if v is not None}, step=self.step)
+                    if main:
+                        with open(self.out / METRICS_FILE, "a") as metrics:
+                            metrics.write(json.dumps({"step": self.step, **record}) + "\n")
+                    shown = {"nats": f"{record['nats_per_image']:.2f}"} if "nats_per_image" in record else {}
+                    bar.set_postfix(loss=f"{mean:.4f}", **shown, img_s=f"{rate:.0f}", bad=self.bad_steps_total)
+                    window = []
+                if main and tc.sample_every and self.step % tc.sample_every == 0 and self.step < tc.max_steps:
+                    self.sample_grid()
+                if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < tc.max_steps:
+                    last_saved = self.save()
+                reason = self.should_stop(started, stop.signum)
+                if reason:
+                    tqdm.write(f"genkit: {f'train.max_minutes={tc.max_minutes}' if reason == 'time' else reason} "
+                               f"reached at step {self.step}; saving a checkpoint")
+                    break
+        finally:
+            bar.close()
+        last_saved = self.save()
+        if main and tc.sample_every and not self.stop_signal:
+            self.sample_grid()
+        acc.end_training()
+        return last_saved
+
+
+class _Heard(logging.Handler):
+    """Collect what a logger says at INFO and above while the block runs (the main process's, for
+    accelerate's loggers)."""
+
+    def __init__(self, name: str):
+        super().__init__(logging.INFO)
+        self.logger, self.messages = logging.getLogger(name), []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def __enter__(self) -> "_Heard":
+        self.level = self.logger.level
+        self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.level)
+
+
+class _StopRequests:
+    """While active, the first SIGINT or SIGTERM is recorded (`signum`) for the loop to stop at the
+    end of its step; a second one raises KeyboardInterrupt at once. Handlers are installed only in
+    the main thread (elsewhere signals cannot be caught) and restored on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum, self.previous = None, {}
+
+    def __enter__(self) -> "_StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._request) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _request(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        tqdm.write(f"genkit: {signal.Signals(signum).name}: finishing this step and saving (send it again to stop at once)")
+
+
+def train(cfg: Config) -> Path:
+    """Train a run described by `cfg`; returns its final checkpoint directory."""
+    return Trainer(cfg).fit()
