@@ -11,7 +11,8 @@ from genkit.registry import ArgumentError, ConfigError
 # flag each parameter comes from. Any other name is a sampler option, given with --option.
 FLAGS = {"labels": "--class-label", "steps": "--steps", "seed": "--seed", "device": "--device",
          "sampler": "--sampler", "schedule": "--schedule", "guidance": "--guidance", "batch_size": "--batch-size",
-         "path": "--checkpoint", "model": "--checkpoint", "out": "--out", "out_dir": "--out", "runs": "RUN"}
+         "path": "--checkpoint", "model": "--checkpoint", "out": "--out", "out_dir": "--out", "runs": "RUN",
+         "ema": "--raw-weights", "directory": "--out", "repo_id": "--push"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -67,7 +68,8 @@ def _sampling_flags(p: Parser) -> None:
     """Flags shared by `sample` and `eval`: which checkpoint, and how to draw from it."""
     from genkit.samplers import SAMPLERS, SCHEDULES
 
-    p.add_argument("--checkpoint", required=True, help="run directory (newest checkpoint) or checkpoint directory")
+    p.add_argument("--checkpoint", required=True, help="run directory (newest checkpoint), checkpoint directory, "
+                                                      "export, or Hub repository owner/name")
     p.add_argument("--seed", type=int, default=0, help="seed; sample i depends only on (seed, i)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the run's sample.steps)")
     denoising, autoregressive = SAMPLERS.names("denoiser"), SAMPLERS.names("autoregressive")
@@ -129,6 +131,21 @@ def reflow_parser(prog: str = "genkit reflow") -> Parser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPUs with AMX)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    return p
+
+
+def export_parser(prog: str = "genkit export") -> Parser:
+    p = Parser(prog=prog, description="Export a trained model for genkit.load and diffusers (GenkitPipeline), with a "
+                                      "model card and a sample grid; optionally upload it to the Hugging Face Hub.")
+    p.add_argument("--checkpoint", required=True, help="run directory, checkpoint directory or Hub id owner/name")
+    p.add_argument("--out", help="directory to write (replaces an earlier export there)")
+    p.add_argument("--push", metavar="OWNER/NAME", help="upload to this Hub repository (created if needed; needs a "
+                                                        "token: huggingface-cli login or HF_TOKEN)")
+    p.add_argument("--private", action="store_true", help="create the Hub repository private")
+    p.add_argument("--metrics", metavar="REPORT", help="a JSON report written by genkit eval, shown in the card")
+    p.add_argument("--grid", type=int, default=64, help="samples in the card's grid (default: 64; 0 for none)")
+    p.add_argument("--raw-weights", action="store_true", help="export the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto", help="where to draw the grid: auto, cpu, cuda, cuda:N or mps")
     return p
 
 
@@ -343,6 +360,32 @@ def _reflow(args) -> None:
     print(f"wrote {args.num} pairs to {out}; train on them with data.path={out} train.init_from={args.checkpoint}")
 
 
+def _export(args) -> None:
+    import json
+
+    import genkit
+
+    if not args.out and not args.push:
+        raise ConfigError("--out or --push: say where the export goes")
+    if not 0 <= args.grid <= MAX_NUM:
+        raise ConfigError(f"--grid: must lie in 0..{MAX_NUM}, got {args.grid}")
+    metrics = None
+    if args.metrics:
+        from pathlib import Path
+
+        try:
+            metrics = json.loads(Path(args.metrics).read_text())
+        except json.JSONDecodeError:
+            raise ConfigError(f"--metrics: {args.metrics} is not a JSON report of genkit eval") from None
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("metrics"), dict):
+            raise ConfigError(f"--metrics: {args.metrics} is not a report of genkit eval (no 'metrics' mapping)")
+    model = genkit.load(args.checkpoint, ema=not args.raw_weights, device=args.device)
+    if args.out:
+        print(f"wrote {model.save_pretrained(args.out, metrics=metrics, grid=args.grid, repo_id=args.push)}")
+    if args.push:
+        print(f"pushed {model.push_to_hub(args.push, private=args.private, metrics=metrics, grid=args.grid)}")
+
+
 def _plot_loss(args) -> None:
     from genkit.plots import plot_loss
 
@@ -366,6 +409,7 @@ COMMANDS = {
     "sample": (sample_parser, _sample, "sample a trained model into a PNG grid"),
     "eval": (eval_parser, _eval, "score a trained MNIST model (FID, precision/recall, coverage; NLL)"),
     "reflow": (reflow_parser, _reflow, "draw (noise, sample) pairs from a flow for reflow training"),
+    "export": (export_parser, _export, "export a model with its card for diffusers and the Hub; push it"),
     "plot-loss": (plot_loss_parser, _plot_loss, "plot training losses into a PNG"),
 }
 

@@ -9,6 +9,7 @@ this module owns only the run's layout (data, train, sample) and the loading mac
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -135,9 +136,8 @@ RENAMED = {f"method.{key}": f"method.ddpm.{key}" for key in
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Build a `Config` from an optional YAML file and `key=value` overrides, then validate it."""
-    if _registered() != _assembled_from:
-        assemble()
+    """Build a `Config` from an optional YAML file (a path, or a bundled recipe's name) and
+    `key=value` overrides, then validate it."""
     raw: dict = {}
     if path is not None:
         found = find_recipe(path)
@@ -157,6 +157,16 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         _set_dotted(raw, RENAMED.get(key.strip(), key.strip()), _parse_scalar(text))
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict) -> Config:
+    """A validated `Config` from nested plain data, as `to_dict` writes it (older key names too)."""
+    if _registered() != _assembled_from:
+        assemble()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a mapping of keys to values, got {type(raw).__name__}")
+    raw = copy.deepcopy(raw)
     _rename_legacy(raw)
     cfg = from_dict(Config, raw)
     validate(cfg)

@@ -16,6 +16,12 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """[0, 1] images [N, C, H, W] (C = 1 or 3) -> N PIL images, mode L or RGB."""
+    arrays = to_uint8(images.cpu()).permute(0, 2, 3, 1).numpy()  # [N, H, W, C]
+    return [Image.fromarray(a[..., 0] if a.shape[2] == 1 else a) for a in arrays]
+
+
 def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
     """Tile [N, C, H, W] uint8 images into one [C, H', W'] grid, `nrow` images per row."""
     n, c, h, w = images.shape

@@ -14,6 +14,7 @@ from genkit.methods import METHODS, build_path
 from genkit.registry import ArgumentError, ConfigError
 from genkit.samplers import (SAMPLERS, SCHEDULES, Callback, Denoiser, DiffusersSampler, SampleNoise, check_options,
                              default_schedule)
+from genkit.samplers.diffusers import scheduler_for
 
 
 @dataclass
@@ -26,6 +27,12 @@ class Samples:
     noise: torch.Tensor | None
     labels: torch.Tensor | None
     nfe: int
+
+    def pil(self) -> list:
+        """The images as a list of PIL images (mode L or RGB)."""
+        from genkit.images import to_pil
+
+        return to_pil(self.images)
 
 
 def pick_device(name: str | torch.device = "auto") -> torch.device:
@@ -60,6 +67,8 @@ class TrainedModel:
     def __init__(self, cfg: Config, net: torch.nn.Module, device: str | torch.device = "cpu"):
         self.cfg, self.device = cfg, pick_device(device)
         self.directory: Path | None = None  # the checkpoint it was loaded from, if any
+        self.training: dict = {}  # its checkpoint's step and train_seconds, when known
+        self.metrics: dict | None = None  # a `genkit eval` report, when one came with it
         self.net = net.to(self.device).eval()
 
     def to(self, device: str | torch.device) -> "TrainedModel":
@@ -69,6 +78,20 @@ class TrainedModel:
         if getattr(self, "_bf16_net", None) is not None:
             self._bf16_net = self._bf16_net.to(self.device)
         return self
+
+    def save_pretrained(self, directory: str | Path, metrics: dict | None = None, grid: int = 64,
+                        repo_id: str | None = None) -> Path:
+        """Export for `genkit.load` and diffusers' `GenkitPipeline`, with a model card (see `genkit.hub`)."""
+        from genkit.hub import save_pretrained
+
+        return save_pretrained(self, directory, metrics, grid, repo_id)
+
+    def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None,
+                    metrics: dict | None = None, grid: int = 64) -> str:
+        """Export and upload to the Hub repository `repo_id` (created if needed); returns the commit URL."""
+        from genkit.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, private=private, token=token, metrics=metrics, grid=grid)
 
     @property
     def num_classes(self) -> int:
@@ -131,6 +154,11 @@ class GenerativeModel(TrainedModel):
         """The net as samplers see it (see `genkit.samplers.Denoiser`)."""
         return Denoiser(self.inference_net(bf16), self.path, self.prediction, labels=labels, guidance=guidance,
                         null_class=self.num_classes, clip_x0=clip_x0, bf16=bf16)
+
+    def make_scheduler(self, scheduler_class, **overrides):
+        """The diffusers scheduler of `scheduler_class` that matches this model's path (DDPM's
+        betas and prediction type, or a flow's shift), ready for `sample(sampler=...)`."""
+        return scheduler_for(self.path, self.prediction, scheduler_class, **overrides)
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, sampler=None, steps: int | None = None, guidance: float | None = None,
@@ -285,12 +313,23 @@ def build_model(cfg: Config, net: torch.nn.Module, device: str | torch.device = 
     return (AutoregressiveModel if family == AutoregressiveModel.family else GenerativeModel)(cfg, net, device)
 
 
-def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> TrainedModel:
-    """Load a run directory or checkpoint directory for sampling (safetensors + YAML only), onto
-    `device` (`auto`, `cpu`, `cuda[:N]`, `mps`)."""
-    from genkit.checkpoint import load_export
+def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
+         revision: str | None = None) -> TrainedModel:
+    """Load for sampling (safetensors, YAML and JSON only; no code runs) a run directory, a
+    checkpoint directory, a `save_pretrained` export, or a Hub repository `owner/name` holding
+    one (at `revision`; through the Hugging Face cache, offline with HF_HUB_OFFLINE=1), onto
+    `device` (`auto`, `cpu`, `cuda[:N]`, `mps`). `ema=False` takes a checkpoint's raw weights."""
+    from genkit.checkpoint import load_export, read_trainer_state
+    from genkit.hub import is_pretrained, load_pretrained, resolve
 
-    cfg, net, directory = load_export(path, ema=ema)
+    local = resolve(path, revision)
+    if is_pretrained(local):
+        if not ema:
+            raise ArgumentError("ema", f"{path} is an export, which holds one set of weights (the EMA's)")
+        return load_pretrained(local, device)
+    cfg, net, directory = load_export(local, ema=ema)
     model = build_model(cfg, net, device)
     model.directory = directory
+    state = read_trainer_state(directory)
+    model.training = {k: state[k] for k in ("step", "train_seconds") if k in state}
     return model

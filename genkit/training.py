@@ -150,6 +150,7 @@ class Trainer:
         self.ema = EMA(self.accelerator.unwrap_model(self.net), tc.ema_decay)
         self.accelerator.register_for_checkpointing(self.scheduler, self.ema)
         self.step, self.bad_steps_total = 0, 0
+        self.seconds_before, self.fit_started = 0.0, time.perf_counter()  # training time of earlier sessions; this one's start
 
     @staticmethod
     def _init_weights(net: torch.nn.Module, source: str) -> None:
@@ -234,7 +235,8 @@ class Trainer:
             acc.save_state(str(tmp))
             acc.wait_for_everyone()  # every rank's RNG state is in tmp before it is published
             if acc.is_main_process:
-                state = {"step": self.step, "bad_steps_total": self.bad_steps_total}
+                seconds = self.seconds_before + time.perf_counter() - self.fit_started
+                state = {"step": self.step, "bad_steps_total": self.bad_steps_total, "train_seconds": round(seconds, 1)}
                 net_state = acc.unwrap_model(self.net).state_dict()
                 ckpt.write_export(tmp, self.cfg, net_state, self.ema.shadow, state)
                 ckpt.publish(tmp, final, self.cfg.train.checkpoints_keep)
@@ -254,6 +256,7 @@ class Trainer:
             raise ValueError("its random states do not load")
         state = ckpt.read_trainer_state(path)
         self.step, self.bad_steps_total = state["step"], state["bad_steps_total"]
+        self.seconds_before = state.get("train_seconds", 0.0)  # absent in checkpoints of earlier versions
 
     def resume(self) -> Path | None:
         """Load the newest loadable checkpoint among the candidates, warning about each one skipped."""
@@ -360,6 +363,7 @@ class Trainer:
         acc, tc = self.accelerator, self.cfg.train
         self.stop_signal = 0
         resumed = self.resume()
+        self.fit_started = time.perf_counter()
         if resumed is not None and acc.is_main_process:
             tqdm.write(f"genkit: resuming from {resumed} (step {self.step})")
         hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat_dict(self.cfg).items()}

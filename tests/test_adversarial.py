@@ -22,7 +22,7 @@ from genkit import checkpoint as ckpt
 from genkit.cli import eval_main, main, sample_main, train_main
 from genkit.config import load_config
 from genkit.training import train
-from tests.conftest import ROOT, assert_ran_or_one_line, call, tiny_overrides
+from tests.conftest import ROOT, assert_ran_or_one_line, call, digit_overrides, tiny_overrides
 
 EXPORT = ("net.safetensors", "net_ema.safetensors", "trainer_state.json", "config.yaml")
 STATE = ("model.safetensors", "optimizer.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl",
@@ -38,10 +38,10 @@ DAMAGE_KINDS = [pytest.param(kind, marks=() if kind == "truncated" else pytest.m
 
 
 @pytest.fixture(scope="module")
-def two_checkpoints(imagefolder, tmp_path_factory):
-    """A tiny run with checkpoints at steps 2 and 4."""
+def two_checkpoints(digits, tmp_path_factory):
+    """A tiny run on real digits with checkpoints at steps 2 and 4."""
     out = tmp_path_factory.mktemp("adversarial") / "run"
-    train(load_config(None, tiny_overrides(imagefolder, out)))
+    train(load_config(None, digit_overrides(digits, out)))
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["step-000002", "step-000004"]
     return out
 
@@ -57,11 +57,11 @@ def copy_run(run: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("damage", DAMAGE_KINDS)
 @pytest.mark.parametrize("name", EXPORT + STATE)
-def test_resume_latest_skips_a_damaged_newest_checkpoint(two_checkpoints, tmp_path, imagefolder, name, damage,
+def test_resume_latest_skips_a_damaged_newest_checkpoint(two_checkpoints, tmp_path, digits, name, damage,
                                                          caplog):
     run = copy_run(two_checkpoints, tmp_path)
     DAMAGE[damage](run / "checkpoints" / "step-000004" / name)
-    code, stderr = call(train_main, tiny_overrides(imagefolder, run) + ["train.resume=latest", "train.max_steps=6"])
+    code, stderr = call(train_main, digit_overrides(digits, run) + ["train.resume=latest", "train.max_steps=6"])
     assert code == 0, stderr[-2000:]
     assert "step-000004" in caplog.text and "skipping" in caplog.text  # one warning names what was skipped
     final = ckpt.list_checkpoints(run)[-1]
@@ -92,11 +92,11 @@ def test_a_damaged_checkpoint_named_directly_fails_in_one_line(two_checkpoints, 
     assert code == 2 and "--checkpoint" in stderr and "damaged" in stderr
 
 
-def test_every_checkpoint_damaged_is_refused_not_restarted(two_checkpoints, tmp_path, imagefolder):
+def test_every_checkpoint_damaged_is_refused_not_restarted(two_checkpoints, tmp_path, digits):
     run = copy_run(two_checkpoints, tmp_path)
     for step in ckpt.list_checkpoints(run):
         (step / "net.safetensors").write_bytes(b"junk")
-    code, stderr = call(train_main, tiny_overrides(imagefolder, run) + ["train.resume=latest"])
+    code, stderr = call(train_main, digit_overrides(digits, run) + ["train.resume=latest"])
     assert code == 2 and "every checkpoint" in stderr and "damaged" in stderr
 
 
@@ -200,9 +200,9 @@ def test_a_learning_rate_that_breaks_the_weights_never_publishes_them(imagefolde
 
 
 def test_resume_refuses_a_changed_trajectory_unless_allowed_and_records_the_truth(two_checkpoints, tmp_path,
-                                                                                  imagefolder):
+                                                                                  digits):
     run = copy_run(two_checkpoints, tmp_path)
-    base = tiny_overrides(imagefolder, run) + ["train.resume=latest", "train.max_steps=6"]
+    base = digit_overrides(digits, run) + ["train.resume=latest", "train.max_steps=6"]
     code, stderr = call(train_main, base + ["train.lr=0.5", "train.batch_size=4"])
     assert code == 2 and "train.lr: 0.001 -> 0.5" in stderr and "train.batch_size: 8 -> 4" in stderr
     code, stderr = call(train_main, base + ["train.lr=0.5", "train.allow_config_changes=true"])
@@ -377,13 +377,13 @@ def test_configs_that_would_reach_the_allocator_or_the_hub_are_refused(tmp_path,
 
 
 def test_a_full_disk_leaves_no_partial_checkpoint_and_keeps_the_published_ones(two_checkpoints, tmp_path,
-                                                                              imagefolder, monkeypatch):
+                                                                              digits, monkeypatch):
     run = copy_run(two_checkpoints, tmp_path)
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(ckpt, "save_file", full)
-    code, stderr = call(train_main, tiny_overrides(imagefolder, run) + ["train.resume=latest", "train.max_steps=6"])
+    code, stderr = call(train_main, digit_overrides(digits, run) + ["train.resume=latest", "train.max_steps=6"])
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert "Traceback" not in stderr and len(errors) == 1
     assert code == 1 and "No space left on device" in stderr and "train.resume=latest" in stderr

@@ -3,13 +3,13 @@ import pytest
 from PIL import Image
 
 from tests.conftest import run_script as run
-from tests.conftest import tiny_overrides
+from tests.conftest import digit_overrides, tiny_overrides
 
 
 @pytest.fixture(scope="module")
-def trained_run(imagefolder, tmp_path_factory):
+def trained_run(digits, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
-    result = run("train.py", *tiny_overrides(imagefolder, out), "train.max_steps=2")
+    result = run("train.py", *digit_overrides(digits, out), "train.max_steps=2")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "done: final checkpoint" in result.stdout
     return out
@@ -21,7 +21,7 @@ def test_sample_cli_writes_grid_and_is_deterministic(trained_run, tmp_path):
         result = run("sample.py", "--checkpoint", str(trained_run), "--out", str(out), "--num", "6",
                      "--seed", "0", "--steps", "2", "--sampler", "ddpm")
         assert result.returncode == 0, result.stderr[-2000:]
-    assert Image.open(a).size == (3 * 18 + 2, 2 * 18 + 2)  # 3 per row, 16 px + 2 px padding
+    assert Image.open(a).size == (3 * 34 + 2, 2 * 34 + 2)  # 3 per row, 32 px + 2 px padding
     assert a.read_bytes() == b.read_bytes()
 
 

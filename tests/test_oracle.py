@@ -188,3 +188,30 @@ def test_diffusers_flow_matching_schedulers_sample_a_flow(name):
     assert sliced_wasserstein(out, DATA) < 2 * FLOOR
     with pytest.raises(ArgumentError, match="not a rectified flow"):
         DiffusersSampler(getattr(diffusers, name)())(Denoiser(GMM.as_net(PATH), PATH, "eps"), x, torch.zeros(6))
+
+
+@pytest.mark.parametrize("name", ["DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
+                                  "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler"])
+def test_make_scheduler_builds_the_scheduler_of_the_models_path(name):
+    """`scheduler_for` hands diffusers the path's own betas and prediction type (cosine betas with
+    v-prediction here, which no diffusers default matches), or a flow's shift, and each samples the
+    mixture; schedulers of the other kind and continuous paths are refused by name."""
+    import diffusers
+
+    from genkit.paths import FlowPath, VPPath
+    from genkit.registry import ArgumentError
+    from genkit.samplers.diffusers import is_flow_scheduler, scheduler_for
+
+    cls = getattr(diffusers, name)
+    path, kind = (FlowPath(shift=3.0), "velocity") if is_flow_scheduler(cls) else \
+        (DiscreteVPPath(make_betas("cosine", 1000)), "v")
+    scheduler = scheduler_for(path, kind, cls)
+    assert scheduler.config.get("prediction_type", "v_prediction") == "v_prediction"
+    x = torch.randn(N, 2, generator=torch.Generator().manual_seed(2))
+    out = DiffusersSampler(scheduler)(Denoiser(GMM.as_net(path, kind), path, kind), x, torch.zeros(61))
+    assert sliced_wasserstein(out, DATA) < 2 * FLOOR
+    other = DiscreteVPPath(make_betas("linear", 1000)) if isinstance(path, FlowPath) else FlowPath()
+    with pytest.raises(ArgumentError, match="flow-matching scheduler|cannot take DDPM's betas"):
+        scheduler_for(other, "eps", cls)
+    with pytest.raises(ArgumentError, match="continuous-time VPPath"):
+        scheduler_for(VPPath(), "eps", cls)

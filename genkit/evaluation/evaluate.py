@@ -5,7 +5,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genkit.config import DataConfig
-from genkit.registry import ArgumentError
+from genkit.registry import ArgumentError, ConfigError
 from genkit.data import load_images
 from genkit.evaluation.classifier import MNISTClassifier, load_classifier
 from genkit.evaluation.metrics import class_coverage, fid, precision_recall
@@ -20,14 +20,33 @@ class Evaluator:
     """
 
     min_images = 5  # precision/recall's k-NN radii (k = 3) need k + 1 other points, FID a covariance
+    min_agreement = 0.9  # of the classifier with the test split's labels (MNIST: 0.99), else its confidence
 
     def __init__(self, data: DataConfig | None = None, classifier: MNISTClassifier | None = None,
                  batch_size: int = 500, progress: bool = True):
         self.data_cfg = data or DataConfig()
         self.classifier = classifier or load_classifier()
         self.batch_size, self.progress = batch_size, progress
+        if self.data_cfg.channels != 1:
+            raise ConfigError(f"data.channels: genkit's metrics live in the feature space of an MNIST classifier "
+                              f"and score 1-channel digits, not {self.data_cfg.channels}-channel images; write "
+                              f"samples with `sample --outdir` or `--npz` and score them with clean-fid or "
+                              f"torch-fidelity")
         test = load_images(self.data_cfg, split="test", progress=progress)
-        self.test_features, _ = self.embed(test.images.float() / 255)
+        self.test_features, probs = self.embed(test.images.float() / 255)
+        self._check_digits(probs, test.labels)
+
+    def _check_digits(self, probs: torch.Tensor, labels: torch.Tensor | None) -> None:
+        """Refuse a test split the classifier does not read as MNIST digits: its features would
+        measure nothing (random RGB noise once scored FID 0.74 against itself)."""
+        if labels is not None:
+            agreement, what = float((probs.argmax(1) == labels).double().mean()), "agrees with"
+        else:
+            agreement, what = float(probs.max(1).values.double().mean()), "is confident on"
+        if agreement < self.min_agreement:
+            raise ConfigError(f"data.path: {self.data_cfg.path} does not look like MNIST digits to genkit's "
+                              f"classifier (it {what} {agreement:.0%} of the test split, below "
+                              f"{self.min_agreement:.0%}); its MNIST-feature metrics would measure nothing")
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,6 +11,35 @@ from genkit.registry import ArgumentError
 from genkit.samplers.base import Callback, DenoiserLike
 
 
+PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}  # genkit's name -> diffusers'
+
+
+def is_flow_scheduler(scheduler_class) -> bool:
+    """Whether a diffusers scheduler class steps a flow (sigma = t) rather than DDPM's betas."""
+    params = inspect.signature(scheduler_class.__init__).parameters
+    return "shift" in params and "beta_start" not in params
+
+
+def scheduler_for(path, prediction: str, scheduler_class, **overrides):
+    """The diffusers scheduler of `scheduler_class` that samples a model on `path`: DDPM's betas
+    (as `trained_betas`) and the model's prediction type on a discrete path; SD3's shift on a flow
+    path, for the flow-matching schedulers. `overrides` go to the scheduler (timestep_spacing, ...)."""
+    name, params = scheduler_class.__name__, inspect.signature(scheduler_class.__init__).parameters
+    if isinstance(path, FlowPath):
+        if not is_flow_scheduler(scheduler_class):
+            raise ArgumentError("scheduler", f"{name} steps DDPM's betas; a rectified flow needs a flow-matching "
+                                             f"scheduler (FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler)")
+        return scheduler_class(**{"num_train_timesteps": 1000, "shift": path.shift, **overrides})
+    if not hasattr(path, "betas"):
+        raise ArgumentError("scheduler", f"no diffusers scheduler matches a continuous-time {type(path).__name__}; "
+                                         f"use genkit's samplers")
+    if is_flow_scheduler(scheduler_class) or "trained_betas" not in params:
+        raise ArgumentError("scheduler", f"{name} cannot take DDPM's betas (trained_betas)")
+    kind = PREDICTION_TYPES[prediction] if prediction in PREDICTION_TYPES else "epsilon"
+    return scheduler_class(**{"num_train_timesteps": len(path.betas), "trained_betas": path.betas.tolist(),
+                              "prediction_type": kind, **overrides})
+
+
 class DiffusersSampler:
     """Adapter: `DiffusersSampler(DPMSolverMultistepScheduler(...))` has the sampler signature.
 
