@@ -53,7 +53,7 @@ def main() -> None:
         data = model.cfg.data
         test = load_images(data, split="test", limit=args.test_images)
         prior = label_frequencies(data, model.num_classes) if model.num_classes else None
-        scores = model.evaluate(test.images, test.labels, prior, bf16=args.bf16)
+        scores = model.evaluate(test.images, test.labels, prior, precision="bf16" if args.bf16 else "no")
         result.update(test_nll_nats=round(scores["nll_nats"], 3), nll_precision="bf16" if args.bf16 else "fp32",
                       test=scores)
     print(json.dumps(result, indent=2))

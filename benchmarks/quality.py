@@ -60,14 +60,14 @@ def train_recipe(recipe: str, workdir: Path, minutes: float) -> dict:
 def eval_recipe(recipe: str, workdir: Path, evaluator: Evaluator, num: int, device: str) -> list[dict]:
     model = genkit.load(workdir / RECIPES[recipe], device=device)
     labels = model.default_labels(num)
-    bf16 = device == "cpu"
+    precision = "bf16" if device == "cpu" else "no"
     rows = []
     for nfe in NFES:
         best = None
         candidates = CANDIDATES[model.cfg.method.name]
         for sampler in candidates[:1] if nfe >= 50 else candidates:  # at 50 NFE the samplers agree
             drawn = model.sample(num, seed=0, sampler=sampler, steps=steps_for_sampler(sampler, nfe), labels=labels,
-                                 progress=False, bf16=bf16)
+                                 progress=False, precision=precision)
             fid = evaluator.score(drawn.images, labels)["fid"]
             tqdm.write(f"{recipe:12s} NFE {drawn.nfe:3d} {sampler:12s} FID {fid:8.2f}")
             if best is None or fid < best["fid"]:

@@ -129,7 +129,7 @@ def matmul_gflops(bf16: bool, n: int = 2048) -> float:
 def sampling(batch: int, steps: int, repeats: int) -> dict:
     """img x NFE per second of `model.sample`, of its net's bare forward passes, and of diffusers'
     DDIMPipeline at equal parameters, in fp32 and in bf16; ratios within each precision. In bf16
-    genkit samples with bf16 weights under autocast (what `bf16=True` does), and diffusers runs
+    genkit samples with bf16 weights under autocast (what `precision="bf16"` does), and diffusers runs
     both ways it offers, autocast over fp32 weights and the pipeline cast to bf16 (its
     `torch_dtype`), the faster counting."""
     import copy
@@ -164,7 +164,7 @@ def sampling(batch: int, steps: int, repeats: int) -> dict:
 
     def calls(bf16: bool) -> dict:
         peer = fastest_peer(bf16)
-        net = model.inference_net(bf16)
+        net = model.inference_net(torch.bfloat16 if bf16 else None)
 
         @torch.no_grad()
         def bare_forward():
@@ -172,7 +172,8 @@ def sampling(batch: int, steps: int, repeats: int) -> dict:
                 for _ in range(steps):
                     net(x, t, y)
         entries = {"genkit model.sample": lambda: model.sample(batch, steps=steps, sampler="dpmpp_2m_pc",
-                                                               batch_size=batch, progress=False, bf16=bf16),
+                                                               batch_size=batch, progress=False,
+                                                               precision="bf16" if bf16 else "no"),
                    "genkit bare forward": bare_forward,
                    f"diffusers DDIMPipeline ({peer}{', autocast' if bf16 else ''})": pipeline_call(peers[peer], bf16)}
         if bf16:

@@ -12,7 +12,7 @@ from genkit.registry import ArgumentError, ConfigError
 FLAGS = {"labels": "--class-label", "steps": "--steps", "seed": "--seed", "device": "--device",
          "sampler": "--sampler", "schedule": "--schedule", "guidance": "--guidance", "batch_size": "--batch-size",
          "path": "--checkpoint", "model": "--checkpoint", "out": "--out", "out_dir": "--out", "runs": "RUN",
-         "ema": "--raw-weights", "directory": "--out", "repo_id": "--push"}
+         "ema": "--raw-weights", "directory": "--out", "repo_id": "--push", "npz": "--npz"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -64,6 +64,15 @@ def train_parser(prog: str = "train.py") -> Parser:
     return p
 
 
+def _precision_flags(p: Parser) -> None:
+    from genkit.pipeline import PRECISIONS
+
+    p.add_argument("--precision", choices=PRECISIONS, default="no",
+                   help="the net's precision: no (fp32), bf16, fp16, or auto (bf16 where the device has it: recent "
+                        "GPUs, CPUs with AMX; else fp16 on a GPU) (default: no)")
+    p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="same as --precision bf16")
+
+
 def _sampling_flags(p: Parser) -> None:
     """Flags shared by `sample` and `eval`: which checkpoint, and how to draw from it."""
     from genkit.samplers import SAMPLERS, SCHEDULES
@@ -82,7 +91,7 @@ def _sampling_flags(p: Parser) -> None:
     p.add_argument("--class-label", type=int, help="draw only this class (default: classes in turn)")
     p.add_argument("--batch-size", type=int, default=256, help="images per network call (default: 256)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPUs with AMX)")
+    _precision_flags(p)
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps "
                                                   "(default: auto); samples do not depend on it beyond rounding")
     p.add_argument("--option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
@@ -91,9 +100,13 @@ def _sampling_flags(p: Parser) -> None:
 
 
 def sample_parser(prog: str = "sample.py") -> Parser:
-    p = Parser(prog=prog, description="Sample a trained model into a PNG grid.")
+    p = Parser(prog=prog, description="Sample a trained model into a PNG grid, one PNG per image, or an array.")
     _sampling_flags(p)
-    p.add_argument("--out", default="grid.png", help="output PNG (default: grid.png)")
+    p.add_argument("--out", help="grid image (default: grid.png, unless --outdir or --npz is given)")
+    p.add_argument("--outdir", help="also write each image as DIR/000000.png, ... (a new or empty directory), "
+                                    "the input of clean-fid and torch-fidelity")
+    p.add_argument("--npz", help="also write the images as uint8 [N, H, W, C] in FILE.npz (key arr_0, labels "
+                                 "under 'labels'), as the ADM evaluation suite reads them")
     p.add_argument("--num", type=int, default=64, help="number of images (default: 64)")
     p.add_argument("--nrow", type=int, help="images per grid row (default: square)")
     return p
@@ -129,7 +142,7 @@ def reflow_parser(prog: str = "genkit reflow") -> Parser:
     p.add_argument("--sampler", default="euler", help="sampler (default: euler)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPUs with AMX)")
+    _precision_flags(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     return p
 
@@ -258,7 +271,7 @@ def _draw(args, model=None):
             flag = FLAGS.get(name, "--option")
             raise ConfigError(f"{flag}: does not apply to {model.family} models")
     drawn = model.sample(args.num, seed=args.seed, labels=args.class_label, batch_size=args.batch_size,
-                         bf16=args.bf16, **given, **options)
+                         precision=args.precision, **given, **options)
     return model, drawn
 
 
@@ -278,13 +291,24 @@ def _check_out(path: str) -> None:
 
 
 def _sample(args) -> None:
-    from genkit.images import save_grid
+    from pathlib import Path
+
+    from genkit.images import save_grid, save_images, save_npz
 
     _check_sampling_flags(args)
-    _check_out(args.out)
+    if args.out is None and not (args.outdir or args.npz):
+        args.out = "grid.png"
+    if args.out:
+        _check_out(args.out)
+    if args.outdir and Path(args.outdir).exists() and (not Path(args.outdir).is_dir() or any(Path(args.outdir).iterdir())):
+        raise ConfigError(f"--outdir: {args.outdir} exists and is not an empty directory; name a new one")
+    if args.npz and Path(args.npz).suffix != ".npz":
+        raise ConfigError(f"--npz: name a .npz file, got {args.npz}")
     _, drawn = _draw(args)
-    path = save_grid(drawn.images, args.out, nrow=args.nrow)
-    print(f"wrote {path} ({args.num} images, {drawn.nfe} network evaluations each)")
+    written = [save_grid(drawn.images, args.out, nrow=args.nrow)] if args.out else []
+    written += [save_images(drawn.images, args.outdir)] if args.outdir else []
+    written += [save_npz(drawn.images, drawn.labels, args.npz)] if args.npz else []
+    print(f"wrote {', '.join(map(str, written))} ({args.num} images, {drawn.nfe} network evaluations each)")
 
 
 def _eval(args) -> None:
@@ -314,7 +338,7 @@ def _eval(args) -> None:
         from genkit.data import load_images
 
         test = load_images(model.cfg.data, split="test", limit=args.bpd)
-        bpd, err, nfe = model.bits_per_dim(test.images, seed=args.seed, estimator=args.bpd_estimator, bf16=args.bf16,
+        bpd, err, nfe = model.bits_per_dim(test.images, seed=args.seed, estimator=args.bpd_estimator, precision=args.precision,
                                            rtol=args.bpd_tol, atol=args.bpd_tol)
         report["bits_per_dim"] = {"images": len(test), "mean": bpd, "stderr": err, "nfe_per_batch": nfe,
                                   "estimator": args.bpd_estimator}
@@ -337,10 +361,10 @@ def _eval_autoregressive(args, model) -> None:
     test = load_images(model.cfg.data, split="test", limit=args.num)
     prior = label_frequencies(model.cfg.data, model.num_classes) if model.num_classes else None
     scores = model.evaluate(test.images, test.labels, prior, seed=args.seed, batch_size=args.batch_size,
-                            bf16=args.bf16)
+                            precision=args.precision)
     from genkit.files import write_json
 
-    report = {"checkpoint": str(model.directory), "seed": args.seed, "bf16": args.bf16, **scores}
+    report = {"checkpoint": str(model.directory), "seed": args.seed, "precision": args.precision, **scores}
     for key, value in scores.items():
         print(f"{key:<26}{value:>12.6g}")
     write_json(args.json, report)
@@ -356,7 +380,7 @@ def _reflow(args) -> None:
     _check_sampling_flags(args)
     model = genkit.load(args.checkpoint, device=args.device)
     out = generate_pairs(model, args.out, args.num, steps=args.steps, sampler=args.sampler, seed=args.seed,
-                         batch_size=args.batch_size, bf16=args.bf16)
+                         batch_size=args.batch_size, precision=args.precision)
     print(f"wrote {args.num} pairs to {out}; train on them with data.path={out} train.init_from={args.checkpoint}")
 
 

@@ -53,3 +53,32 @@ def save_grid(images: torch.Tensor, out: str | Path, nrow: int | None = None) ->
     with atomic_path(out) as tmp:
         image.save(tmp, format=fmt)
     return Path(out)
+
+
+def save_images(images: torch.Tensor, out_dir: str | Path, start_index: int = 0) -> Path:
+    """Write [0, 1] images [N, C, H, W] as one PNG each, `out_dir/000000.png` on (the layout that
+    clean-fid and torch-fidelity read), into a directory that must be new or empty."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ArgumentError("out_dir", f"{out} exists and is not an empty directory; name a new one")
+    out.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(to_pil(images), start=start_index):
+        with atomic_path(out / f"{i:06d}.png") as tmp:
+            image.save(tmp, format="PNG")
+    return out
+
+
+def save_npz(images: torch.Tensor, labels: torch.Tensor | None, out: str | Path) -> Path:
+    """Write [0, 1] images [N, C, H, W] as uint8 [N, H, W, C] under `arr_0` (the layout of the
+    ADM evaluation suite, which torch-fidelity and clean-fid also take), with `labels` [N] if any."""
+    import numpy as np
+
+    if Path(out).suffix != ".npz":
+        raise ArgumentError("npz", f"name a .npz file, got {Path(out).name!r}")
+    arrays = {"arr_0": to_uint8(images.cpu()).permute(0, 2, 3, 1).numpy()}
+    if labels is not None:
+        arrays["labels"] = labels.cpu().numpy()
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+    return Path(out)

@@ -59,6 +59,28 @@ def pick_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
+PRECISIONS = ("no", "bf16", "fp16", "auto")
+
+
+def hardware_precision(device: torch.device) -> str:
+    """The half precision `device` computes fast: bf16 where it has it (recent GPUs, CPUs with
+    AMX), fp16 on other GPUs and on Apple's MPS, else none (`no`)."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "mps":
+        return "fp16"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+
+
+def half_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` (no, bf16, fp16, or auto: `hardware_precision`), or None."""
+    if precision not in PRECISIONS:
+        raise ArgumentError("precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        precision = hardware_precision(device)
+    return {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 class TrainedModel:
     """A trained net with its config, on a device; knows the model's classes."""
 
@@ -75,8 +97,8 @@ class TrainedModel:
         """Move the model to `device` (see `pick_device`); samples stay a function of (seed, i)."""
         self.device = pick_device(device)
         self.net = self.net.to(self.device)
-        if getattr(self, "_bf16_net", None) is not None:
-            self._bf16_net = self._bf16_net.to(self.device)
+        for dtype, net in getattr(self, "_half_nets", {}).items():
+            self._half_nets[dtype] = net.to(self.device)
         return self
 
     def save_pretrained(self, directory: str | Path, metrics: dict | None = None, grid: int = 64,
@@ -137,23 +159,25 @@ class GenerativeModel(TrainedModel):
         super().__init__(cfg, net, device)
         self.path = build_path(cfg)
         self.prediction = cfg.method.resolved_prediction
-        self._bf16_net: torch.nn.Module | None = None
+        self._half_nets: dict[torch.dtype, torch.nn.Module] = {}
 
-    def inference_net(self, bf16: bool = False) -> torch.nn.Module:
-        """The net that samples: `net` itself, or for bf16 a bf16 copy of its weights (made once),
-        which under autocast spares the cast of every weight at every call (about 1.25x faster on
-        a CPU with AMX than autocast over fp32 weights, to the same error; benchmarks/throughput.py)."""
-        if not bf16:
+    def inference_net(self, half: torch.dtype | None = None) -> torch.nn.Module:
+        """The net that samples: `net` itself, or for a half dtype a copy of its weights in it (made
+        once), which under autocast spares the cast of every weight at every call (bf16: about
+        1.25x faster on a CPU with AMX than autocast over fp32 weights, to the same error;
+        benchmarks/throughput.py)."""
+        if half is None:
             return self.net
-        if self._bf16_net is None:
-            self._bf16_net = copy.deepcopy(self.net).to(torch.bfloat16)
-        return self._bf16_net
+        if half not in self._half_nets:
+            self._half_nets[half] = copy.deepcopy(self.net).to(half)
+        return self._half_nets[half]
 
     def denoiser(self, labels: torch.Tensor | None = None, guidance: float = 1.0, clip_x0: bool = False,
-                 bf16: bool = False) -> Denoiser:
-        """The net as samplers see it (see `genkit.samplers.Denoiser`)."""
-        return Denoiser(self.inference_net(bf16), self.path, self.prediction, labels=labels, guidance=guidance,
-                        null_class=self.num_classes, clip_x0=clip_x0, bf16=bf16)
+                 precision: str = "no") -> Denoiser:
+        """The net as samplers see it (see `genkit.samplers.Denoiser`), in `precision` (`PRECISIONS`)."""
+        half = half_dtype(precision, self.device)
+        return Denoiser(self.inference_net(half), self.path, self.prediction, labels=labels, guidance=guidance,
+                        null_class=self.num_classes, clip_x0=clip_x0, half=half)
 
     def make_scheduler(self, scheduler_class, **overrides):
         """The diffusers scheduler of `scheduler_class` that matches this model's path (DDPM's
@@ -162,7 +186,7 @@ class GenerativeModel(TrainedModel):
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, sampler=None, steps: int | None = None, guidance: float | None = None,
-               labels=None, schedule=None, batch_size: int = 256, progress: bool = True, bf16: bool = False,
+               labels=None, schedule=None, batch_size: int = 256, progress: bool = True, precision: str = "no",
                clip_x0: bool = True, start_index: int = 0, callback: Callback | None = None,
                **options) -> Samples:
         """Draw `n` images; returns `Samples` (images in [0, 1], starting noise, labels, NFE).
@@ -171,10 +195,10 @@ class GenerativeModel(TrainedModel):
         or a diffusers scheduler instance (default: the config's `sample.sampler`, with its
         `sample.options`). `schedule`: a name in `genkit.samplers.SCHEDULES` or a function
         (path, steps) -> times (default: the sampler's own on this path). `labels`: an int, a
-        sequence of class ids, or None (class i mod K for sample i). `clip_x0` clamps every x0
-        estimate to [-1, 1]; `callback(step, t, x, x0_hat)` sees every step of every batch;
-        `options` go to the sampler. Sample i is drawn from noise stream (seed, start_index + i),
-        whatever `batch_size`.
+        sequence of class ids, or None (class i mod K for sample i). `precision`: no, bf16, fp16
+        or auto (`hardware_precision`). `clip_x0` clamps every x0 estimate to [-1, 1];
+        `callback(step, t, x, x0_hat)` sees every step of every batch; `options` go to the
+        sampler. Sample i is drawn from noise stream (seed, start_index + i), whatever `batch_size`.
         """
         sc = self.cfg.sample
         steps = sc.steps if steps is None else steps
@@ -194,6 +218,7 @@ class GenerativeModel(TrainedModel):
         else:
             fn = sampler if callable(sampler) else self._sampler(sampler)
         check_options(fn, options, sampler if isinstance(sampler, str) else "this sampler")
+        half_dtype(precision, self.device)  # checked before any work
         labels = self.labels_for(labels, n)
         ts = self._grid(schedule or default_schedule(sampler, self.path), steps)
         shape = (self.cfg.data.channels, self.cfg.data.image_size, self.cfg.data.image_size)
@@ -202,7 +227,7 @@ class GenerativeModel(TrainedModel):
         for start in tqdm(range(0, n, batch_size), desc="sampling", disable=not progress or n <= batch_size):
             idx = torch.arange(start, min(n, start + batch_size))
             noise = SampleNoise(seed, (idx + start_index).tolist(), self.device)
-            denoiser = self.denoiser(None if labels is None else labels[idx].to(self.device), guidance, clip_x0, bf16)
+            denoiser = self.denoiser(None if labels is None else labels[idx].to(self.device), guidance, clip_x0, precision)
             x = noise.randn(*shape) * prior_std  # [B, C, H, W]
             starts.append(x.cpu())
             x = fn(denoiser, x, ts, noise, callback=callback, progress=progress and n <= batch_size, **options)
@@ -221,7 +246,7 @@ class GenerativeModel(TrainedModel):
             raise ArgumentError("schedule", str(err)) from None
 
     def bits_per_dim(self, images: torch.Tensor, batch_size: int = 50, seed: int = 0, progress: bool = True,
-                     bf16: bool = False, **options) -> tuple[float, float, int]:
+                     precision: str = "no", **options) -> tuple[float, float, int]:
         """Bits/dim of uint8 images [N, C, H, W] under the model's probability-flow ODE (the
         unconditional density p(x): the null class of a conditional model), with uniform
         dequantization: (mean, standard error, network evaluations per batch). `options` go to
@@ -229,7 +254,7 @@ class GenerativeModel(TrainedModel):
         from genkit.likelihood import dataset_bits_per_dim
 
         with torch.no_grad():
-            return dataset_bits_per_dim(lambda: self.denoiser(bf16=bf16), images.to(self.device), batch_size, seed,
+            return dataset_bits_per_dim(lambda: self.denoiser(precision=precision), images.to(self.device), batch_size, seed,
                                         progress, **options)
 
 
@@ -247,18 +272,19 @@ class AutoregressiveModel(TrainedModel):
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, sampler: str | None = None, labels=None, batch_size: int = 256,
-               progress: bool = True, bf16: bool = False, start_index: int = 0) -> Samples:
+               progress: bool = True, precision: str = "no", start_index: int = 0) -> Samples:
         """Draw `n` images [n, 1, H, W] in [0, 1] in raster order; `sampler` is `cached` (PixelCNN
         only) or `naive`, which draw the same images. Sample i depends only on (seed, start_index + i)."""
         how = sampler or self.cfg.sample.sampler
         draw = self._sampler(how)
+        half = half_dtype(precision, self.device)
         labels = self.labels_for(labels, n)
         size, out = self.cfg.data.image_size, []
         for start in tqdm(range(0, n, batch_size), desc="sampling", disable=not progress or n <= batch_size):
             idx = torch.arange(start, min(n, start + batch_size))
             uniforms = SampleNoise(seed, (idx + start_index).tolist(), self.device).rand(size, size)  # [B, H, W]
             y = None if labels is None else labels[idx].to(self.device)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(self.device.type, dtype=half or torch.bfloat16, enabled=half is not None):
                 pixels = draw(self.net, uniforms, y, self.levels, progress=progress and n <= batch_size)
             out.append(pixels.float().cpu() / (self.levels - 1))
         nfe = 1 if how == "cached" else size * size  # cached: one pass spread over the pixels
@@ -266,20 +292,20 @@ class AutoregressiveModel(TrainedModel):
 
     @torch.no_grad()
     def log_likelihood(self, pixels: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 256,
-                       bf16: bool = False) -> torch.Tensor:
+                       precision: str = "no") -> torch.Tensor:
         """Exact log p(x | y) in nats of integer pixels [N, 1, H, W] (y = None: the null class): [N]."""
         from genkit.methods.autoregressive import log_likelihood
 
-        out = []
+        half, out = half_dtype(precision, self.device), []
         for start in range(0, len(pixels), batch_size):
             x = pixels[start:start + batch_size].to(self.device)
             y = None if labels is None else labels[start:start + batch_size].to(self.device)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(self.device.type, dtype=half or torch.bfloat16, enabled=half is not None):
                 out.append(log_likelihood(self.net, x, y, self.levels).double().cpu())
         return torch.cat(out)
 
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor | None = None, prior: torch.Tensor | None = None,
-                 seed: int = 0, batch_size: int = 256, bf16: bool = False, progress: bool = True) -> dict:
+                 seed: int = 0, batch_size: int = 256, precision: str = "no", progress: bool = True) -> dict:
         """Test NLL of uint8 images [N, 1, H, W] (binarized with `seed` when levels = 2), in nats
         per image and bits/dim. A conditional model scores log p(x | y) for every class y, which
         gives the marginal log p(x) = logsumexp_y log p(x | y) + log p(y) (`prior`, uniform if
@@ -290,11 +316,11 @@ class AutoregressiveModel(TrainedModel):
         dims, n = pixels[0].numel(), len(pixels)
         report = {"images": n, "levels": self.levels}
         if self.num_classes == 0:
-            log_px = self.log_likelihood(pixels, None, batch_size, bf16)
+            log_px = self.log_likelihood(pixels, None, batch_size, precision)
         else:
             prior = torch.full((self.num_classes,), 1 / self.num_classes) if prior is None else prior
             log_joint = torch.stack([
-                self.log_likelihood(pixels, torch.full((n,), k), batch_size, bf16) + math.log(prior[k])
+                self.log_likelihood(pixels, torch.full((n,), k), batch_size, precision) + math.log(prior[k])
                 for k in tqdm(range(self.num_classes), desc="classes", disable=not progress, leave=False)], 1)
             log_px = log_joint.logsumexp(1)  # [N]
             if labels is not None:

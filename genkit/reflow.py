@@ -28,7 +28,7 @@ def is_pairs_dir(path: str | Path) -> bool:
 
 
 def generate_pairs(model, out_dir: str | Path, num: int, steps: int = 20, sampler: str = "euler", seed: int = 0,
-                   shard_size: int = 1000, batch_size: int = 256, bf16: bool = False, progress: bool = True) -> Path:
+                   shard_size: int = 1000, batch_size: int = 256, precision: str = "no", progress: bool = True) -> Path:
     """Draw `num` (noise, sample) pairs from a trained flow (`genkit.load(...)`), resumably.
 
     Sample i uses the noise stream (seed, i) and, for a conditional model, class i mod K."""
@@ -52,7 +52,7 @@ def generate_pairs(model, out_dir: str | Path, num: int, steps: int = 20, sample
         n = min(shard_size, num - start)
         labels = torch.arange(start, start + n) % model.num_classes if model.num_classes else None
         drawn = model.sample(n, seed=seed, sampler=sampler, steps=steps, labels=labels, start_index=start,
-                             batch_size=batch_size, bf16=bf16, progress=False)
+                             batch_size=batch_size, precision=precision, progress=False)
         tensors = {"x0": (drawn.images * 2 - 1).contiguous(), "noise": drawn.noise.float().contiguous()}
         if labels is not None:
             tensors["labels"] = labels

@@ -81,9 +81,9 @@ def mixed_precision(choice: str) -> str | None:
         return choice
     if os.environ.get("ACCELERATE_MIXED_PRECISION", "no") != "no":
         return None
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+    from genkit.pipeline import hardware_precision
+
+    return hardware_precision(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:

@@ -105,3 +105,22 @@ def test_sampler_options_read_numbers_as_users_type_them():
     options = _sampler_options(["rtol=1e-4", "snr=0.16", "n_corrector=2", "per_sample=false", "method=rk4"])
     assert options == {"rtol": 1e-4, "snr": 0.16, "n_corrector": 2, "per_sample": False, "method": "rk4"}
     assert isinstance(options["rtol"], float) and isinstance(options["n_corrector"], int)
+
+
+def test_sample_writes_one_png_per_image_and_an_npz_for_external_scorers(trained_run, tmp_path):
+    import numpy as np
+
+    result = run("sample.py", "--checkpoint", str(trained_run), "--num", "5", "--steps", "2",
+                 "--outdir", str(tmp_path / "pngs"), "--npz", str(tmp_path / "s.npz"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "grid.png" not in result.stdout  # no grid unless asked for
+    names = sorted(p.name for p in (tmp_path / "pngs").iterdir())
+    assert names == [f"{i:06d}.png" for i in range(5)]
+    arrays = np.load(tmp_path / "s.npz")
+    assert arrays["arr_0"].shape == (5, 32, 32, 1) and arrays["arr_0"].dtype == np.uint8
+    assert arrays["labels"].tolist() == [0, 1, 2, 3, 4]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "pngs" / "000003.png")), arrays["arr_0"][3, ..., 0])
+    again = run("sample.py", "--checkpoint", str(trained_run), "--num", "2", "--outdir", str(tmp_path / "pngs"))
+    assert again.returncode == 2 and "--outdir: " in again.stderr and "not an empty directory" in again.stderr
+    again = run("sample.py", "--checkpoint", str(trained_run), "--num", "2", "--npz", str(tmp_path / "s.npy"))
+    assert again.returncode == 2 and "--npz: name a .npz file" in again.stderr

@@ -11,6 +11,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from genkit.methods import make_betas
 from genkit.paths import DiscreteVPPath
 from genkit.pipeline import GenerativeModel
+from genkit.registry import ArgumentError
 from genkit.samplers import Denoiser, ddim
 from tests.conftest import perturb
 
@@ -251,15 +252,27 @@ def test_adaptive_ode_samples_do_not_depend_on_the_batch():
     assert (solve(x[:8], per_sample=False) - solve(x, per_sample=False)[:8]).abs().max() > 1e-4
 
 
-def test_bf16_sampling_uses_a_bf16_copy_and_stays_close_to_fp32(tiny_cfg):
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_half_precision_sampling_uses_a_half_copy_and_stays_close_to_fp32(tiny_cfg, precision, dtype):
     model = tiny_model(tiny_cfg)
     full = model.sample(4, steps=3, progress=False).images
-    half = model.sample(4, steps=3, progress=False, bf16=True).images
+    half = model.sample(4, steps=3, progress=False, precision=precision).images
     assert all(p.dtype == torch.float32 for p in model.net.parameters())  # the model's own weights untouched
-    assert all(p.dtype == torch.bfloat16 for p in model.inference_net(bf16=True).parameters())
+    assert all(p.dtype == dtype for p in model.inference_net(dtype).parameters())
     x = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     exact = model.denoiser().raw(x, 0.5)
-    for denoiser in (model.denoiser(bf16=True), Denoiser(model.net, model.path, model.prediction, bf16=True)):
-        error = (denoiser.raw(x, 0.5) - exact).norm() / exact.norm()  # bf16 copy, and autocast over fp32 weights
-        assert 0 < error < 0.02
+    for denoiser in (model.denoiser(precision=precision), Denoiser(model.net, model.path, model.prediction, half=dtype)):
+        error = (denoiser.raw(x, 0.5) - exact).norm() / exact.norm()  # half copy, and autocast over fp32 weights
+        assert 0 < error < (0.02 if precision == "bf16" else 0.005)  # fp16 keeps 3 more mantissa bits
     assert 0 < (full - half).abs().mean() < 0.02
+
+
+def test_precision_auto_follows_the_hardware(tiny_cfg, monkeypatch):
+    from genkit.pipeline import half_dtype, hardware_precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # a V100 or T4
+    assert hardware_precision(torch.device("cuda")) == "fp16" and hardware_precision(torch.device("mps")) == "fp16"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert half_dtype("auto", torch.device("cpu")) is None and half_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ArgumentError, match="precision: must be one of no, bf16, fp16, auto"):
+        tiny_model(tiny_cfg).sample(2, precision="fp8")

@@ -53,17 +53,17 @@ class Denoiser:
 
     def __init__(self, net, path: GaussianPath, prediction: str, labels: torch.Tensor | None = None,
                  guidance: float = 1.0, null_class: int | None = None, clip_x0: bool = False,
-                 bf16: bool = False):
+                 half: torch.dtype | None = None):
         self.net, self.path, self.prediction = net, path, prediction
         self.labels, self.guidance, self.null_class = labels, guidance, null_class
-        self.clip_x0, self.bf16 = clip_x0, bf16
+        self.clip_x0, self.half = clip_x0, half  # half: the autocast dtype (bf16, fp16), or None
         self.nfe = 0
 
     def rows(self, index) -> "Denoiser":
         """The same denoiser for a subset of the batch (its labels follow), counting its own NFE."""
         labels = None if self.labels is None else self.labels[index]
         return Denoiser(self.net, self.path, self.prediction, labels, self.guidance, self.null_class,
-                        self.clip_x0, self.bf16)
+                        self.clip_x0, self.half)
 
     def raw(self, x: torch.Tensor, t) -> torch.Tensor:
         """The (guided) net output at time t (a float or [B] tensor), in x's dtype (float32 at least)."""
@@ -72,7 +72,7 @@ class Denoiser:
         labels, w = self.labels, self.guidance
         dtype = torch.promote_types(x.dtype, torch.float32)
         x = self.path.net_input(x, t)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.autocast(x.device.type, dtype=self.half or torch.bfloat16, enabled=self.half is not None):
             if labels is None or w == 1:
                 return self.net(x, t.float(), labels).to(dtype)
             null = torch.full_like(labels, self.null_class)
