@@ -59,6 +59,7 @@ def assemble() -> None:
     ModelConfig = _sections("ModelConfig", NETS, [
         ("name", str, "unet"),  # a `genkit.nets.NETS` name: unet | dit (denoisers); pixelcnn | made | fvsbn
         ("num_classes", int, 10),  # 0 for an unconditional model; class id `num_classes` is the null class
+        ("interval", bool, False),  # also embed a second time r, as t - r (MeanFlow's average velocity)
     ], "`model`: which net (`name`), the number of classes, and one section per net in `genkit.nets.NETS`.")
     MethodConfig = _sections("MethodConfig", METHODS, [
         ("name", str, "ddpm"),  # a `genkit.methods.METHODS` name: ddpm | sde | flow | autoregressive
@@ -243,6 +244,9 @@ def validate(cfg: Config) -> None:
     if net.family != method.family:
         raise ConfigError(f"method.name: {cfg.method.name} does not train model.name={cfg.model.name} (a {net.family} "
                           f"net; those are {', '.join(METHODS.names(net.family))})")
+    if cfg.model.interval and not net.extra.get("interval"):
+        raise ConfigError(f"model.interval: {cfg.model.name} takes one time; the nets that take a second are "
+                          f"{', '.join(n for n, c in NETS.items() if c.extra.get('interval'))}")
     sampler = SAMPLERS.lookup(cfg.sample.sampler, "sample.sampler", method.family)
     for component in (net, method, sampler):
         if component.check is not None:

@@ -116,7 +116,7 @@ def test_the_sampler_and_its_options_are_checked_when_the_config_loads():
 
 def test_a_saved_config_holds_only_the_sections_of_its_net_and_method():
     saved = to_dict(load_config(ROOT / "configs" / "rf_unet_mnist.yaml"))
-    assert set(saved["model"]) == {"name", "num_classes", "unet"}
+    assert set(saved["model"]) == {"name", "num_classes", "interval", "unet"}
     assert set(saved["method"]) == {"name", "prediction", "p_uncond", "flow"}
 
 

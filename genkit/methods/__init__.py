@@ -5,10 +5,11 @@ path builder and default prediction.
 """
 from __future__ import annotations
 
-from genkit.methods import autoregressive, ddpm, flow, sde
+from genkit.methods import autoregressive, ddpm, flow, meanflow, sde
 from genkit.methods.autoregressive import Autoregressive
 from genkit.methods.ddpm import DDPM, make_betas
 from genkit.methods.flow import RectifiedFlow
+from genkit.methods.meanflow import MeanFlow
 from genkit.methods.sde import ScoreSDE
 from genkit.registry import ConfigError, Registry
 
@@ -16,10 +17,12 @@ METHODS = Registry("method")
 METHODS.register("ddpm", DDPM, ddpm.DDPMConfig, ddpm.check, path=ddpm.build_path, prediction="eps")
 METHODS.register("sde", ScoreSDE, sde.SDEConfig, sde.check, path=sde.build_path, prediction="eps")
 METHODS.register("flow", RectifiedFlow, flow.FlowConfig, flow.check, path=flow.build_path, prediction="velocity")
+METHODS.register("meanflow", MeanFlow, meanflow.MeanFlowConfig, meanflow.check, path=meanflow.build_path,
+                 prediction="velocity")
 METHODS.register("autoregressive", Autoregressive, autoregressive.AutoregressiveConfig, autoregressive.check,
                  family="autoregressive")
 
-__all__ = ["Autoregressive", "DDPM", "METHODS", "RectifiedFlow", "ScoreSDE", "build_method", "build_path",
+__all__ = ["Autoregressive", "DDPM", "METHODS", "MeanFlow", "RectifiedFlow", "ScoreSDE", "build_method", "build_path",
            "make_betas"]
 
 

@@ -15,8 +15,8 @@ from genkit.nets.unet import UNet
 from genkit.registry import Registry
 
 NETS = Registry("net")
-NETS.register("unet", unet.build, unet.UNetConfig, unet.check)
-NETS.register("dit", dit.build, dit.DiTConfig, dit.check)
+NETS.register("unet", unet.build, unet.UNetConfig, unet.check, interval=True)  # interval: takes a second time r
+NETS.register("dit", dit.build, dit.DiTConfig, dit.check, interval=True)
 NETS.register("pixelcnn", pixelcnn.build, pixelcnn.PixelCNNConfig, pixelcnn.check, family="autoregressive",
               cache=True)
 NETS.register("made", made.build, made.MADEConfig, made.check, family="autoregressive")

@@ -42,7 +42,7 @@ def check(cfg) -> None:
 
 
 def build(cfg) -> "DiT":
-    return DiT(cfg.model.dit, cfg.data.channels, cfg.data.image_size, cfg.model.num_classes)
+    return DiT(cfg.model.dit, cfg.data.channels, cfg.data.image_size, cfg.model.num_classes, cfg.model.interval)
 
 
 def sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -86,28 +86,30 @@ class DiTBlock(nn.Module):
 
 
 class DiT(nn.Module):
-    """Class-conditional DiT: `net(x [B,C,H,W], t [B] in [0, 1], y [B] or None) -> [B,C,H,W]`."""
+    """Class-conditional DiT: `net(x [B,C,H,W], t [B] in [0, 1], y [B] or None, r [B] or None)
+    -> [B,C,H,W]`; r, a second time, only with `interval` (see `ConditionEmbedding`)."""
 
-    def __init__(self, cfg: DiTConfig, in_channels: int, image_size: int, num_classes: int):
+    def __init__(self, cfg: DiTConfig, in_channels: int, image_size: int, num_classes: int, interval: bool = False):
         super().__init__()
         self.patch = cfg.patch_size
         self.in_channels = in_channels
         self.num_classes = num_classes
         dim = cfg.hidden_size
         self.patchify = nn.Conv2d(in_channels, dim, cfg.patch_size, stride=cfg.patch_size)
-        self.embed = ConditionEmbedding(256, dim, num_classes)
+        self.embed = ConditionEmbedding(256, dim, num_classes, interval)
         self.blocks = nn.ModuleList(DiTBlock(dim, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.final_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.final_ada_ln = nn.Sequential(nn.SiLU(), zero_module(nn.Linear(dim, 2 * dim)))
         self.final_proj = zero_module(nn.Linear(dim, cfg.patch_size**2 * in_channels))
         self.input_skip = InputSkip(dim, in_channels)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                r: torch.Tensor | None = None) -> torch.Tensor:
         b, c, h, w = x.shape
         p, gh, gw = self.patch, h // self.patch, w // self.patch
         tokens = self.patchify(x).flatten(2).transpose(1, 2)  # [B, N = gh*gw, D]
         tokens = tokens + sincos_2d(gh, gw, tokens.shape[-1]).to(tokens.device)
-        cond = self.embed(t, y)  # [B, D]
+        cond = self.embed(t, y, r)  # [B, D]
         for block in self.blocks:
             tokens = block(tokens, cond)
         shift, scale = self.final_ada_ln(cond).chunk(2, dim=1)

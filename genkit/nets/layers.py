@@ -19,21 +19,30 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0
 
 
 class ConditionEmbedding(nn.Module):
-    """Time (and class) conditioning vector: MLP(sinusoids(t)) + embedding(y).
+    """Time (and class) conditioning vector: MLP(sinusoids(t)) + embedding(y), plus, with
+    `interval`, MLP(sinusoids(t - r)) for a second time r (MeanFlow's (t, t - r) conditioning,
+    Geng et al. 2025); r = None means r = t.
 
     Class id `num_classes` is the null class used for classifier-free guidance; `y=None`
     means the null class for every sample.
     """
 
-    def __init__(self, freq_dim: int, dim: int, num_classes: int):
+    def __init__(self, freq_dim: int, dim: int, num_classes: int, interval: bool = False):
         super().__init__()
         self.freq_dim = freq_dim
         self.num_classes = num_classes
         self.time_mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.interval_mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim)) \
+            if interval else None
         self.class_embed = nn.Embedding(num_classes + 1, dim) if num_classes > 0 else None
 
-    def forward(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, t: torch.Tensor, y: torch.Tensor | None, r: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time_mlp(sinusoidal_embedding(t * TIME_SCALE, self.freq_dim))  # [B, dim]
+        if self.interval_mlp is not None:
+            gap = t - r if r is not None else torch.zeros_like(t)
+            emb = emb + self.interval_mlp(sinusoidal_embedding(gap * TIME_SCALE, self.freq_dim))
+        elif r is not None:
+            raise ValueError("this net embeds one time; build it with model.interval=true to give it r")
         if self.class_embed is not None:
             if y is None:
                 y = torch.full_like(t, self.num_classes, dtype=torch.long)

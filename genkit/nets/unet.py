@@ -64,7 +64,7 @@ def check(cfg) -> None:
 
 
 def build(cfg) -> "UNet":
-    return UNet(cfg.model.unet, cfg.data.channels, cfg.data.image_size, cfg.model.num_classes)
+    return UNet(cfg.model.unet, cfg.data.channels, cfg.data.image_size, cfg.model.num_classes, cfg.model.interval)
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -117,14 +117,15 @@ class Level(nn.Module):
 
 
 class UNet(nn.Module):
-    """Class-conditional UNet: `net(x [B,C,H,W], t [B] in [0, 1], y [B] or None) -> [B,C,H,W]`."""
+    """Class-conditional UNet: `net(x [B,C,H,W], t [B] in [0, 1], y [B] or None, r [B] or None)
+    -> [B,C,H,W]`; r, a second time, only with `interval` (see `ConditionEmbedding`)."""
 
-    def __init__(self, cfg: UNetConfig, in_channels: int, image_size: int, num_classes: int):
+    def __init__(self, cfg: UNetConfig, in_channels: int, image_size: int, num_classes: int, interval: bool = False):
         super().__init__()
         ch = cfg.channels
         emb_dim = 4 * ch
         self.num_classes = num_classes
-        self.embed = ConditionEmbedding(ch, emb_dim, num_classes)
+        self.embed = ConditionEmbedding(ch, emb_dim, num_classes, interval)
         self.stem = nn.Conv2d(in_channels, ch, 3, padding=1)
 
         widths = [ch * m for m in cfg.channel_mult]
@@ -160,8 +161,9 @@ class UNet(nn.Module):
         self.head = nn.Sequential(_norm(cur), nn.SiLU(), zero_module(nn.Conv2d(cur, in_channels, 3, padding=1)))
         self.input_skip = InputSkip(emb_dim, in_channels)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        emb = self.embed(t, y)  # [B, 4*ch]
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                r: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.embed(t, y, r)  # [B, 4*ch]
         h = self.stem(x)
         skips = [h]
         for i, level in enumerate(self.down):

@@ -16,6 +16,7 @@ from genkit.samplers import autoregressive
 from genkit.samplers.base import BatchNoise, Callback, Denoiser, DenoiserLike, NoiseSource, SampleNoise
 from genkit.samplers.ddim import ddim, ddpm
 from genkit.samplers.diffusers import DiffusersSampler
+from genkit.samplers.meanflow import meanflow
 from genkit.samplers.ode import dpmpp_2m, dpmpp_2m_pc, euler, heun, ode
 from genkit.samplers.schedules import SCHEDULES
 from genkit.samplers.sde import em, pc
@@ -29,6 +30,12 @@ def _needs_cache(cfg) -> None:
                           f"{cfg.model.name} samples naive")
 
 
+def _needs_interval(cfg) -> None:
+    if not cfg.model.interval or cfg.method.resolved_prediction != "velocity":
+        raise ConfigError("sample.sampler: meanflow steps with an average velocity: it needs a net that takes a "
+                          "second time (model.interval=true) predicting velocity, as method.name=meanflow trains")
+
+
 SAMPLERS = Registry("sampler")
 SAMPLERS.register("ddpm", ddpm, schedule="uniform")
 SAMPLERS.register("ddim", ddim, schedule="flow")
@@ -39,6 +46,7 @@ SAMPLERS.register("dpmpp_2m_pc", dpmpp_2m_pc, schedule="auto")
 SAMPLERS.register("ode", ode, schedule="log_snr")
 SAMPLERS.register("em", em, schedule="uniform")
 SAMPLERS.register("pc", pc, schedule="uniform")
+SAMPLERS.register("meanflow", meanflow, check=_needs_interval, schedule="uniform")
 SAMPLERS.register("cached", partial(autoregressive.sample, how="cached"), check=_needs_cache, family="autoregressive")
 SAMPLERS.register("naive", partial(autoregressive.sample, how="naive"), family="autoregressive")
 

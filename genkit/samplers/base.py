@@ -65,20 +65,24 @@ class Denoiser:
         return Denoiser(self.net, self.path, self.prediction, labels, self.guidance, self.null_class,
                         self.clip_x0, self.half)
 
-    def raw(self, x: torch.Tensor, t) -> torch.Tensor:
-        """The (guided) net output at time t (a float or [B] tensor), in x's dtype (float32 at least)."""
+    def raw(self, x: torch.Tensor, t, r=None) -> torch.Tensor:
+        """The (guided) net output at time t (a float or [B] tensor), in x's dtype (float32 at
+        least); `r`, a second time for nets that take one (MeanFlow's u(x, r, t))."""
         t = torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(x.shape[0])
+        second = {} if r is None else {"r": torch.as_tensor(r, dtype=torch.float64, device=x.device)
+                                       .expand(x.shape[0]).float()}
         self.nfe += 1
         labels, w = self.labels, self.guidance
         dtype = torch.promote_types(x.dtype, torch.float32)
         x = self.path.net_input(x, t)
         with torch.autocast(x.device.type, dtype=self.half or torch.bfloat16, enabled=self.half is not None):
             if labels is None or w == 1:
-                return self.net(x, t.float(), labels).to(dtype)
+                return self.net(x, t.float(), labels, **second).to(dtype)
             null = torch.full_like(labels, self.null_class)
             if w == 0:
-                return self.net(x, t.float(), null).to(dtype)
-            out = self.net(torch.cat([x, x]), t.float().repeat(2), torch.cat([labels, null])).to(dtype)
+                return self.net(x, t.float(), null, **second).to(dtype)
+            second = {k: v.repeat(2) for k, v in second.items()}
+            out = self.net(torch.cat([x, x]), t.float().repeat(2), torch.cat([labels, null]), **second).to(dtype)
         cond, uncond = out.chunk(2)
         return uncond + w * (cond - uncond)
 
