@@ -1,0 +1,98 @@
+"""Routes to one network evaluation on MNIST, each trained within a stated CPU budget: FID at 1, 2
+and 4 evaluations beside the real-data floor measured in the same run.
+
+Routes (`--routes`, each trained from scratch in its own process):
+  rf              the rectified-flow recipe, sampled with Euler (the baseline every route must beat)
+  meanflow        MeanFlow with the exact JVP (torch.func.jvp; fp32: forward-mode AD has no bf16
+                  autocast on the CPU)
+  meanflow_fd     MeanFlow with a central-difference JVP (step 0.02), in bf16 autocast
+  reflow          a 2-rectified flow: the rf route's model draws --pairs pairs (counted in the
+                  budget), then trains on them from its weights for a second budget
+
+Each training run is given `--minutes`: its step count is set from a short calibration run of the
+same recipe (the calibration is not counted), so that its learning-rate schedule completes.
+
+    python benchmarks/one_step.py --minutes 10 --routes rf meanflow meanflow_fd
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from harness import benchmark_parser, device, steps_per_second, train, write_results
+
+import genkit
+from genkit.checkpoint import resolve_checkpoint
+from genkit.evaluation import Evaluator
+from genkit.reflow import generate_pairs
+
+NFES = (1, 2, 4)
+ROUTES = {  # name -> (recipe, overrides, sampler)
+    "rf": ("rf_unet_mnist", [], "euler"),
+    "meanflow": ("meanflow_unet_mnist", ["method.meanflow.jvp=forward", "train.mixed_precision=no"], "meanflow"),
+    "meanflow_fd": ("meanflow_unet_mnist", ["method.meanflow.jvp=difference", "method.meanflow.jvp_step=0.02",
+                                            "train.mixed_precision=auto"], "meanflow"),
+}
+
+
+def train_for(recipe: str, out: Path, minutes: float, *overrides: str) -> tuple[Path, dict]:
+    """Train `recipe` for about `minutes` of wall time; (run, what it cost)."""
+    rate = steps_per_second(recipe, out.parent / f"{out.name}-calibration", *overrides)
+    steps = max(50, int(rate * 60 * minutes))
+    started = time.perf_counter()
+    run = train(recipe, out, f"train.max_steps={steps}", f"train.warmup_steps={min(100, steps // 10)}", *overrides)
+    return run, {"steps": steps, "train_minutes": (time.perf_counter() - started) / 60}
+
+
+def score(model, sampler: str, evaluator: Evaluator, num: int) -> dict:
+    labels = model.default_labels(num)
+    row = {}
+    for nfe in NFES:
+        drawn = model.sample(num, seed=0, sampler=sampler, steps=nfe, schedule="uniform", labels=labels,
+                             progress=False)
+        assert drawn.nfe == nfe, (sampler, nfe, drawn.nfe)
+        row[f"fid_nfe{nfe}"] = evaluator.score(drawn.images, labels)["fid"]
+    return row
+
+
+def main() -> None:
+    p = benchmark_parser("one_step", __doc__, workdir=True)
+    p.add_argument("--routes", nargs="+", default=["rf", "meanflow", "meanflow_fd"],
+                   choices=[*ROUTES, "reflow"])
+    p.add_argument("--minutes", type=float, default=10.0, help="training budget per run (default: 10)")
+    p.add_argument("--num", type=int, default=1000, help="samples per FID (default: 1000)")
+    p.add_argument("--pairs", type=int, default=10000, help="pairs the reflow route draws (default: 10000)")
+    args = p.parse_args()
+    work = Path(args.workdir)
+    evaluator = Evaluator(progress=False)
+    floor = evaluator.floor(args.num)["fid"]
+    rows, trained = [], {}
+    for route in args.routes:
+        if route == "reflow":
+            rf = trained.get("rf") or train_for("rf_unet_mnist", work / "rf", args.minutes)
+            started = time.perf_counter()
+            pairs = generate_pairs(genkit.load(rf[0], device=device()), work / "pairs", args.pairs, steps=20,
+                                   sampler="euler", batch_size=500)
+            pair_minutes = (time.perf_counter() - started) / 60
+            run, cost = train_for("rf_unet_mnist", work / "reflow", args.minutes, f"data.path={pairs}",
+                                  f"train.init_from={resolve_checkpoint(rf[0])}", "train.lr=5e-4")
+            cost = {"steps": cost["steps"], "pair_minutes": pair_minutes,
+                    "train_minutes": rf[1]["train_minutes"] + pair_minutes + cost["train_minutes"]}
+            sampler = "euler"
+        else:
+            recipe, overrides, sampler = ROUTES[route]
+            run, cost = train_for(recipe, work / route, args.minutes, *overrides)
+            trained[route] = (run, cost)
+        row = {"route": route, **cost, **score(genkit.load(run, device=device()), sampler, evaluator, args.num)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    best = min(rows, key=lambda r: r["fid_nfe1"])
+    result = {"minutes_per_run": args.minutes, "num": args.num, "floor_fid": floor, "rows": rows,
+              "best_one_step": {"route": best["route"], "fid": best["fid_nfe1"], "ratio_to_floor": best["fid_nfe1"] / floor}}
+    print(json.dumps(result["best_one_step"]))
+    write_results("one_step", result, args.json)
+
+
+if __name__ == "__main__":
+    main()
