@@ -60,9 +60,10 @@ def steps_per_second(config: str | Path, workdir: str | Path, *overrides: str, s
 
 
 def _batch_size(run: Path) -> int:
+    from genkit.checkpoint import CONFIG_FILE, resolve_checkpoint
     from genkit.config import load_config
 
-    return load_config(run / "config.yaml").train.batch_size
+    return load_config(resolve_checkpoint(run) / CONFIG_FILE).train.batch_size
 
 
 def steps_for(nfe: int, evals_per_step: int = 1, last_is_one: bool = False) -> int:

@@ -38,7 +38,7 @@ ROUTES = {  # name -> (recipe, overrides, sampler)
 
 def train_for(recipe: str, out: Path, minutes: float, *overrides: str) -> tuple[Path, dict]:
     """Train `recipe` for about `minutes` of wall time; (run, what it cost)."""
-    rate = steps_per_second(recipe, out.parent / f"{out.name}-calibration", *overrides)
+    rate = steps_per_second(recipe, out.parent / f"calibration-{out.name}", *overrides)
     steps = max(50, int(rate * 60 * minutes))
     started = time.perf_counter()
     run = train(recipe, out, f"train.max_steps={steps}", f"train.warmup_steps={min(100, steps // 10)}", *overrides)
