@@ -6,6 +6,7 @@ Routes (`--routes`, each trained from scratch in its own process):
   meanflow        MeanFlow with the exact JVP (torch.func.jvp; fp32: forward-mode AD has no bf16
                   autocast on the CPU)
   meanflow_fd     MeanFlow with a central-difference JVP (step 0.02), in bf16 autocast
+  consistency     consistency training from scratch (iCT on the flow path), multistep consistency sampling
   reflow          a 2-rectified flow: the rf route's model draws --pairs pairs (counted in the
                   budget), then trains on them from its weights for a second budget
 
@@ -33,6 +34,7 @@ ROUTES = {  # name -> (recipe, overrides, sampler)
     "meanflow": ("meanflow_unet_mnist", ["method.meanflow.jvp=forward", "train.mixed_precision=no"], "meanflow"),
     "meanflow_fd": ("meanflow_unet_mnist", ["method.meanflow.jvp=difference", "method.meanflow.jvp_step=0.02",
                                             "train.mixed_precision=auto"], "meanflow"),
+    "consistency": ("consistency_unet_mnist", [], "consistency"),
 }
 
 

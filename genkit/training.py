@@ -300,6 +300,7 @@ class Trainer:
         """One optimiser step over the global batch; returns (mean loss, whether it was applied)."""
         acc, tc = self.accelerator, self.cfg.train
         rank, world = acc.process_index, acc.num_processes
+        self.method.progress = self.step / tc.max_steps  # the share of training done: curricula read it
         idx = batch_indices(len(self.data), tc.batch_size, tc.seed, self.step)[rank::world]
         gen = step_generator(tc.seed, self.step, rank)
         x0, y, noise = self.data.batch(idx, gen if self.cfg.data.hflip else None)

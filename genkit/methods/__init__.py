@@ -1,12 +1,14 @@
-"""Training objectives `loss(net, x0, y, generator)`; the Gaussian-path methods own a path.
+"""Training objectives `loss(net, x0, y, generator)`; the Gaussian-path methods own a path. The
+trainer sets `method.progress` (the share of training done) before each step, for curricula.
 
 `METHODS` maps `method.name` to each method's class, config section (`method.<name>`), checks,
 path builder and default prediction.
 """
 from __future__ import annotations
 
-from genkit.methods import autoregressive, ddpm, flow, meanflow, sde
+from genkit.methods import autoregressive, consistency, ddpm, flow, meanflow, sde
 from genkit.methods.autoregressive import Autoregressive
+from genkit.methods.consistency import Consistency
 from genkit.methods.ddpm import DDPM, make_betas
 from genkit.methods.flow import RectifiedFlow
 from genkit.methods.meanflow import MeanFlow
@@ -17,12 +19,14 @@ METHODS = Registry("method")
 METHODS.register("ddpm", DDPM, ddpm.DDPMConfig, ddpm.check, path=ddpm.build_path, prediction="eps")
 METHODS.register("sde", ScoreSDE, sde.SDEConfig, sde.check, path=sde.build_path, prediction="eps")
 METHODS.register("flow", RectifiedFlow, flow.FlowConfig, flow.check, path=flow.build_path, prediction="velocity")
+METHODS.register("consistency", Consistency, consistency.ConsistencyConfig, consistency.check,
+                 path=consistency.build_path, prediction="velocity")
 METHODS.register("meanflow", MeanFlow, meanflow.MeanFlowConfig, meanflow.check, path=meanflow.build_path,
                  prediction="velocity")
 METHODS.register("autoregressive", Autoregressive, autoregressive.AutoregressiveConfig, autoregressive.check,
                  family="autoregressive")
 
-__all__ = ["Autoregressive", "DDPM", "METHODS", "MeanFlow", "RectifiedFlow", "ScoreSDE", "build_method", "build_path",
+__all__ = ["Autoregressive", "Consistency", "DDPM", "METHODS", "MeanFlow", "RectifiedFlow", "ScoreSDE", "build_method", "build_path",
            "make_betas"]
 
 

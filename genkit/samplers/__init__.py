@@ -16,6 +16,7 @@ from genkit.samplers import autoregressive
 from genkit.samplers.base import BatchNoise, Callback, Denoiser, DenoiserLike, NoiseSource, SampleNoise
 from genkit.samplers.ddim import ddim, ddpm
 from genkit.samplers.diffusers import DiffusersSampler
+from genkit.samplers.consistency import consistency
 from genkit.samplers.meanflow import meanflow
 from genkit.samplers.ode import dpmpp_2m, dpmpp_2m_pc, euler, heun, ode
 from genkit.samplers.schedules import SCHEDULES
@@ -47,6 +48,7 @@ SAMPLERS.register("ode", ode, schedule="log_snr")
 SAMPLERS.register("em", em, schedule="uniform")
 SAMPLERS.register("pc", pc, schedule="uniform")
 SAMPLERS.register("meanflow", meanflow, check=_needs_interval, schedule="uniform")
+SAMPLERS.register("consistency", consistency, schedule="uniform")
 SAMPLERS.register("cached", partial(autoregressive.sample, how="cached"), check=_needs_cache, family="autoregressive")
 SAMPLERS.register("naive", partial(autoregressive.sample, how="naive"), family="autoregressive")
 

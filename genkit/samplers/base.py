@@ -37,6 +37,11 @@ Callback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
 denoised estimate the step is built on."""
 
 
+def randn_like(noise: NoiseSource | None, x: torch.Tensor) -> torch.Tensor:
+    """Fresh noise like x: from the per-sample source when there is one, else torch's global RNG."""
+    return noise.randn_like(x) if noise is not None else torch.randn_like(x)
+
+
 def time_pairs(ts: torch.Tensor, progress: bool = False):
     """The steps (t, s) of a descending grid as floats, with an optional progress bar."""
     pairs = list(zip(ts[:-1].tolist(), ts[1:].tolist()))

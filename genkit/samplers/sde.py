@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from genkit.registry import ArgumentError
-from genkit.samplers.base import Callback, DenoiserLike, NoiseSource, time_pairs
+from genkit.samplers.base import Callback, DenoiserLike, NoiseSource, randn_like, time_pairs
 from genkit.samplers.ddim import ddim_step
 
 
@@ -22,10 +22,6 @@ PURE_NOISE_SNR = 2.0**-24  # alpha^2 / sigma^2 at or below which a step starts f
 
 def _pure_noise(alpha: float, sigma: float) -> bool:
     return alpha**2 <= PURE_NOISE_SNR * sigma**2
-
-
-def _randn_like(noise, x: torch.Tensor) -> torch.Tensor:
-    return noise.randn_like(x) if noise is not None else torch.randn_like(x)
 
 
 def em(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: NoiseSource | None = None,
@@ -47,7 +43,7 @@ def em(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: NoiseSo
         f, g2 = float(path.drift_coef(tt)), float(path.diffusion_sq(tt))
         x = x + (f * x + g2 * eps / sigma[i]) * (s - t)  # score = -eps / sigma, dt = s - t < 0
         if s > 0:
-            x = x + (g2 * (t - s)) ** 0.5 * _randn_like(noise, x)
+            x = x + (g2 * (t - s)) ** 0.5 * randn_like(noise, x)
     return x
 
 
@@ -62,7 +58,7 @@ def langevin(denoiser: DenoiserLike, x: torch.Tensor, t: float, snr: float, step
     _, eps = denoiser(x, t)
     sigma = float(denoiser.path.sigma(torch.tensor([t], dtype=torch.float64)))
     step = 2 * step_scale * (snr * sigma) ** 2
-    return x - step * eps / sigma + (2 * step) ** 0.5 * _randn_like(noise, x)
+    return x - step * eps / sigma + (2 * step) ** 0.5 * randn_like(noise, x)
 
 
 def pc(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: NoiseSource | None = None,
@@ -101,5 +97,5 @@ def pc(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: NoiseSo
         g2 = max(s_t**2 - (r * s_s) ** 2, 0.0)
         x = (2 - r) * x + g2 * (-eps / s_t)
         if s > 0:
-            x = x + g2**0.5 * _randn_like(noise, x)
+            x = x + g2**0.5 * randn_like(noise, x)
     return x
