@@ -14,6 +14,7 @@ Each training run is given `--minutes`: its step count is set from a short calib
 same recipe (the calibration is not counted), so that its learning-rate schedule completes.
 
     python benchmarks/one_step.py --minutes 10 --routes rf meanflow meanflow_fd
+    python benchmarks/one_step.py --plot benchmarks/results/one_step*.json   # FID against NFE, log scale
 """
 from __future__ import annotations
 
@@ -58,14 +59,39 @@ def score(model, sampler: str, evaluator: Evaluator, num: int) -> dict:
     return row
 
 
+def plot(results: list[Path], out: Path) -> Path:
+    """FID against network evaluations for every route in `results`, with the real-data floor."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for path in results:
+        result = json.loads(Path(path).read_text())
+        for row in result["rows"]:
+            ax.plot(NFES, [row[f"fid_nfe{n}"] for n in NFES], marker="o",
+                    label=f"{row['route']} ({row['train_minutes']:.0f} min)")
+    ax.axhline(result["floor_fid"], color="grey", linestyle="--", label="real data (floor)")
+    ax.set(xscale="log", yscale="log", xticks=NFES, xticklabels=[str(n) for n in NFES],
+           xlabel="network evaluations per image", ylabel="FID (MNIST features, 1000 samples)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    return out
+
+
 def main() -> None:
     p = benchmark_parser("one_step", __doc__, workdir=True)
+    p.add_argument("--plot", nargs="+", metavar="RESULTS", help="only draw docs/one_step.png from results files")
     p.add_argument("--routes", nargs="+", default=["rf", "meanflow", "meanflow_fd"],
                    choices=[*ROUTES, "reflow"])
     p.add_argument("--minutes", type=float, default=10.0, help="training budget per run (default: 10)")
     p.add_argument("--num", type=int, default=1000, help="samples per FID (default: 1000)")
     p.add_argument("--pairs", type=int, default=10000, help="pairs the reflow route draws (default: 10000)")
     args = p.parse_args()
+    if args.plot:
+        print(f"wrote {plot(args.plot, Path(__file__).resolve().parent.parent / 'docs' / 'one_step.png')}")
+        return
     work = Path(args.workdir)
     evaluator = Evaluator(progress=False)
     floor = evaluator.floor(args.num)["fid"]

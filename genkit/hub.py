@@ -53,8 +53,8 @@ def save_pretrained(model, directory: str | Path, metrics: dict | None = None, g
     """Write `model` (see the module docstring) to `directory`, replacing an earlier export there;
     `metrics` is a report of `genkit eval` (its metrics and real-data floor go into the card);
     `grid` samples (0: none) are drawn with seed 0 for the card, whose examples load `repo_id`
-    (default: the directory). Written beside and renamed into place, so a crash leaves the old
-    export or the new one."""
+    (default: the directory). Written beside and renamed into place: whenever the process dies,
+    a whole export survives (the new one, or the old one under `.old-<name>` beside it)."""
     from genkit.diffusers_pipeline import GenkitNet, GenkitPipeline
     from genkit.config import to_dict
     from genkit.images import save_grid
@@ -75,9 +75,12 @@ def save_pretrained(model, directory: str | Path, metrics: dict | None = None, g
         if grid:
             save_grid(model.sample(grid, seed=0, progress=False).images, tmp / GRID_FILE)
         (tmp / "README.md").write_text(model_card(model, card, grid, repo_id or str(out)))
-        if out.exists():
-            shutil.rmtree(out)
+        aside = out.with_name(f".old-{out.name}")
+        shutil.rmtree(aside, ignore_errors=True)
+        if out.exists():  # the old export stays whole, aside, until the new one is in place
+            out.rename(aside)
         tmp.rename(out)
+        shutil.rmtree(aside, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
