@@ -75,7 +75,7 @@ def test_a_toy_net_and_sampler_need_only_their_module_and_a_registration(registe
                    "sample.options={shrink: 1.0}", "train.max_steps=2")
     assert cfg.model.toy.width == 4
     saved = to_dict(cfg)
-    assert set(saved["model"]) == {"name", "num_classes", "toy"}  # only the active net's section
+    assert set(saved["model"]) == {"name", "num_classes", "interval", "toy"}  # only the active net's section
     with pytest.raises(ConfigError, match="model.toy.width: must be positive"):
         tiny_cfg("model.name=toy", "model.toy.width=0", "method.name=flow")
     with pytest.raises(ConfigError, match="sample.options.eta: not an option of toy_euler"):
