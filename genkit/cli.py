@@ -12,7 +12,8 @@ from genkit.registry import ArgumentError, ConfigError
 FLAGS = {"labels": "--class-label", "steps": "--steps", "seed": "--seed", "device": "--device",
          "sampler": "--sampler", "schedule": "--schedule", "guidance": "--guidance", "batch_size": "--batch-size",
          "path": "--checkpoint", "model": "--checkpoint", "out": "--out", "out_dir": "--out", "runs": "RUN",
-         "ema": "--raw-weights", "directory": "--out", "repo_id": "--push", "npz": "--npz"}
+         "ema": "--raw-weights", "directory": "--out", "repo_id": "--push", "npz": "--npz",
+         "outdir": "--outdir"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -291,19 +292,17 @@ def _check_out(path: str) -> None:
 
 
 def _sample(args) -> None:
-    from pathlib import Path
-
-    from genkit.images import save_grid, save_images, save_npz
+    from genkit.images import check_new_dir, check_npz_name, save_grid, save_images, save_npz
 
     _check_sampling_flags(args)
     if args.out is None and not (args.outdir or args.npz):
         args.out = "grid.png"
     if args.out:
         _check_out(args.out)
-    if args.outdir and Path(args.outdir).exists() and (not Path(args.outdir).is_dir() or any(Path(args.outdir).iterdir())):
-        raise ConfigError(f"--outdir: {args.outdir} exists and is not an empty directory; name a new one")
-    if args.npz and Path(args.npz).suffix != ".npz":
-        raise ConfigError(f"--npz: name a .npz file, got {args.npz}")
+    if args.outdir:  # refused before any sampling
+        check_new_dir(args.outdir)
+    if args.npz:
+        check_npz_name(args.npz)
     _, drawn = _draw(args)
     written = [save_grid(drawn.images, args.out, nrow=args.nrow)] if args.out else []
     written += [save_images(drawn.images, args.outdir)] if args.outdir else []

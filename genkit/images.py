@@ -55,12 +55,23 @@ def save_grid(images: torch.Tensor, out: str | Path, nrow: int | None = None) ->
     return Path(out)
 
 
+def check_new_dir(out_dir: str | Path) -> Path:
+    """`out_dir` if it is new or an empty directory, else `ArgumentError`."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ArgumentError("outdir", f"{out} exists and is not an empty directory; name a new one")
+    return out
+
+
+def check_npz_name(out: str | Path) -> None:
+    if Path(out).suffix != ".npz":
+        raise ArgumentError("npz", f"name a .npz file, got {Path(out).name!r}")
+
+
 def save_images(images: torch.Tensor, out_dir: str | Path, start_index: int = 0) -> Path:
     """Write [0, 1] images [N, C, H, W] as one PNG each, `out_dir/000000.png` on (the layout that
     clean-fid and torch-fidelity read), into a directory that must be new or empty."""
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ArgumentError("out_dir", f"{out} exists and is not an empty directory; name a new one")
+    out = check_new_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(to_pil(images), start=start_index):
         with atomic_path(out / f"{i:06d}.png") as tmp:
@@ -73,8 +84,7 @@ def save_npz(images: torch.Tensor, labels: torch.Tensor | None, out: str | Path)
     ADM evaluation suite, which torch-fidelity and clean-fid also take), with `labels` [N] if any."""
     import numpy as np
 
-    if Path(out).suffix != ".npz":
-        raise ArgumentError("npz", f"name a .npz file, got {Path(out).name!r}")
+    check_npz_name(out)
     arrays = {"arr_0": to_uint8(images.cpu()).permute(0, 2, 3, 1).numpy()}
     if labels is not None:
         arrays["labels"] = labels.cpu().numpy()

@@ -40,7 +40,7 @@ def model_card(model, card: dict, grid: int, name: str) -> str:
         trained.append(f"- {training['step']} training steps" +
                        (f" in {_duration(training['train_seconds'])}" if training.get("train_seconds") else ""))
     samples = (f"![samples](samples.png)\n\n{grid} samples, seed 0, the model's default sampler "
-               f"(`{cfg.sample.sampler}`, {getattr(cfg.sample, 'steps', '?')} steps).\n" if grid else "")
+               f"(`{cfg.sample.sampler}`, {cfg.sample.steps} steps).\n" if grid else "")
     metrics = _metrics_table(card["metrics"]) if card.get("metrics") else \
         "Not evaluated: `genkit eval --checkpoint DIR` writes a report; `genkit export --metrics REPORT` adds it here.\n"
     labels = "class_labels=[0, 1, 2, 3], " if cfg.model.num_classes else "batch_size=4, "
