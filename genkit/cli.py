@@ -40,6 +40,9 @@ def _run(fn, args) -> int:
     except MemoryError:
         print("error: out of memory; use a smaller model, batch or image size", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader went away (`| head`): nothing is wrong
+        sys.stderr.close()
+        return 0
     except OSError as err:  # a path given that cannot be read or written
         print(f"error: {one_line(err.filename or '')}: {one_line(err.strerror or err)}", file=sys.stderr)
         return 2

@@ -30,6 +30,13 @@ def test_version_and_module_entry_point():
     assert out.returncode == 2 and "expected a command" in out.stderr
 
 
+def test_output_piped_into_head_is_no_error():
+    """Regression: `genkit train --list-recipes | head -1` printed 'error: : Broken pipe'."""
+    out = subprocess.run(f"{sys.executable} -m genkit train --list-recipes | head -1", shell=True, cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.stdout.strip() and out.stderr == ""
+
+
 @pytest.mark.slow
 def test_wheel_installed_in_a_fresh_venv_trains_and_samples_by_recipe_name(tmp_path):
     """Build the wheel, install it (no editable link, no repository on the path) into a new venv
