@@ -6,6 +6,7 @@
         net.safetensors      raw weights
         net_ema.safetensors  EMA weights
         trainer_state.json   step and counters
+        autoencoder/         a latent model's autoencoder (see `genkit.latents`)
 
 A checkpoint is written under a temporary name and renamed into place; re-saving a step moves
 the old copy aside first and pruning renames before it deletes, so a directory named `step-*` is
@@ -109,7 +110,9 @@ def damage(directory: Path) -> str | None:
         state["step"]
         if state.get("config_sha256", _sha256(directory / CONFIG_FILE)) != _sha256(directory / CONFIG_FILE):
             return f"{CONFIG_FILE} is not the one written with these weights (checksum)"
-        load_config(directory / CONFIG_FILE)
+        cfg = load_config(directory / CONFIG_FILE)
+        if cfg.data.autoencoder and not (directory / "autoencoder" / EMA_FILE).is_file():
+            return "autoencoder/ is missing (a latent model keeps its autoencoder beside its weights)"
     except Exception as err:  # any unreadable file: the reason is reported, not raised
         return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"
     return None

@@ -122,7 +122,8 @@ def eval_parser(prog: str = "eval.py") -> Parser:
                                       "metrics for as many real training digits (the floor). For an "
                                       "autoregressive model: the exact test NLL of the first --num test digits "
                                       "(binarized with --seed), and, if it is class-conditional, generative "
-                                      "classification by argmax_y log p(x | y) + log p(y).")
+                                      "classification by argmax_y log p(x | y) + log p(y). For an autoencoder: PSNR, SSIM and "
+                                      "reconstruction FID of the first --num test digits.")
     _sampling_flags(p)
     p.add_argument("--num", type=int, default=10000, help="number of samples (default: 10000)")
     p.add_argument("--json", default="eval.json", help="where to write the results (default: eval.json)")
@@ -326,6 +327,8 @@ def _eval(args) -> None:
     model = genkit.load(args.checkpoint, ema=not args.raw_weights, device=args.device)
     if model.family == "autoregressive":  # exact likelihoods: nothing to sample
         return _eval_autoregressive(args, model)
+    if model.family == "autoencoder":  # reconstructions: nothing to sample
+        return _eval_autoencoder(args, model)
     if args.num < Evaluator.min_images:
         raise ConfigError(f"--num: evaluation needs at least {Evaluator.min_images} samples, got {args.num}")
     model, drawn = _draw(args, model)
@@ -371,6 +374,31 @@ def _eval_autoregressive(args, model) -> None:
         print(f"{key:<26}{value:>12.6g}")
     write_json(args.json, report)
     print(f"wrote {args.json} ({len(test)} test images)")
+
+
+def _eval_autoencoder(args, model) -> None:
+    from genkit.data import load_images
+    from genkit.evaluation import Evaluator
+    from genkit.files import write_json
+
+    given = [f for f in ("steps", "sampler", "schedule", "guidance", "class_label") if getattr(args, f) is not None]
+    given += [f for f in ("option", "bpd") if getattr(args, f)]
+    if given:
+        raise ConfigError(f"--{given[0].replace('_', '-')}: does not apply to an autoencoder, which is scored on "
+                          f"its reconstructions of the test split")
+    if args.num < Evaluator.min_images:
+        raise ConfigError(f"--num: evaluation needs at least {Evaluator.min_images} images, got {args.num}")
+    test = load_images(model.cfg.data, split="test", limit=args.num)
+    evaluator = Evaluator(model.cfg.data)
+    scores = model.evaluate(test.images, batch_size=args.batch_size, precision=args.precision, evaluator=evaluator)
+    floor = evaluator.floor(len(test), seed=args.seed)["fid"]
+    report = {"checkpoint": str(model.directory), "seed": args.seed, "precision": args.precision, **scores,
+              "real_data_floor": {"fid": floor}}
+    for key, value in scores.items():
+        print(f"{key:<20}{value:>12.6g}")
+    print(f"{'fid floor':<20}{floor:>12.6g}  ({len(test)} real training images against the test split)")
+    write_json(args.json, report)
+    print(f"wrote {args.json} ({len(test)} test images reconstructed)")
 
 
 def _reflow(args) -> None:

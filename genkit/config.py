@@ -36,6 +36,9 @@ class DataConfig:
     channels: int = 1
     fit: str = "pad"  # pad (centre, with black) | resize (shorter side, then centre crop)
     hflip: bool = False
+    autoencoder: str = ""  # a trained autoencoder (run, checkpoint): the model learns its latents, as SD3; "" = pixels
+    latent_channels: int = 0  # of the autoencoder's latents; 0: read off the autoencoder when training starts
+    latent_size: int = 0
 
 
 def _sections(name: str, registry, common: list, doc: str, **namespace) -> type:
@@ -234,6 +237,9 @@ def validate(cfg: Config) -> None:
     one_of(cfg.data.channels, (1, 3), "data.channels")  # grey or RGB images
     if cfg.data.image_size > 4096:
         raise ConfigError(f"data.image_size: at most 4096, got {cfg.data.image_size}")
+    require(cfg.data, "data", non_negative=["latent_channels", "latent_size"])
+    if not cfg.data.autoencoder and (cfg.data.latent_channels or cfg.data.latent_size):
+        raise ConfigError("data.latent_channels: latents need an autoencoder; set data.autoencoder (or leave both at 0)")
     require(cfg.sample, "sample", positive=["steps", "num"])
     require(cfg.model, "model", non_negative=["num_classes"])
     require(cfg.method, "method", unit=["p_uncond"])
@@ -247,6 +253,11 @@ def validate(cfg: Config) -> None:
     if cfg.model.interval and not net.extra.get("interval"):
         raise ConfigError(f"model.interval: {cfg.model.name} takes one time; the nets that take a second are "
                           f"{', '.join(n for n, c in NETS.items() if c.extra.get('interval'))}")
+    if cfg.data.autoencoder and method.family != "denoiser":
+        raise ConfigError(f"data.autoencoder: latents are learnt by the Gaussian-path methods "
+                          f"({', '.join(METHODS.names('denoiser'))}), not method.name={cfg.method.name}")
+    if cfg.data.autoencoder and cfg.data.hflip:
+        raise ConfigError("data.hflip: latents are encoded once, unflipped; set data.hflip=false with data.autoencoder")
     sampler = SAMPLERS.lookup(cfg.sample.sampler, "sample.sampler", method.family)
     for component in (net, method, sampler):
         if component.check is not None:

@@ -60,6 +60,9 @@ def save_pretrained(model, directory: str | Path, metrics: dict | None = None, g
     from genkit.images import save_grid
     from genkit.model_card import model_card
 
+    if model.family == "autoencoder" or getattr(model, "codec", None) is not None:
+        raise ArgumentError("model", "exports hold pixel-space denoisers and autoregressive models; share an autoencoder "
+                                     "or a latent model as its run or checkpoint directory")
     out = Path(directory).expanduser()
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_pretrained(out))):
         raise ArgumentError("directory", f"{out} exists and is not a genkit export; name a new directory")

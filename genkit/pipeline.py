@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from genkit.config import Config
 from genkit.methods import METHODS, build_path
+from genkit.nets import input_shape
 from genkit.registry import ArgumentError, ConfigError
 from genkit.samplers import (SAMPLERS, SCHEDULES, Callback, Denoiser, DiffusersSampler, SampleNoise, check_options,
                              default_schedule)
@@ -97,6 +98,8 @@ class TrainedModel:
         """Move the model to `device` (see `pick_device`); samples stay a function of (seed, i)."""
         self.device = pick_device(device)
         self.net = self.net.to(self.device)
+        if getattr(self, "codec", None) is not None:
+            self.codec.to(self.device)
         for dtype, net in getattr(self, "_half_nets", {}).items():
             self._half_nets[dtype] = net.to(self.device)
         return self
@@ -141,6 +144,11 @@ class TrainedModel:
             raise ArgumentError("labels", f"must lie in 0..{self.num_classes - 1}")
         return labels.clone()
 
+    def preview(self, data, n: int = 64) -> torch.Tensor:
+        """What the trainer's grids show: n samples [n, C, H, W] in [0, 1], seed 0 (`data`, the
+        training set, is for models that show reconstructions instead)."""
+        return self.sample(n, seed=0, progress=False).images
+
     def _sampler(self, name: str):
         """The registered sampler `name` of this model's family, checked against its config."""
         try:
@@ -153,10 +161,14 @@ class TrainedModel:
 
 
 class GenerativeModel(TrainedModel):
-    """A denoiser with its path and prediction kind; samples images in [0, 1]."""
+    """A denoiser with its path and prediction kind; samples images in [0, 1]. A latent model
+    (`data.autoencoder`) samples latents and decodes them with its `codec` (`genkit.latents`)."""
 
-    def __init__(self, cfg: Config, net: torch.nn.Module, device: str | torch.device = "cpu"):
+    def __init__(self, cfg: Config, net: torch.nn.Module, device: str | torch.device = "cpu", codec=None):
+        if cfg.data.autoencoder and codec is None:
+            raise ArgumentError("codec", "a latent model (data.autoencoder) needs its autoencoder to decode samples")
         super().__init__(cfg, net, device)
+        self.codec = None if codec is None else codec.to(self.device)
         self.path = build_path(cfg)
         self.prediction = cfg.method.resolved_prediction
         self._half_nets: dict[torch.dtype, torch.nn.Module] = {}
@@ -199,6 +211,7 @@ class GenerativeModel(TrainedModel):
         or auto (`hardware_precision`). `clip_x0` clamps every x0 estimate to [-1, 1];
         `callback(step, t, x, x0_hat)` sees every step of every batch; `options` go to the
         sampler. Sample i is drawn from noise stream (seed, start_index + i), whatever `batch_size`.
+        A latent model samples latents (there `clip_x0` does not apply) and returns them decoded.
         """
         sc = self.cfg.sample
         steps = sc.steps if steps is None else steps
@@ -221,7 +234,9 @@ class GenerativeModel(TrainedModel):
         half_dtype(precision, self.device)  # checked before any work
         labels = self.labels_for(labels, n)
         ts = self._grid(schedule or default_schedule(sampler, self.path), steps)
-        shape = (self.cfg.data.channels, self.cfg.data.image_size, self.cfg.data.image_size)
+        channels, size = input_shape(self.cfg)
+        shape = (channels, size, size)
+        clip_x0 = clip_x0 and self.codec is None  # normalised latents are not bounded by 1
         prior_std = float((self.path.alpha(ts[:1]) ** 2 + self.path.sigma(ts[:1]) ** 2).sqrt())
         images, starts, nfe = [], [], 0
         for start in tqdm(range(0, n, batch_size), desc="sampling", disable=not progress or n <= batch_size):
@@ -232,6 +247,8 @@ class GenerativeModel(TrainedModel):
             starts.append(x.cpu())
             x = fn(denoiser, x, ts, noise, callback=callback, progress=progress and n <= batch_size, **options)
             nfe = max(nfe, denoiser.nfe)
+            if self.codec is not None:
+                x = self.codec.decode(x)  # [B, c, h, w] -> [B, C, H, W]
             images.append(((x.clamp(-1, 1) + 1) / 2).cpu())
         return Samples(torch.cat(images), torch.cat(starts), labels, nfe)
 
@@ -253,6 +270,8 @@ class GenerativeModel(TrainedModel):
         `genkit.likelihood.log_likelihood` (estimator, probe, method, rtol, atol, t_min)."""
         from genkit.likelihood import dataset_bits_per_dim
 
+        if self.codec is not None:
+            raise ArgumentError("images", "a latent model's density is over latents, not pixels: no bits/dim")
         with torch.no_grad():
             return dataset_bits_per_dim(lambda: self.denoiser(precision=precision), images.to(self.device), batch_size, seed,
                                         progress, **options)
@@ -333,10 +352,84 @@ class AutoregressiveModel(TrainedModel):
         return report
 
 
-def build_model(cfg: Config, net: torch.nn.Module, device: str | torch.device = "cpu") -> TrainedModel:
-    """The inference wrapper for `cfg`'s family: autoregressive or Gaussian-path."""
+class AutoencoderModel(TrainedModel):
+    """A trained autoencoder (`method.name: vae`): encodes images to latents, decodes, reconstructs,
+    samples by decoding prior draws, and scores its reconstructions."""
+
+    family = "autoencoder"
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self.net.latent_shape(self.cfg.data.image_size)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, batch_size: int = 256, precision: str = "no") -> torch.Tensor:
+        """Posterior means [N, c, h, w] of images [N, C, H, W] in [0, 1]."""
+        return self._batched(lambda x: self.net.encode(x * 2 - 1)[0], images, batch_size, precision)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, batch_size: int = 256, precision: str = "no") -> torch.Tensor:
+        """Images [N, C, H, W] in [0, 1] of latents [N, c, h, w]."""
+        return self._batched(lambda z: ((self.net.decode(z) + 1) / 2).clamp(0, 1), latents, batch_size, precision)
+
+    def reconstruct(self, images: torch.Tensor, batch_size: int = 256, precision: str = "no") -> torch.Tensor:
+        """decode(encode(images)) for images [N, C, H, W] in [0, 1], through the posterior means."""
+        return self._batched(lambda x: ((self.net.decode(self.net.encode(x * 2 - 1)[0]) + 1) / 2).clamp(0, 1),
+                             images, batch_size, precision)
+
+    def _batched(self, fn, inputs: torch.Tensor, batch_size: int, precision: str) -> torch.Tensor:
+        half, out = half_dtype(precision, self.device), []
+        with torch.no_grad():
+            for start in range(0, len(inputs), batch_size):
+                x = inputs[start:start + batch_size].to(self.device).float()
+                with torch.autocast(self.device.type, dtype=half or torch.bfloat16, enabled=half is not None):
+                    out.append(fn(x).float().cpu())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0, sampler: str | None = None, labels=None, batch_size: int = 256,
+               progress: bool = True, precision: str = "no", start_index: int = 0) -> Samples:
+        """Decode n draws z ~ N(0, I) (sampler `prior`); sample i depends only on (seed, start_index + i).
+        A VAE trained with a small KL weight decodes prior draws poorly: its latents are for a latent model."""
+        draw = self._sampler(sampler or self.cfg.sample.sampler)
+        self.labels_for(labels, n)  # an autoencoder is unconditional: refuses labels
+        half, out = half_dtype(precision, self.device), []
+        for start in tqdm(range(0, n, batch_size), desc="sampling", disable=not progress or n <= batch_size):
+            idx = torch.arange(start, min(n, start + batch_size))
+            z = SampleNoise(seed, (idx + start_index).tolist(), self.device).randn(*self.latent_shape)
+            with torch.autocast(self.device.type, dtype=half or torch.bfloat16, enabled=half is not None):
+                out.append(((draw(self.net, z).float().clamp(-1, 1) + 1) / 2).cpu())
+        return Samples(torch.cat(out), None, None, 1)
+
+    def preview(self, data, n: int = 64) -> torch.Tensor:
+        """n / 2 training images, each followed by its reconstruction: [n, C, H, W] in [0, 1]."""
+        images = data.images[:n // 2].float() / 255
+        return torch.stack([images, self.reconstruct(images)], 1).flatten(0, 1)
+
+    def evaluate(self, images: torch.Tensor, batch_size: int = 256, precision: str = "no", evaluator=None) -> dict:
+        """Reconstruction of uint8 images [N, C, H, W]: mean PSNR (dB) and SSIM per image, the mean
+        squared error in [0, 1] units, and with a `genkit.evaluation.Evaluator` the reconstruction
+        FID (rFID: reconstructions against the test split, in its feature space)."""
+        from genkit.evaluation.metrics import psnr, ssim
+
+        originals = images.float() / 255
+        recon = self.reconstruct(originals, batch_size, precision)
+        report = {"images": len(images), "psnr": float(psnr(recon, originals).mean()),
+                  "ssim": float(ssim(recon, originals).mean()),
+                  "mse": float((recon - originals).square().mean())}
+        if evaluator is not None:
+            report["rfid"] = evaluator.score(recon)["fid"]
+        return report
+
+
+def build_model(cfg: Config, net: torch.nn.Module, device: str | torch.device = "cpu", codec=None) -> TrainedModel:
+    """The inference wrapper for `cfg`'s family: Gaussian-path (in pixels, or in the latents of
+    `codec`), autoregressive, or autoencoder."""
     family = METHODS[cfg.method.name].family
-    return (AutoregressiveModel if family == AutoregressiveModel.family else GenerativeModel)(cfg, net, device)
+    if family == GenerativeModel.family:
+        return GenerativeModel(cfg, net, device, codec)
+    return {AutoregressiveModel.family: AutoregressiveModel, AutoencoderModel.family: AutoencoderModel}[family](
+        cfg, net, device)
 
 
 def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
@@ -354,7 +447,12 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
             raise ArgumentError("ema", f"{path} is an export, which holds one set of weights (the EMA's)")
         return load_pretrained(local, device)
     cfg, net, directory = load_export(local, ema=ema)
-    model = build_model(cfg, net, device)
+    codec = None
+    if cfg.data.autoencoder:
+        from genkit.latents import AUTOENCODER_DIR, LatentCodec
+
+        codec = LatentCodec.load(directory / AUTOENCODER_DIR)
+    model = build_model(cfg, net, device, codec)
     model.directory = directory
     state = read_trainer_state(directory)
     model.training = {k: state[k] for k in ("step", "train_seconds") if k in state}

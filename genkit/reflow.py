@@ -34,6 +34,8 @@ def generate_pairs(model, out_dir: str | Path, num: int, steps: int = 20, sample
     Sample i uses the noise stream (seed, i) and, for a conditional model, class i mod K."""
     if model.cfg.method.name != "flow":
         raise ArgumentError("model", f"reflow needs a flow model, this one is '{model.cfg.method.name}'")
+    if model.codec is not None:
+        raise ArgumentError("model", "reflow pairs are drawn in pixel space; this flow is a latent model")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"num": num, "steps": steps, "sampler": sampler, "seed": seed, "shard_size": shard_size,

@@ -125,6 +125,7 @@ class Trainer:
 
     def _setup(self) -> None:
         cfg, tc = self.cfg, self.cfg.train
+        self.codec = self._autoencoder()
         if self.accelerator.is_main_process:
             ckpt.recover(self.out)
             claim(cfg, resuming=bool(tc.resume))
@@ -132,9 +133,6 @@ class Trainer:
         self.resume_candidates = self._find_resume()
         set_seed(tc.seed)  # same initial weights on every process
         self.data = self._load_data()
-        if self.data.images.shape[1] != cfg.data.channels:
-            raise ConfigError(f"data.channels: the model takes {cfg.data.channels} channels, "
-                              f"the data has {self.data.images.shape[1]}")
         self.method = build_method(cfg)
         net = build_net(cfg)
         if getattr(net, "channels_last", False):  # faster convolutions on CPU for nets that say so
@@ -165,8 +163,33 @@ class Trainer:
             raise ConfigError(f"train.init_from: the weights in {source} do not fit this run's net "
                               f"({str(err).splitlines()[0]})") from None
 
+    def _autoencoder(self):
+        """With `data.autoencoder`: its `LatentCodec`, after filling `data.latent_channels` and
+        `data.latent_size` in from it (or checking them against it); else None."""
+        from genkit.config import validate
+        from genkit.latents import LatentCodec
+
+        data = self.cfg.data
+        if not data.autoencoder:
+            return None
+        codec = LatentCodec.from_run(data.autoencoder)
+        if (codec.cfg.data.channels, codec.cfg.data.image_size) != (data.channels, data.image_size):
+            raise ConfigError(f"data.autoencoder: {data.autoencoder} was trained on {codec.cfg.data.channels}-channel "
+                              f"{codec.cfg.data.image_size} px images; this run's data.channels and data.image_size "
+                              f"are {data.channels} and {data.image_size}")
+        channels, size, _ = codec.latent_shape
+        for key, value in (("latent_channels", channels), ("latent_size", size)):
+            if getattr(data, key) not in (0, value):
+                raise ConfigError(f"data.{key}: {getattr(data, key)}, but {data.autoencoder} makes latents of "
+                                  f"{channels} x {size} x {size}; leave it at 0 to take the autoencoder's")
+        data.latent_channels, data.latent_size = channels, size
+        validate(self.cfg)  # the net's checks, now on the latents' size
+        return codec.to(self.accelerator.device)
+
     def _load_data(self):
-        """Images, or (noise, sample) pairs from `genkit reflow` when data.path holds them."""
+        """Images, (noise, sample) pairs from `genkit reflow` when data.path holds them, or with
+        `data.autoencoder` the images' latents (encoded once into `<output_dir>/latents`, then
+        normalised: `genkit.latents`)."""
         path = resolve_data_path(self.cfg.data.path)
         if is_pairs_dir(path):
             if self.cfg.method.name != "flow":
@@ -174,6 +197,9 @@ class Trainer:
             data = load_pairs(path)
         else:
             data = load_images(self.cfg.data, progress=self.accelerator.is_main_process)
+        if data.images.shape[1] != self.cfg.data.channels:
+            raise ConfigError(f"data.channels: the model takes {self.cfg.data.channels} channels, "
+                              f"the data has {data.images.shape[1]}")
         classes, column = self.cfg.model.num_classes, self.cfg.data.label_column
         if classes > 0 and data.labels is None:
             raise ConfigError(f"data.label_column: {self.cfg.data.path} has no label column '{column}'; name the "
@@ -182,7 +208,18 @@ class Trainer:
             bad = data.labels[(data.labels < 0) | (data.labels >= classes)][0].item()
             raise ConfigError(f"data.label_column: labels must lie in 0..{classes - 1} (model.num_classes={classes}), "
                               f"found {bad}")
-        return data
+        if self.codec is None:
+            return data
+        from genkit.latents import LatentData, encode_dataset
+
+        cache, acc = self.out / "latents", self.accelerator
+        half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(acc.mixed_precision)  # the run's precision
+        if acc.is_main_process:  # one process encodes; the others read its cache
+            encode_dataset(self.codec, data.images, cache, half, progress=True)
+        acc.wait_for_everyone()
+        latents = encode_dataset(self.codec, data.images, cache, half, progress=False)
+        self.codec.fit(latents)
+        return LatentData((latents - self.codec.shift) * self.codec.scale, data.labels)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -239,6 +276,10 @@ class Trainer:
                 state = {"step": self.step, "bad_steps_total": self.bad_steps_total, "train_seconds": round(seconds, 1)}
                 net_state = acc.unwrap_model(self.net).state_dict()
                 ckpt.write_export(tmp, self.cfg, net_state, self.ema.shadow, state)
+                if self.codec is not None:  # a latent model travels with its autoencoder
+                    from genkit.latents import AUTOENCODER_DIR
+
+                    self.codec.save(tmp / AUTOENCODER_DIR)
                 ckpt.publish(tmp, final, self.cfg.train.checkpoints_keep)
         except OSError as err:  # a full disk, a lost mount: leave no half-written copy to fill it further
             shutil.rmtree(tmp, ignore_errors=True)
@@ -277,14 +318,15 @@ class Trainer:
     # ------------------------------------------------------------------ samples
 
     def sample_grid(self) -> Path:
-        """An 8x8 grid from the EMA weights with the config's sampler, fixed seed."""
+        """An 8x8 grid from the EMA weights (`preview`: samples with the config's sampler and seed 0,
+        or an autoencoder's reconstructions)."""
         from genkit.images import make_grid, save_grid, to_uint8
         from genkit.pipeline import build_model
 
         net = build_net(self.cfg)
         net.load_state_dict(self.ema.shadow)
-        model = build_model(self.cfg, net.eval(), self.accelerator.device)  # drawn where the run trains
-        images = model.sample(64, seed=0, progress=False).images
+        model = build_model(self.cfg, net.eval(), self.accelerator.device, self.codec)  # drawn where the run trains
+        images = model.preview(self.data, 64)
         path = save_grid(images, self.out / "samples" / f"step-{self.step:06d}.png", nrow=8)
         grid = make_grid(to_uint8(images), nrow=8)  # [C, H, W] uint8
         for tracker in self.accelerator.trackers:  # the grid goes to the tracker too

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 
 def gaussian_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,3 +74,31 @@ def class_coverage(probs: torch.Tensor, confident: float = 0.9) -> dict[str, flo
     return {"class_entropy": float(entropy / math.log(k)),
             "confident_fraction": float((probs.max(1).values >= confident).double().mean()),
             "classes_hit": int((hist > 0).sum())}
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB of images [N, C, H, W] in [0, 1], per image: [N]
+    (infinite for identical images)."""
+    mse = (a.double() - b.double()).square().flatten(1).mean(1)
+    return -10 * torch.log10(mse)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Structural similarity (Wang et al. 2004) of images [N, C, H, W] in [0, 1], per image: [N].
+    Local statistics under a Gaussian window (11 px, sigma 1.5) over the valid region, the paper's
+    constants C1 = (0.01)^2, C2 = (0.03)^2 for a dynamic range of 1, averaged over channels."""
+    a, b = a.double(), b.double()
+    c = a.shape[1]
+    g = torch.exp(-((torch.arange(window, dtype=torch.float64) - (window - 1) / 2) ** 2) / (2 * sigma**2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None]).expand(c, 1, window, window)  # one [window, window] filter per channel
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, kernel, groups=c)  # [N, C, H - window + 1, W - window + 1]
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    index = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return index.flatten(1).mean(1)

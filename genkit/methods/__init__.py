@@ -6,13 +6,14 @@ path builder and default prediction.
 """
 from __future__ import annotations
 
-from genkit.methods import autoregressive, consistency, ddpm, flow, meanflow, sde
+from genkit.methods import autoregressive, consistency, ddpm, flow, meanflow, sde, vae
 from genkit.methods.autoregressive import Autoregressive
 from genkit.methods.consistency import Consistency
 from genkit.methods.ddpm import DDPM, make_betas
 from genkit.methods.flow import RectifiedFlow
 from genkit.methods.meanflow import MeanFlow
 from genkit.methods.sde import ScoreSDE
+from genkit.methods.vae import VAE
 from genkit.registry import ConfigError, Registry
 
 METHODS = Registry("method")
@@ -25,8 +26,9 @@ METHODS.register("meanflow", MeanFlow, meanflow.MeanFlowConfig, meanflow.check, 
                  prediction="velocity")
 METHODS.register("autoregressive", Autoregressive, autoregressive.AutoregressiveConfig, autoregressive.check,
                  family="autoregressive")
+METHODS.register("vae", VAE, vae.VAEConfig, vae.check, family="autoencoder")
 
-__all__ = ["Autoregressive", "Consistency", "DDPM", "METHODS", "MeanFlow", "RectifiedFlow", "ScoreSDE", "build_method", "build_path",
+__all__ = ["Autoregressive", "Consistency", "DDPM", "METHODS", "MeanFlow", "RectifiedFlow", "ScoreSDE", "VAE", "build_method", "build_path",
            "make_betas"]
 
 

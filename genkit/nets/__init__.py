@@ -1,5 +1,6 @@
 """Networks. Denoisers: `net(x [B,C,H,W], t [B] in [0, 1], y [B] or None) -> [B,C,H,W]`.
 Autoregressive nets: `net(x [B,1,H,W] in [-1, 1], y [B] or None) -> logits [B,K,H,W]`.
+Autoencoders: `net(x [B,C,H,W], eps [B,c,h,w]) -> (reconstruction, posterior mean, log-variance)`.
 
 `NETS` maps `model.name` to each net's builder, config section (`model.<name>`) and checks.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from genkit.nets import dit, made, pixelcnn, unet
+from genkit.nets import dit, made, pixelcnn, unet, vae
 from genkit.nets.dit import DiT
 from genkit.nets.made import MADE
 from genkit.nets.pixelcnn import PixelCNN
@@ -21,10 +22,20 @@ NETS.register("pixelcnn", pixelcnn.build, pixelcnn.PixelCNNConfig, pixelcnn.chec
               cache=True)
 NETS.register("made", made.build, made.MADEConfig, made.check, family="autoregressive")
 NETS.register("fvsbn", made.build_fvsbn, None, made.check, family="autoregressive")
+NETS.register("vae", vae.build, vae.AutoencoderConfig, vae.check, family="autoencoder")
 
 __all__ = ["DiT", "MADE", "NETS", "PixelCNN", "UNet", "build_net"]
 
 
 def build_net(cfg) -> nn.Module:
-    """The net named by `cfg.model.name`, sized for `cfg.data` images."""
+    """The net named by `cfg.model.name`, sized for `cfg.data` images (or their latents)."""
     return NETS[cfg.model.name].build(cfg)
+
+
+def input_shape(cfg) -> tuple[int, int]:
+    """(channels, size) of what a denoiser sees: `cfg.data`'s images, or with `data.autoencoder`
+    their latents (`data.latent_channels`, `data.latent_size`; 0 until the trainer reads them off
+    the autoencoder)."""
+    if cfg.data.autoencoder:
+        return cfg.data.latent_channels, cfg.data.latent_size
+    return cfg.data.channels, cfg.data.image_size

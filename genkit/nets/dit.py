@@ -31,10 +31,13 @@ class DiTConfig:
 
 def check(cfg) -> None:
     """Patches tile the image; heads split the width; the 2-D sin-cos embedding needs width % 4 == 0."""
-    dit, size = cfg.model.dit, cfg.data.image_size
+    from genkit.nets import input_shape
+
+    dit, size = cfg.model.dit, input_shape(cfg)[1]
+    size_key = "data.latent_size" if cfg.data.autoencoder else "data.image_size"
     require(dit, "model.dit", positive=["patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio"])
     if size % dit.patch_size:
-        raise ConfigError(f"model.dit.patch_size: {dit.patch_size} does not divide data.image_size {size}")
+        raise ConfigError(f"model.dit.patch_size: {dit.patch_size} does not divide {size_key} {size}")
     if dit.hidden_size % dit.num_heads:
         raise ConfigError(f"model.dit.num_heads: {dit.num_heads} does not divide model.dit.hidden_size {dit.hidden_size}")
     if (dit.hidden_size // dit.num_heads) % 2 or dit.hidden_size % 4:
@@ -42,7 +45,9 @@ def check(cfg) -> None:
 
 
 def build(cfg) -> "DiT":
-    return DiT(cfg.model.dit, cfg.data.channels, cfg.data.image_size, cfg.model.num_classes, cfg.model.interval)
+    from genkit.nets import input_shape
+
+    return DiT(cfg.model.dit, *input_shape(cfg), cfg.model.num_classes, cfg.model.interval)
 
 
 def sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:

@@ -43,7 +43,10 @@ class UNetConfig:
 def check(cfg) -> None:
     """What a run config must satisfy for a UNet: GroupNorm's 32 groups, whole attention heads,
     and an image size that halves at every level."""
-    unet, size = cfg.model.unet, cfg.data.image_size
+    from genkit.nets import input_shape
+
+    unet, size = cfg.model.unet, input_shape(cfg)[1]
+    size_key = "data.latent_size" if cfg.data.autoencoder else "data.image_size"
     require(unet, "model.unet", positive=["channels", "head_channels"], unit=["dropout"])
     if not unet.channel_mult or min(unet.channel_mult) <= 0:
         raise ConfigError(f"model.unet.channel_mult: needs positive entries, got {list(unet.channel_mult)}")
@@ -55,7 +58,7 @@ def check(cfg) -> None:
                           f"({len(unet.channel_mult)}), got {list(blocks)}")
     levels = len(unet.channel_mult) - 1
     if size % 2**levels:
-        raise ConfigError(f"data.image_size: {size} is not divisible by 2**{levels} "
+        raise ConfigError(f"{size_key}: {size} is not divisible by 2**{levels} "
                           f"(model.unet.channel_mult has {levels + 1} levels)")
     for mult in unet.channel_mult:
         if (unet.channels * mult) % unet.head_channels or (unet.channels * mult) % 32:
@@ -64,7 +67,9 @@ def check(cfg) -> None:
 
 
 def build(cfg) -> "UNet":
-    return UNet(cfg.model.unet, cfg.data.channels, cfg.data.image_size, cfg.model.num_classes, cfg.model.interval)
+    from genkit.nets import input_shape
+
+    return UNet(cfg.model.unet, *input_shape(cfg), cfg.model.num_classes, cfg.model.interval)
 
 
 def _norm(channels: int) -> nn.GroupNorm:

@@ -4,7 +4,8 @@
 `x` is the starting noise at time ts[0], `ts` a descending time grid ending at 0 (see
 `genkit.samplers.schedules`), `noise` the per-sample source for stochastic samplers, `callback`
 sees every step. `SAMPLERS` registers each with its default time grid; the autoregressive
-family's `cached` and `naive` draw pixels in raster order instead.
+family's `cached` and `naive` draw pixels in raster order instead, and an autoencoder's `prior`
+decodes draws from its prior.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from functools import partial
 
 from genkit.registry import ArgumentError, ConfigError, Registry
 from genkit.samplers import autoregressive
+from genkit.samplers.autoencoder import prior
 from genkit.samplers.base import BatchNoise, Callback, Denoiser, DenoiserLike, NoiseSource, SampleNoise
 from genkit.samplers.ddim import ddim, ddpm
 from genkit.samplers.diffusers import DiffusersSampler
@@ -51,6 +53,7 @@ SAMPLERS.register("meanflow", meanflow, check=_needs_interval, schedule="uniform
 SAMPLERS.register("consistency", consistency, schedule="uniform")
 SAMPLERS.register("cached", partial(autoregressive.sample, how="cached"), check=_needs_cache, family="autoregressive")
 SAMPLERS.register("naive", partial(autoregressive.sample, how="naive"), family="autoregressive")
+SAMPLERS.register("prior", prior, family="autoencoder")
 
 SIGNATURE = ("denoiser", "x", "ts", "noise", "callback", "progress")  # what every sampler takes; the rest are options
 
