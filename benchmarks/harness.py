@@ -59,6 +59,30 @@ def steps_per_second(config: str | Path, workdir: str | Path, *overrides: str, s
     return (records[-1]["step"] - records[0]["step"]) / (seconds[-1] - seconds[0])
 
 
+def train_for_minutes(config: str | Path, out: str | Path, minutes: float, *overrides: str) -> dict:
+    """Train `config` into `out` for `minutes` of training, its LR horizon the steps that fit: a
+    12-step calibration run in `out` itself measures the rate first (and leaves what a run may
+    reuse, such as a latent model's encoded data), then the run starts over. Returns its steps,
+    training seconds, the calibration's wall seconds and the net's parameter count."""
+    import time
+
+    import genkit
+
+    out = Path(out)
+    started = time.perf_counter()
+    train(config, out, "train.max_steps=12", "train.log_every=2", *overrides)
+    calibration = time.perf_counter() - started
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    seconds = [r["step"] * _batch_size(out) / r["img_per_s"] for r in records]  # img_per_s is cumulative
+    rate = (records[-1]["step"] - records[0]["step"]) / (seconds[-1] - seconds[0])
+    steps = max(10, int(rate * minutes * 60 * 0.98))
+    train(config, out, f"train.max_steps={steps}", f"train.max_minutes={minutes}",
+          f"train.warmup_steps={min(100, steps // 10)}", "train.overwrite=true", *overrides)
+    model = genkit.load(out)
+    return {"steps": model.training["step"], "train_seconds": model.training["train_seconds"],
+            "calibration_seconds": round(calibration, 1), "params": sum(p.numel() for p in model.net.parameters())}
+
+
 def _batch_size(run: Path) -> int:
     from genkit.checkpoint import CONFIG_FILE, resolve_checkpoint
     from genkit.config import load_config

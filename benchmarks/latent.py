@@ -13,12 +13,11 @@ default dpmpp_2m at 20), beside the real-data floor measured in the same run.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
-from harness import benchmark_parser, train, write_results
+from harness import benchmark_parser, train_for_minutes, write_results
 from tqdm.auto import tqdm
 
 import genkit
@@ -26,23 +25,6 @@ from genkit.data import load_images
 from genkit.evaluation import Evaluator
 
 SAMPLERS = (("heun", 10), ("dpmpp_2m", 20))  # (sampler, steps): 19 and 20 network evaluations
-
-
-def timed_train(recipe: str, out: Path, minutes: float, *overrides: str) -> dict:
-    """Calibrate the step rate in `out` (12 steps), then train `minutes` there from scratch."""
-    started = time.perf_counter()
-    train(recipe, out, "train.max_steps=12", "train.log_every=2", "train.report_to=none", *overrides)
-    setup = time.perf_counter() - started
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    batch = genkit.load(out).cfg.train.batch_size
-    seconds = [r["step"] * batch / r["img_per_s"] for r in records]  # img_per_s is cumulative
-    rate = (records[-1]["step"] - records[0]["step"]) / (seconds[-1] - seconds[0])
-    steps = max(10, int(rate * minutes * 60 * 0.98))
-    train(recipe, out, f"train.max_steps={steps}", f"train.max_minutes={minutes}", f"train.warmup_steps={min(100, steps // 10)}",
-          "train.report_to=none", "train.overwrite=true", *overrides)
-    model = genkit.load(out)
-    return {"steps": model.training["step"], "train_seconds": model.training["train_seconds"],
-            "calibration_seconds": round(setup, 1), "params": sum(p.numel() for p in model.net.parameters())}
 
 
 def main() -> None:
@@ -60,11 +42,13 @@ def main() -> None:
     rows = []
     for channels in args.channels:
         vae_dir, flow_dir = workdir / f"vae_c{channels}", workdir / f"rf_dit_latent_c{channels}"
-        vae = timed_train("vae_mnist", vae_dir, args.vae_minutes, f"model.vae.latent_channels={channels}")
+        vae = train_for_minutes("vae_mnist", vae_dir, args.vae_minutes, "train.report_to=none",
+                                f"model.vae.latent_channels={channels}")
         recon = genkit.load(vae_dir).evaluate(test.images, evaluator=evaluator)
         tqdm.write(f"C={channels}: PSNR {recon['psnr']:.2f} SSIM {recon['ssim']:.3f} rFID {recon['rfid']:.2f}")
         started = time.perf_counter()
-        flow = timed_train("rf_dit_latent_mnist", flow_dir, args.flow_minutes, f"data.autoencoder={vae_dir}")
+        flow = train_for_minutes("rf_dit_latent_mnist", flow_dir, args.flow_minutes, "train.report_to=none",
+                                 f"data.autoencoder={vae_dir}")
         flow["wall_seconds"] = round(time.perf_counter() - started, 1)  # calibration, encoding and training
         model = genkit.load(flow_dir)
         labels = model.default_labels(args.num)

@@ -355,14 +355,18 @@ def _eval(args) -> None:
     print(f"wrote {args.json} ({args.num} samples, {drawn.nfe} network evaluations each)")
 
 
-def _eval_autoregressive(args, model) -> None:
-    from genkit.data import label_frequencies, load_images
-
+def _refuse_sampling_flags(args, why: str) -> None:
+    """For models `eval` scores without sampling: the first sampling flag given is an error."""
     given = [f for f in ("steps", "sampler", "schedule", "guidance", "class_label") if getattr(args, f) is not None]
     given += [f for f in ("option", "bpd") if getattr(args, f)]
     if given:
-        raise ConfigError(f"--{given[0].replace('_', '-')}: does not apply to an autoregressive model, whose "
-                          f"likelihood is exact and needs no sampling")
+        raise ConfigError(f"--{given[0].replace('_', '-')}: does not apply to {why}")
+
+
+def _eval_autoregressive(args, model) -> None:
+    from genkit.data import label_frequencies, load_images
+
+    _refuse_sampling_flags(args, "an autoregressive model, whose likelihood is exact and needs no sampling")
     test = load_images(model.cfg.data, split="test", limit=args.num)
     prior = label_frequencies(model.cfg.data, model.num_classes) if model.num_classes else None
     scores = model.evaluate(test.images, test.labels, prior, seed=args.seed, batch_size=args.batch_size,
@@ -381,11 +385,7 @@ def _eval_autoencoder(args, model) -> None:
     from genkit.evaluation import Evaluator
     from genkit.files import write_json
 
-    given = [f for f in ("steps", "sampler", "schedule", "guidance", "class_label") if getattr(args, f) is not None]
-    given += [f for f in ("option", "bpd") if getattr(args, f)]
-    if given:
-        raise ConfigError(f"--{given[0].replace('_', '-')}: does not apply to an autoencoder, which is scored on "
-                          f"its reconstructions of the test split")
+    _refuse_sampling_flags(args, "an autoencoder, which is scored on its reconstructions of the test split")
     if args.num < Evaluator.min_images:
         raise ConfigError(f"--num: evaluation needs at least {Evaluator.min_images} images, got {args.num}")
     test = load_images(model.cfg.data, split="test", limit=args.num)

@@ -248,8 +248,9 @@ def validate(cfg: Config) -> None:
     net = NETS.lookup(cfg.model.name, "model.name")
     method = METHODS.lookup(cfg.method.name, "method.name")
     if net.family != method.family:
-        raise ConfigError(f"method.name: {cfg.method.name} does not train model.name={cfg.model.name} (a {net.family} "
-                          f"net; those are {', '.join(METHODS.names(net.family))})")
+        article = "an" if net.family[0] in "aeiou" else "a"
+        raise ConfigError(f"method.name: {cfg.method.name} does not train model.name={cfg.model.name} ({article} "
+                          f"{net.family} net; those are {', '.join(METHODS.names(net.family))})")
     if cfg.model.interval and not net.extra.get("interval"):
         raise ConfigError(f"model.interval: {cfg.model.name} takes one time; the nets that take a second are "
                           f"{', '.join(n for n, c in NETS.items() if c.extra.get('interval'))}")

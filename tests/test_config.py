@@ -58,7 +58,7 @@ def test_unknown_key_suggests_the_closest():
     ("data.hflip=3", "data.hflip: expected true or false"),
     ("train.lr=-0.1", "train.lr: must be positive"),
     ("train.batch_size=0", "train.batch_size: must be positive"),
-    ("model.name=vae", "model.name: unknown net 'vae'; choose from unet, dit"),
+    ("model.name=gan", "model.name: unknown net 'gan'; choose from unet, dit"),
     ("train.ema_decay=1.5", "train.ema_decay: must lie in [0, 1)"),
     ("train.lr=.nan", "train.lr: expected a finite number"),
     ("train", "not of the form key=value"),

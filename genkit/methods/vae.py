@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from genkit.registry import ConfigError, one_of, require
+from genkit.registry import one_of, require
 
 
 @dataclass
@@ -21,8 +21,6 @@ class VAEConfig:
 def check(cfg) -> None:
     one_of(cfg.method.vae.reconstruction, ("mse", "l1"), "method.vae.reconstruction")
     require(cfg.method.vae, "method.vae", non_negative=["kl_weight"])
-    if cfg.data.autoencoder:
-        raise ConfigError("data.autoencoder: an autoencoder trains on pixels; leave data.autoencoder empty")
 
 
 def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
