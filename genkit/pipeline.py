@@ -20,9 +20,10 @@ from genkit.samplers.diffusers import scheduler_for
 
 @dataclass
 class Samples:
-    """What `model.sample` returns: images [N, C, H, W] in [0, 1], the starting noise each was
-    drawn from [N, C, H, W] (None for autoregressive models), their class labels [N] (None for an
-    unconditional model), and the network evaluations per sample (the most any batch needed)."""
+    """What `model.sample` returns: images [N, C, H, W] in [0, 1]; the starting noise each was
+    drawn from, [N, C, H, W] or a latent model's [N, c, h, w] (None for autoregressive models and
+    autoencoders); their class labels [N] (None for an unconditional model); and the network
+    evaluations per sample (the most any batch needed)."""
 
     images: torch.Tensor
     noise: torch.Tensor | None
@@ -362,12 +363,10 @@ class AutoencoderModel(TrainedModel):
     def latent_shape(self) -> tuple[int, int, int]:
         return self.net.latent_shape(self.cfg.data.image_size)
 
-    @torch.no_grad()
     def encode(self, images: torch.Tensor, batch_size: int = 256, precision: str = "no") -> torch.Tensor:
         """Posterior means [N, c, h, w] of images [N, C, H, W] in [0, 1]."""
         return self._batched(lambda x: self.net.encode(x * 2 - 1)[0], images, batch_size, precision)
 
-    @torch.no_grad()
     def decode(self, latents: torch.Tensor, batch_size: int = 256, precision: str = "no") -> torch.Tensor:
         """Images [N, C, H, W] in [0, 1] of latents [N, c, h, w]."""
         return self._batched(lambda z: ((self.net.decode(z) + 1) / 2).clamp(0, 1), latents, batch_size, precision)
@@ -390,7 +389,7 @@ class AutoencoderModel(TrainedModel):
     def sample(self, n: int, seed: int = 0, sampler: str | None = None, labels=None, batch_size: int = 256,
                progress: bool = True, precision: str = "no", start_index: int = 0) -> Samples:
         """Decode n draws z ~ N(0, I) (sampler `prior`); sample i depends only on (seed, start_index + i).
-        A VAE trained with a small KL weight decodes prior draws poorly: its latents are for a latent model."""
+        With a small KL weight the posteriors need not cover the prior: latents are for a latent model."""
         draw = self._sampler(sampler or self.cfg.sample.sampler)
         self.labels_for(labels, n)  # an autoencoder is unconditional: refuses labels
         half, out = half_dtype(precision, self.device), []

@@ -18,7 +18,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from genkit import checkpoint as ckpt
-from genkit.config import Config, ConfigError, flat_dict, load_config
+from genkit.config import Config, ConfigError, flat_dict, load_config, validate
 from genkit.data import batch_indices, load_images, resolve_data_path
 from genkit.ema import EMA
 from genkit.methods import build_method
@@ -166,7 +166,6 @@ class Trainer:
     def _autoencoder(self):
         """With `data.autoencoder`: its `LatentCodec`, after filling `data.latent_channels` and
         `data.latent_size` in from it (or checking them against it); else None."""
-        from genkit.config import validate
         from genkit.latents import LatentCodec
 
         data = self.cfg.data
@@ -194,6 +193,8 @@ class Trainer:
         if is_pairs_dir(path):
             if self.cfg.method.name != "flow":
                 raise ConfigError(f"data.path: {path} holds reflow pairs, which train method.name=flow only")
+            if self.codec is not None:
+                raise ConfigError(f"data.path: {path} holds reflow pairs, which are pixels; leave data.autoencoder empty")
             data = load_pairs(path)
         else:
             data = load_images(self.cfg.data, progress=self.accelerator.is_main_process)
