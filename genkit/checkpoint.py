@@ -111,7 +111,9 @@ def damage(directory: Path) -> str | None:
         if state.get("config_sha256", _sha256(directory / CONFIG_FILE)) != _sha256(directory / CONFIG_FILE):
             return f"{CONFIG_FILE} is not the one written with these weights (checksum)"
         cfg = load_config(directory / CONFIG_FILE)
-        if cfg.data.autoencoder and not (directory / "autoencoder" / EMA_FILE).is_file():
+        from genkit.latents import AUTOENCODER_DIR
+
+        if cfg.data.autoencoder and not (directory / AUTOENCODER_DIR / EMA_FILE).is_file():
             return "autoencoder/ is missing (a latent model keeps its autoencoder beside its weights)"
     except Exception as err:  # any unreadable file: the reason is reported, not raised
         return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"

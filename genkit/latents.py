@@ -23,10 +23,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from genkit.checkpoint import CONFIG_FILE, EMA_FILE, load_export
 from genkit.config import Config, ConfigError, load_config, save_config
 
 AUTOENCODER_DIR, STATS_FILE = "autoencoder", "latents.json"
-CONFIG_FILE, WEIGHTS_FILE = "config.yaml", "net_ema.safetensors"
 
 
 class LatentCodec:
@@ -41,7 +41,6 @@ class LatentCodec:
     def from_run(cls, path: str | Path) -> "LatentCodec":
         """The autoencoder of a run or checkpoint directory trained with `method.name: vae` (EMA
         weights), not yet normalised."""
-        from genkit.checkpoint import load_export
         from genkit.registry import ArgumentError
 
         try:
@@ -90,7 +89,7 @@ class LatentCodec:
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, directory / CONFIG_FILE)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}, str(directory / WEIGHTS_FILE))
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}, str(directory / EMA_FILE))
         stats = {"shift": self.shift, "scale": self.scale, "source": self.source}
         (directory / STATS_FILE).write_text(json.dumps(stats, indent=2))
 
@@ -101,7 +100,7 @@ class LatentCodec:
         try:
             cfg = load_config(directory / CONFIG_FILE)
             net = build_net(cfg)
-            net.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+            net.load_state_dict(load_file(str(directory / EMA_FILE)))
             stats = json.loads((directory / STATS_FILE).read_text())
             return cls(cfg, net, stats["shift"], stats["scale"], stats.get("source", ""))
         except (OSError, ValueError, KeyError, RuntimeError) as err:
