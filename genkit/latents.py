@@ -119,8 +119,7 @@ class LatentData:
         return len(self.images)
 
     def batch(self, indices: torch.Tensor, hflip_generator: torch.Generator | None = None):
-        if hflip_generator is not None:
-            raise ConfigError("data.hflip: latents are encoded once, unflipped")
+        """(latents, labels, None); never flipped: the config refuses data.hflip with latents."""
         return self.images[indices], (self.labels[indices] if self.labels is not None else None), None
 
 

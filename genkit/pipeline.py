@@ -99,8 +99,6 @@ class TrainedModel:
         """Move the model to `device` (see `pick_device`); samples stay a function of (seed, i)."""
         self.device = pick_device(device)
         self.net = self.net.to(self.device)
-        if getattr(self, "codec", None) is not None:
-            self.codec.to(self.device)
         for dtype, net in getattr(self, "_half_nets", {}).items():
             self._half_nets[dtype] = net.to(self.device)
         return self
@@ -173,6 +171,12 @@ class GenerativeModel(TrainedModel):
         self.path = build_path(cfg)
         self.prediction = cfg.method.resolved_prediction
         self._half_nets: dict[torch.dtype, torch.nn.Module] = {}
+
+    def to(self, device: str | torch.device) -> "GenerativeModel":
+        super().to(device)
+        if self.codec is not None:
+            self.codec.to(self.device)
+        return self
 
     def inference_net(self, half: torch.dtype | None = None) -> torch.nn.Module:
         """The net that samples: `net` itself, or for a half dtype a copy of its weights in it (made

@@ -216,9 +216,10 @@ class Trainer:
         cache, acc = self.out / "latents", self.accelerator
         half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(acc.mixed_precision)  # the run's precision
         if acc.is_main_process:  # one process encodes; the others read its cache
-            encode_dataset(self.codec, data.images, cache, half, progress=True)
+            latents = encode_dataset(self.codec, data.images, cache, half, progress=True)
         acc.wait_for_everyone()
-        latents = encode_dataset(self.codec, data.images, cache, half, progress=False)
+        if not acc.is_main_process:
+            latents = encode_dataset(self.codec, data.images, cache, half, progress=False)
         self.codec.fit(latents)
         return LatentData((latents - self.codec.shift) * self.codec.scale, data.labels)
 
