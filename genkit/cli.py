@@ -79,7 +79,7 @@ def _precision_flags(p: Parser) -> None:
 
 def _sampling_flags(p: Parser) -> None:
     """Flags shared by `sample` and `eval`: which checkpoint, and how to draw from it."""
-    from genkit.samplers import SAMPLERS, SCHEDULES
+    from genkit.samplers import SAMPLERS, SCHEDULE_NAMES
 
     p.add_argument("--checkpoint", required=True, help="run directory (newest checkpoint), checkpoint directory, "
                                                       "export, or Hub repository owner/name")
@@ -89,8 +89,9 @@ def _sampling_flags(p: Parser) -> None:
     p.add_argument("--sampler", choices=list(SAMPLERS), metavar="NAME",
                    help=f"one of: {', '.join(denoising)}; autoregressive models: "
                         f"{' or '.join(autoregressive)} (default: the run's sample.sampler)")
-    p.add_argument("--schedule", choices=sorted(SCHEDULES), metavar="NAME",
-                   help=f"time grid, one of: {', '.join(sorted(SCHEDULES))} (default: the sampler's own)")
+    p.add_argument("--schedule", choices=sorted(SCHEDULE_NAMES), metavar="NAME",
+                   help=f"time grid, one of: {', '.join(sorted(SCHEDULE_NAMES))} (adaptive: fitted to the model "
+                        f"by a pilot solve; default: the sampler's own)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight (1 = none)")
     p.add_argument("--class-label", type=int, help="draw only this class (default: classes in turn)")
     p.add_argument("--batch-size", type=int, default=256, help="images per network call (default: 256)")

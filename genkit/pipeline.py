@@ -13,8 +13,9 @@ from genkit.config import Config
 from genkit.methods import METHODS, build_path
 from genkit.nets import input_shape
 from genkit.registry import ArgumentError, ConfigError
-from genkit.samplers import (SAMPLERS, SCHEDULES, Callback, Denoiser, DiffusersSampler, SampleNoise, check_options,
-                             default_schedule)
+from genkit.samplers import (ADAPTIVE, SAMPLERS, SCHEDULE_NAMES, SCHEDULES, AdaptiveGrid, Callback, Denoiser,
+                             DiffusersSampler, SampleNoise, check_options, default_schedule)
+from genkit.samplers.adaptive import PILOT_DRAWS, PILOT_SEED
 from genkit.samplers.diffusers import scheduler_for
 
 
@@ -171,6 +172,7 @@ class GenerativeModel(TrainedModel):
         self.path = build_path(cfg)
         self.prediction = cfg.method.resolved_prediction
         self._half_nets: dict[torch.dtype, torch.nn.Module] = {}
+        self._adaptive_grids: dict[tuple, AdaptiveGrid] = {}
 
     def to(self, device: str | torch.device) -> "GenerativeModel":
         super().to(device)
@@ -196,6 +198,18 @@ class GenerativeModel(TrainedModel):
         return Denoiser(self.inference_net(half), self.path, self.prediction, labels=labels, guidance=guidance,
                         null_class=self.num_classes, clip_x0=clip_x0, half=half)
 
+    def adaptive_grid(self, guidance: float = 1.0, clip_x0: bool = True, precision: str = "no") -> AdaptiveGrid:
+        """The time grid fitted to this model (`genkit.samplers.AdaptiveGrid`): a pilot solve from
+        fixed noise draws (classes in turn), made once per guidance, clipping and precision."""
+        key = (guidance, clip_x0 and self.codec is None, precision)
+        if key not in self._adaptive_grids:
+            channels, size = input_shape(self.cfg)
+            labels = self.default_labels(PILOT_DRAWS)
+            denoiser = self.denoiser(None if labels is None else labels.to(self.device), *key)
+            noise = SampleNoise(PILOT_SEED, range(PILOT_DRAWS), self.device).randn(channels, size, size)
+            self._adaptive_grids[key] = AdaptiveGrid.calibrate(denoiser, noise)
+        return self._adaptive_grids[key]
+
     def make_scheduler(self, scheduler_class, **overrides):
         """The diffusers scheduler of `scheduler_class` that matches this model's path (DDPM's
         betas and prediction type, or a flow's shift), ready for `sample(sampler=...)`."""
@@ -210,8 +224,9 @@ class GenerativeModel(TrainedModel):
 
         `sampler`: a name in `genkit.samplers.SAMPLERS`, a function with the sampler signature,
         or a diffusers scheduler instance (default: the config's `sample.sampler`, with its
-        `sample.options`). `schedule`: a name in `genkit.samplers.SCHEDULES` or a function
-        (path, steps) -> times (default: the sampler's own on this path). `labels`: an int, a
+        `sample.options`). `schedule`: a name in `genkit.samplers.SCHEDULES`, `adaptive` (fitted
+        to this model: `adaptive_grid`), or a function (path, steps) -> times (default: the
+        sampler's own on this path). `labels`: an int, a
         sequence of class ids, or None (class i mod K for sample i). `precision`: no, bf16, fp16
         or auto (`hardware_precision`). `clip_x0` clamps every x0 estimate to [-1, 1];
         `callback(step, t, x, x0_hat)` sees every step of every batch; `options` go to the
@@ -238,10 +253,13 @@ class GenerativeModel(TrainedModel):
         check_options(fn, options, sampler if isinstance(sampler, str) else "this sampler")
         half_dtype(precision, self.device)  # checked before any work
         labels = self.labels_for(labels, n)
-        ts = self._grid(schedule or default_schedule(sampler, self.path), steps)
+        clip_x0 = clip_x0 and self.codec is None  # normalised latents are not bounded by 1
+        schedule = schedule or default_schedule(sampler, self.path)
+        if schedule == ADAPTIVE:
+            schedule = self.adaptive_grid(guidance, clip_x0, precision)
+        ts = self._grid(schedule, steps)
         channels, size = input_shape(self.cfg)
         shape = (channels, size, size)
-        clip_x0 = clip_x0 and self.codec is None  # normalised latents are not bounded by 1
         prior_std = float((self.path.alpha(ts[:1]) ** 2 + self.path.sigma(ts[:1]) ** 2).sqrt())
         images, starts, nfe = [], [], 0
         for start in tqdm(range(0, n, batch_size), desc="sampling", disable=not progress or n <= batch_size):
@@ -260,7 +278,7 @@ class GenerativeModel(TrainedModel):
     def _grid(self, schedule, steps: int) -> torch.Tensor:
         if isinstance(schedule, str):
             if schedule not in SCHEDULES:
-                raise ArgumentError("schedule", f"unknown schedule '{schedule}'; choose from {', '.join(SCHEDULES)}")
+                raise ArgumentError("schedule", f"unknown schedule '{schedule}'; choose from {', '.join(SCHEDULE_NAMES)}")
             schedule = SCHEDULES[schedule]
         try:
             return schedule(self.path, steps)

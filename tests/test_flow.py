@@ -14,6 +14,7 @@ from genkit.oracles import GaussianMixture, sliced_wasserstein
 from genkit.paths import FlowPath
 from genkit.paths.flow import shift_time, unshift_time
 from genkit.samplers import SAMPLERS, SCHEDULES, BatchNoise, Denoiser, default_schedule
+from tests.conftest import default_grid
 
 DENSITIES = {"uniform": Uniform(), "logit_normal": LogitNormal(0.0, 1.0), "logit_normal(1, 0.6)": LogitNormal(1.0, 0.6),
              "mode(1.29)": Mode(1.29), "mode(-0.5)": Mode(-0.5), "cosmap": CosMap()}
@@ -116,8 +117,9 @@ FLOOR = sliced_wasserstein(MIXTURE.sample(N, torch.Generator().manual_seed(9)).f
 def test_flow_samplers_with_the_exact_velocity_reproduce_the_mixture(name, steps, shift):
     path = FlowPath(shift)
     denoiser = Denoiser(MIXTURE.as_net(path, "velocity"), path, "velocity")
-    ts = SCHEDULES[default_schedule(name, path)](path, steps)
-    out = SAMPLERS[name](denoiser, torch.randn(N, 2, generator=torch.Generator().manual_seed(2)), ts, BatchNoise(3))
+    ts = default_grid(name, MIXTURE.as_net(path, "velocity"), path, "velocity", steps, 2)
+    out = SAMPLERS[name](denoiser, torch.randn(N, 2, generator=torch.Generator().manual_seed(2)) * path.prior_std(float(ts[0])),
+                         ts, BatchNoise(3))
     assert torch.allclose(out.mean(0), DATA.mean(0), atol=0.03)
     assert torch.allclose(torch.cov(out.T), torch.cov(DATA.T), atol=0.03)
     assert sliced_wasserstein(out, DATA) < 1.5 * FLOOR

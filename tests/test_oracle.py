@@ -9,6 +9,7 @@ from genkit.methods import make_betas
 from genkit.oracles import GaussianMixture, sliced_wasserstein
 from genkit.paths import DiscreteVPPath
 from genkit.samplers import SAMPLERS, SCHEDULES, BatchNoise, Denoiser, DiffusersSampler, default_schedule
+from tests.conftest import default_grid
 
 N = 3000
 PATH = DiscreteVPPath(make_betas("linear", 1000))
@@ -19,7 +20,7 @@ FLOOR = sliced_wasserstein(GMM.sample(N, torch.Generator().manual_seed(9)).float
 
 def run(name, steps, schedule=None, **kwargs):
     denoiser = Denoiser(GMM.as_net(PATH), PATH, "eps")
-    ts = SCHEDULES[schedule or default_schedule(name, PATH)](PATH, steps)
+    ts = SCHEDULES[schedule](PATH, steps) if schedule else default_grid(name, GMM.as_net(PATH), PATH, "eps", steps, 2)
     x = torch.randn(N, 2, generator=torch.Generator().manual_seed(2))
     return SAMPLERS[name](denoiser, x, ts, BatchNoise(3), **kwargs), denoiser.nfe
 
@@ -160,17 +161,44 @@ def test_auto_grid_switches_to_capped_log_snr_at_ten_steps():
 def test_default_sampler_is_the_configs_and_runs_on_every_path():
     from genkit.config import SampleConfig
     from genkit.paths import FlowPath, VPPath
-    from genkit.samplers import default_sampler
+    from genkit.samplers import ADAPTIVE, default_sampler
 
     for path, kind in [(PATH, "eps"), (DiscreteVPPath(make_betas("cosine", 1000)), "v"), (VPPath(), "eps"),
                        (FlowPath(), "velocity")]:
         name = default_sampler(path)
-        assert name == SampleConfig().sampler and default_schedule(name, path) == "auto"
+        assert name == SampleConfig().sampler and default_schedule(name, path) == ADAPTIVE
         denoiser = Denoiser(GMM.as_net(path, kind), path, kind)
-        ts = SCHEDULES["auto"](path, 10)
+        ts = default_grid(name, GMM.as_net(path, kind), path, kind, 10, 2)
         x = torch.randn(N, 2, generator=torch.Generator().manual_seed(2)) * path.prior_std(float(ts[0]))
         out = SAMPLERS[name](denoiser, x, ts, BatchNoise(3))
         assert denoiser.nfe == 10 and sliced_wasserstein(out, DATA) < 2 * FLOOR, path  # 10 evaluations
+
+
+def test_adaptive_grid_follows_the_datas_finest_scale():
+    """The grid fitted by a pilot takes its last step near the data's own scale: within 3x of the
+    component std of a tight mixture, and over 3x higher for a wide one (fixed grids end at the
+    same level for both). One pilot serves every step count, each grid starting at the pilot's
+    start and descending strictly to 0; a net whose estimate never moves gets even log-SNR steps."""
+    from genkit.paths import FlowPath
+    from genkit.samplers import AdaptiveGrid
+
+    path = FlowPath()
+    pilot = torch.randn(32, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    means = torch.tensor([[-0.6, 0.3], [0.5, 0.5], [0.1, -0.7]])
+    last = {}
+    for std in (0.01, 0.3):
+        mixture = GaussianMixture(means, std=std)
+        grid = AdaptiveGrid.calibrate(Denoiser(mixture.as_net(path, "velocity"), path, "velocity"), pilot)
+        assert grid.pilot_nfe == 32
+        for steps in (1, 5, 10, 20):
+            ts = grid.grid(path, steps)
+            assert len(ts) == steps + 1 and ts[0] == ts.max() and ts[-1] == 0 and (ts.diff() < 0).all()
+        noise_level = torch.exp(-0.5 * path.log_snr(grid.grid(path, 10)[-2:-1]))  # sigma / alpha at the last step
+        last[std] = float(noise_level)
+    assert 0.3 * 0.01 < last[0.01] < 3 * 0.01 and last[0.3] > 3 * last[0.01], last
+    constant = AdaptiveGrid.calibrate(Denoiser(lambda x, t, y=None: torch.zeros_like(x), path, "x0"), pilot)
+    lam = path.log_snr(constant.grid(path, 4)[:-1])
+    assert torch.allclose(lam.diff(), lam.diff()[:1].expand(3), rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"])

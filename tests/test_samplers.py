@@ -98,6 +98,48 @@ def test_parity_with_diffusers(schedule, kind, steps, sampler, tables):
     assert worst < (1e-5 if tables == "shared" else 2e-3), worst
 
 
+@pytest.mark.parametrize("tables", ["shared", "own"])
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("kind", ["eps", "v"])
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+def test_unipc_matches_diffusers_whole_trajectories(schedule, kind, order, variant, tables):
+    """genkit's UniPC against diffusers' UniPCMultistepScheduler on its trailing grid, run end to
+    end (the corrector reaches back a step, so steps are not independent): every point where the
+    net is asked, and the result. diffusers keeps its noise levels in float32 even when handed
+    genkit's float64 alpha-bar, hence 1e-4 on shared tables (cosine's first level is 2e4). Its bh1
+    ends in NaN (its final step multiplies B(h) = -h, infinite there, by a zero); genkit's must be
+    finite."""
+    from diffusers import UniPCMultistepScheduler
+
+    from genkit.samplers.unipc import unipc
+
+    path = DiscreteVPPath(make_betas(schedule, T))
+    net = gaussian_oracle(path, kind)
+    for steps in (5, 12):
+        scheduler = UniPCMultistepScheduler(num_train_timesteps=T, beta_schedule=SCHEDULES[schedule],
+                                            prediction_type=KINDS[kind], solver_order=order, solver_type=variant,
+                                            timestep_spacing="trailing")
+        if tables == "shared":
+            scheduler.alphas_cumprod = path.alphas_cumprod.clone()
+        scheduler.set_timesteps(steps)
+        x = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        theirs = [x]
+        for k in scheduler.timesteps:
+            theirs.append(scheduler.step(net(theirs[-1], (k.reshape(1).double() + 1) / T).double(), k,
+                                         theirs[-1]).prev_sample)
+        asked = []
+        out = unipc(Denoiser(lambda x_t, t, y=None: asked.append(x_t) or net(x_t, t), path, kind), x,
+                    path.timesteps(steps, "trailing"), order=order, variant=variant)
+        assert len(asked) == steps
+        worst = max((a - b).abs().max().item() for a, b in zip(asked, theirs))
+        if variant == "bh1":
+            assert torch.isnan(theirs[-1]).all() and torch.isfinite(out).all()
+        else:
+            worst = max(worst, (out - theirs[-1]).abs().max().item())
+        assert worst < (1e-4 if tables == "shared" else 5e-3), (steps, worst)
+
+
 @pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("zero_snr", [False, True])
 def test_alphas_cumprod_match_diffusers_own_tables(schedule, zero_snr):
@@ -163,6 +205,21 @@ def test_samples_do_not_depend_on_batch_size(tiny_cfg, sampler):
     # equal up to float rounding (oneDNN blocks a batch of 2 differently from a batch of 5)
     assert (a - b).abs().max() < 1e-4 and (a - c).abs().max() > 0.1
     assert a.shape == (5, 1, 16, 16) and a.min() >= 0 and a.max() <= 1
+
+
+def test_the_default_grid_is_fitted_once_per_model_and_guidance(tiny_cfg):
+    from genkit.samplers import AdaptiveGrid
+
+    model = tiny_model(tiny_cfg)
+    first = model.sample(3, steps=4, progress=False)
+    again = model.sample(3, steps=6, batch_size=2, progress=False)
+    assert len(model._adaptive_grids) == 1 and first.nfe == 4 and again.nfe == 6  # the pilot is not counted
+    grid = model.adaptive_grid()
+    assert isinstance(grid, AdaptiveGrid) and grid.pilot_nfe > 0
+    assert torch.equal(model.sample(3, steps=4, schedule=grid, progress=False).images, first.images)
+    assert torch.equal(model.sample(3, steps=4, schedule="adaptive", progress=False).images, first.images)
+    model.sample(3, steps=4, guidance=2.0, progress=False)
+    assert len(model._adaptive_grids) == 2
 
 
 def test_guidance_and_nfe(tiny_cfg):

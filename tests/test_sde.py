@@ -12,6 +12,7 @@ from genkit.methods import ScoreSDE, make_betas
 from genkit.oracles import GaussianMixture, sliced_wasserstein
 from genkit.paths import DiscreteVPPath, FlowPath, GaussianPath, SubVPPath, VEPath, VPPath
 from genkit.samplers import SAMPLERS, SCHEDULES, BatchNoise, Denoiser, default_schedule
+from tests.conftest import default_grid
 
 PATHS = {"vp": VPPath(), "subvp": SubVPPath(), "ve": VEPath(sigma_max=5.0)}
 T = torch.linspace(0.05, 0.95, 7, dtype=torch.float64)
@@ -71,8 +72,8 @@ FLOOR = sliced_wasserstein(MIXTURE.sample(N, torch.Generator().manual_seed(9)).f
 
 def draw(path, name, steps, **options):
     denoiser = Denoiser(MIXTURE.as_net(path), path, "eps")
-    ts = SCHEDULES[default_schedule(name, path)](path, steps)
-    x = torch.randn(N, 2, generator=torch.Generator().manual_seed(2)) * path.prior_std()
+    ts = default_grid(name, MIXTURE.as_net(path), path, "eps", steps, 2)
+    x = torch.randn(N, 2, generator=torch.Generator().manual_seed(2)) * path.prior_std(float(ts[0]))
     return SAMPLERS[name](denoiser, x, ts, BatchNoise(3), **options), denoiser.nfe
 
 

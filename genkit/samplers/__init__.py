@@ -14,6 +14,7 @@ from functools import partial
 
 from genkit.registry import ArgumentError, ConfigError, Registry
 from genkit.samplers import autoregressive
+from genkit.samplers.adaptive import AdaptiveGrid
 from genkit.samplers.autoencoder import prior
 from genkit.samplers.base import BatchNoise, Callback, Denoiser, DenoiserLike, NoiseSource, SampleNoise
 from genkit.samplers.ddim import ddim, ddpm
@@ -23,6 +24,10 @@ from genkit.samplers.meanflow import meanflow
 from genkit.samplers.ode import dpmpp_2m, dpmpp_2m_pc, euler, heun, ode
 from genkit.samplers.schedules import SCHEDULES
 from genkit.samplers.sde import em, pc
+from genkit.samplers.unipc import unipc
+
+ADAPTIVE = "adaptive"  # a grid fitted to the model by a pilot solve (`AdaptiveGrid`), not a function of the path alone
+SCHEDULE_NAMES = (*SCHEDULES, ADAPTIVE)
 
 
 def _needs_cache(cfg) -> None:
@@ -44,8 +49,9 @@ SAMPLERS.register("ddpm", ddpm, schedule="uniform")
 SAMPLERS.register("ddim", ddim, schedule="flow")
 SAMPLERS.register("euler", euler, schedule="flow")
 SAMPLERS.register("heun", heun, schedule="flow")
-SAMPLERS.register("dpmpp_2m", dpmpp_2m, schedule="auto")
-SAMPLERS.register("dpmpp_2m_pc", dpmpp_2m_pc, schedule="auto")
+SAMPLERS.register("dpmpp_2m", dpmpp_2m, schedule=ADAPTIVE)
+SAMPLERS.register("dpmpp_2m_pc", dpmpp_2m_pc, schedule=ADAPTIVE)
+SAMPLERS.register("unipc", unipc, schedule="flow")
 SAMPLERS.register("ode", ode, schedule="log_snr")
 SAMPLERS.register("em", em, schedule="uniform")
 SAMPLERS.register("pc", pc, schedule="uniform")
@@ -67,7 +73,8 @@ def default_sampler(path) -> str:
 
 def default_schedule(sampler, path) -> str:
     """The time grid `sampler` (a name, or a function: `uniform`) gets on `path` unless the caller
-    names one: the sampler's registered grid, unless the path has its own for it."""
+    names one: the sampler's registered grid, unless the path has its own for it. A name in
+    `SCHEDULES`, or `ADAPTIVE`: fitted to the model (`AdaptiveGrid.calibrate`)."""
     if not isinstance(sampler, str) or sampler not in SAMPLERS:
         return "uniform"
     return path.default_schedule(sampler, SAMPLERS[sampler].extra.get("schedule", "uniform"))
@@ -97,6 +104,6 @@ def check_options(sampler, options: dict, name: str = "this sampler") -> None:
             raise ArgumentError(key, f"expected a {kind.__name__}, got {value!r}")
 
 
-__all__ = ["SAMPLERS", "SCHEDULES", "BatchNoise", "Callback", "Denoiser", "DenoiserLike", "DiffusersSampler",
+__all__ = ["ADAPTIVE", "SAMPLERS", "SCHEDULES", "SCHEDULE_NAMES", "AdaptiveGrid", "BatchNoise", "Callback", "Denoiser", "DenoiserLike", "DiffusersSampler",
            "NoiseSource", "SampleNoise", "check_options", "ddim", "ddpm", "default_sampler", "default_schedule",
-           "dpmpp_2m", "dpmpp_2m_pc", "em", "euler", "heun", "ode", "pc"]
+           "dpmpp_2m", "dpmpp_2m_pc", "em", "euler", "heun", "ode", "pc", "unipc"]
