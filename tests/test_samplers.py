@@ -325,6 +325,18 @@ def test_half_precision_sampling_uses_a_half_copy_and_stays_close_to_fp32(tiny_c
     assert 0 < (full - half).abs().mean() < 0.02
 
 
+def test_full_precision_cpu_sampling_uses_a_channels_last_copy_with_the_same_values(tiny_cfg):
+    model = tiny_model(tiny_cfg)
+    fast = model.inference_net()
+    assert fast is not model.net and fast.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.net.stem.weight.is_contiguous()  # the model's own weights untouched
+    x = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    plain = Denoiser(model.net, model.path, model.prediction).raw(x, 0.5)
+    assert torch.allclose(model.denoiser().raw(x, 0.5), plain, atol=1e-5, rtol=1e-4)
+    model.to("cpu")
+    assert model.inference_net() is not fast  # copies are made again after a move
+
+
 def test_precision_auto_follows_the_hardware(tiny_cfg, monkeypatch):
     from genkit.pipeline import half_dtype, hardware_precision
 

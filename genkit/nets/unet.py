@@ -125,6 +125,8 @@ class UNet(nn.Module):
     """Class-conditional UNet: `net(x [B,C,H,W], t [B] in [0, 1], y [B] or None, r [B] or None)
     -> [B,C,H,W]`; r, a second time, only with `interval` (see `ConditionEmbedding`)."""
 
+    cpu_channels_last = True  # fp32 inference on a CPU about 1.45x faster so (bf16's GroupNorm is slower in it)
+
     def __init__(self, cfg: UNetConfig, in_channels: int, image_size: int, num_classes: int, interval: bool = False):
         super().__init__()
         ch = cfg.channels
