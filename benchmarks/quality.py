@@ -1,18 +1,20 @@
 """Sample quality at a fixed CPU training budget: genkit's recipes against a diffusers baseline.
 
-Each recipe trains with its default config for `--budget-minutes` of wall time on this machine
-(the LR schedule's horizon is the number of steps that fit, measured in a short calibration
-run first; data loading and calibration are not counted). Then, for NFE 5, 10 and 20, every
-candidate sampler (`CANDIDATES`; at NFE 50 only the first) draws `--num` class-conditional
-samples (classes in turn) and the best FID in the MNIST classifier's feature space is reported,
-beside the real-data floor: as many real training digits scored the same way.
+Each recipe trains with its default config (or a named variant of it, `RECIPES`) for
+`--budget-minutes` of wall time on this machine (the LR schedule's horizon is the number of
+steps that fit, measured in a short calibration run first; data loading and calibration are not
+counted). The latent RF-DiT first needs an autoencoder: `vae_mnist` trains for `--vae-minutes`,
+reported beside the budget, and the data set's encoding is not counted either. Then, for NFE
+5, 10 and 20, every candidate (sampler, grid) of `CANDIDATES` draws `--num` class-conditional
+samples (classes in turn) and the best FID in the MNIST classifier's feature space is reported
+with every candidate's, beside the real-data floor: as many real training digits scored the same way.
 
 The diffusers baseline follows diffusers' unconditional training example
 (examples/unconditional_image_generation): UNet2DModel of about the genkit UNet's size,
 DDPMScheduler (1000 linear steps), AdamW lr 2e-4 with warm-up and cosine decay, EMA, fp32,
 batch 64; sampled with DDIMScheduler at the same NFEs.
 
-    python benchmarks/quality.py --budget-minutes 10 --plot quality.png
+    python benchmarks/quality.py --budget-minutes 10 --plot docs/quality.png
     python benchmarks/quality.py --phase train ...   # train only (the timed part)
     python benchmarks/quality.py --phase eval ...    # sample and score runs trained before
 """
@@ -24,56 +26,64 @@ import time
 from pathlib import Path
 
 import torch
-from harness import benchmark_parser, steps_for, steps_per_second, train, write_results
+from harness import benchmark_parser, steps_for, train_for_minutes, write_results
 from tqdm.auto import tqdm
 
 import genkit
 from genkit.evaluation import Evaluator
 
-RECIPES = {"DDPM-UNet": "ddpm_unet_mnist", "VP-SDE-UNet": "sde_vp_unet_mnist", "RF-UNet": "rf_unet_mnist",
-           "RF-DiT": "rf_dit_mnist"}
-NFES = (5, 10, 20, 50)
-# candidate samplers per method, and the steps that spend a given NFE
-CANDIDATES = {"ddpm": ("dpmpp_2m_pc", "ddim"), "sde": ("dpmpp_2m_pc", "ddim"), "flow": ("dpmpp_2m", "heun")}
+RECIPES = {  # name -> (recipe, overrides)
+    "DDPM-UNet": ("ddpm_unet_mnist", ()), "DDPM-UNet (eps)": ("ddpm_unet_mnist", ("method.prediction=eps",)),
+    "VP-SDE-UNet": ("sde_vp_unet_mnist", ()), "VP-SDE-UNet (eps)": ("sde_vp_unet_mnist", ("method.prediction=eps",)),
+    "RF-UNet": ("rf_unet_mnist", ()), "RF-DiT": ("rf_dit_mnist", ()), "Latent-RF-DiT": ("rf_dit_latent_mnist", ()),
+}
+NFES = (5, 10, 20)
+# candidate (sampler, grid) pairs per method (None: the sampler's default grid, `adaptive` for DPM-Solver++)
+CANDIDATES = {"ddpm": (("dpmpp_2m_pc", None), ("dpmpp_2m_pc", "auto"), ("unipc", "flow")),
+              "sde": (("dpmpp_2m_pc", None), ("dpmpp_2m_pc", "auto"), ("unipc", "flow")),
+              "flow": (("dpmpp_2m_pc", None), ("dpmpp_2m_pc", "auto"), ("heun", None))}
 
 
 def steps_for_sampler(sampler: str, nfe: int) -> int:
     return steps_for(nfe, 2, last_is_one=True) if sampler == "heun" else steps_for(nfe)
 
 
+def run_dir(workdir: Path, recipe: str) -> Path:
+    return workdir / recipe.lower().replace(" ", "_").replace("(", "").replace(")", "")
+
+
 # ------------------------------------------------------------------------------------- genkit
 
 
-def train_recipe(recipe: str, workdir: Path, minutes: float) -> dict:
-    """Train a recipe for `minutes` (its LR horizon: the steps that fit, from a calibration run)."""
-    rate = steps_per_second(RECIPES[recipe], workdir)
-    steps = max(10, int(rate * minutes * 60 * 0.98))
-    started = time.perf_counter()
-    out = train(RECIPES[recipe], workdir / RECIPES[recipe], f"train.max_steps={steps}", f"train.max_minutes={minutes}",
-                f"train.warmup_steps={min(100, steps // 10)}")
-    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    net = genkit.load(out).net
-    return {"recipe": recipe, "library": "genkit", "steps": last["step"], "train_seconds": time.perf_counter() - started,
-            "params": sum(p.numel() for p in net.parameters())}
+def train_recipe(recipe: str, workdir: Path, minutes: float, vae_minutes: float) -> dict:
+    """Train a recipe for `minutes` (its LR horizon: the steps that fit, from a calibration run);
+    a latent recipe first trains its autoencoder for `vae_minutes`."""
+    config, overrides = RECIPES[recipe]
+    entry = {"recipe": recipe, "library": "genkit", "overrides": list(overrides)}
+    if config == "rf_dit_latent_mnist":
+        vae_dir = workdir / "vae_mnist"
+        entry["autoencoder"] = train_for_minutes("vae_mnist", vae_dir, vae_minutes, "train.report_to=none")
+        overrides = (*overrides, f"data.autoencoder={vae_dir}")
+    entry.update(train_for_minutes(config, run_dir(workdir, recipe), minutes, "train.report_to=none", *overrides))
+    return entry
 
 
 def eval_recipe(recipe: str, workdir: Path, evaluator: Evaluator, num: int, device: str) -> list[dict]:
-    model = genkit.load(workdir / RECIPES[recipe], device=device)
+    model = genkit.load(run_dir(workdir, recipe), device=device)
     labels = model.default_labels(num)
     precision = "bf16" if device == "cpu" else "no"
     rows = []
     for nfe in NFES:
-        best = None
-        candidates = CANDIDATES[model.cfg.method.name]
-        for sampler in candidates[:1] if nfe >= 50 else candidates:  # at 50 NFE the samplers agree
-            drawn = model.sample(num, seed=0, sampler=sampler, steps=steps_for_sampler(sampler, nfe), labels=labels,
-                                 progress=False, precision=precision)
-            fid = evaluator.score(drawn.images, labels)["fid"]
-            tqdm.write(f"{recipe:12s} NFE {drawn.nfe:3d} {sampler:12s} FID {fid:8.2f}")
-            if best is None or fid < best["fid"]:
-                best = {"recipe": recipe, "library": "genkit", "nfe": nfe, "nfe_used": drawn.nfe, "fid": fid,
-                        "sampler": sampler}
-        rows.append(best)
+        tried = {}
+        for sampler, schedule in CANDIDATES[model.cfg.method.name]:
+            drawn = model.sample(num, seed=0, sampler=sampler, schedule=schedule, steps=steps_for_sampler(sampler, nfe),
+                                 labels=labels, progress=False, precision=precision)
+            name = f"{sampler}[{schedule or 'default'}]"
+            tried[name] = evaluator.score(drawn.images, labels)["fid"]
+            tqdm.write(f"{recipe:18s} NFE {drawn.nfe:3d} {name:24s} FID {tried[name]:8.2f}")
+        best = min(tried, key=tried.get)
+        rows.append({"recipe": recipe, "library": "genkit", "nfe": nfe, "fid": tried[best], "sampler": best,
+                     "candidates": tried})
     return rows
 
 
@@ -169,7 +179,9 @@ def eval_diffusers(workdir: Path, evaluator: Evaluator, num: int, device: str, b
 def main() -> None:
     p = benchmark_parser("quality", __doc__, workdir=True)
     p.add_argument("--budget-minutes", type=float, default=10.0, help="training wall time per recipe")
-    p.add_argument("--plot", default="quality.png")
+    p.add_argument("--vae-minutes", type=float, default=20.0,
+                   help="training wall time of the latent recipe's autoencoder, reported beside the budget")
+    p.add_argument("--plot", default="docs/quality.png")
     p.add_argument("--num", type=int, default=1000, help="samples per FID")
     p.add_argument("--recipes", nargs="+", default=list(RECIPES) + ["diffusers"],
                    help=f"any of {', '.join(RECIPES)}, diffusers")
@@ -185,11 +197,12 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     training_log = workdir / "training.json"
     if args.phase in ("all", "train"):
-        trained = []
+        trained = [t for t in json.loads(training_log.read_text())["runs"] if t["recipe"] not in args.recipes] \
+            if training_log.is_file() else []
         for recipe in args.recipes:
             tqdm.write(f"training {recipe} for {args.budget_minutes} minutes")
             trained.append(train_diffusers(workdir, args.budget_minutes) if recipe == "diffusers"
-                           else train_recipe(recipe, workdir, args.budget_minutes))
+                           else train_recipe(recipe, workdir, args.budget_minutes, args.vae_minutes))
             training_log.write_text(json.dumps({"budget_minutes": args.budget_minutes, "runs": trained}, indent=2))
     if args.phase == "train":
         return
