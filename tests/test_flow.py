@@ -13,7 +13,7 @@ from genkit.methods.time_densities import CosMap, LogitNormal, Mode, Uniform
 from genkit.oracles import GaussianMixture, sliced_wasserstein
 from genkit.paths import FlowPath
 from genkit.paths.flow import shift_time, unshift_time
-from genkit.samplers import SAMPLERS, SCHEDULES, BatchNoise, Denoiser, default_schedule
+from genkit.samplers import SAMPLERS, SCHEDULES, BatchNoise, Denoiser
 from tests.conftest import default_grid
 
 DENSITIES = {"uniform": Uniform(), "logit_normal": LogitNormal(0.0, 1.0), "logit_normal(1, 0.6)": LogitNormal(1.0, 0.6),
@@ -113,7 +113,8 @@ FLOOR = sliced_wasserstein(MIXTURE.sample(N, torch.Generator().manual_seed(9)).f
 
 
 @pytest.mark.parametrize("shift", [1.0, 3.0])
-@pytest.mark.parametrize("name, steps", [("euler", 200), ("heun", 100), ("ode", 10), ("dpmpp_2m", 30), ("ddim", 200)])
+@pytest.mark.parametrize("name, steps", [("euler", 200), ("heun", 100), ("ode", 10), ("dpmpp_2m", 30), ("ddim", 200),
+                                         ("unipc", 100)])
 def test_flow_samplers_with_the_exact_velocity_reproduce_the_mixture(name, steps, shift):
     path = FlowPath(shift)
     denoiser = Denoiser(MIXTURE.as_net(path, "velocity"), path, "velocity")

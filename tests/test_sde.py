@@ -11,7 +11,7 @@ from genkit.likelihood import bits_per_dim, dequantize, log_likelihood
 from genkit.methods import ScoreSDE, make_betas
 from genkit.oracles import GaussianMixture, sliced_wasserstein
 from genkit.paths import DiscreteVPPath, FlowPath, GaussianPath, SubVPPath, VEPath, VPPath
-from genkit.samplers import SAMPLERS, SCHEDULES, BatchNoise, Denoiser, default_schedule
+from genkit.samplers import SAMPLERS, SCHEDULES, BatchNoise, Denoiser
 from tests.conftest import default_grid
 
 PATHS = {"vp": VPPath(), "subvp": SubVPPath(), "ve": VEPath(sigma_max=5.0)}

@@ -42,9 +42,10 @@ class FlowPath(GaussianPath):
         return shift_time(u, self.shift)
 
     def default_schedule(self, sampler: str, registered: str) -> str:
-        """Euler, Heun and DDIM step evenly in the shifted time t, the grid SD3 samples on; with
-        shift 1 that is the `flow` grid they get on other paths."""
-        return "uniform" if sampler in ("euler", "heun", "ddim") else registered
+        """Euler, Heun, DDIM and UniPC step evenly in the shifted time t, the grid SD3 samples on
+        (and diffusers' UniPC with `flow_shift`); with shift 1 that is the `flow` grid they get on
+        other paths."""
+        return "uniform" if sampler in ("euler", "heun", "ddim", "unipc") else registered
 
     def warped_density(self, pdf, t: torch.Tensor) -> torch.Tensor:
         """The density at t of time_warp(u) for u ~ `pdf`: pdf(u) |du/dt|, u = unshift(t)."""
