@@ -22,7 +22,7 @@ from genkit.config import Config, ConfigError, flat_dict, load_config, validate
 from genkit.data import batch_indices, load_images, resolve_data_path
 from genkit.ema import EMA
 from genkit.methods import build_method
-from genkit.nets import build_net
+from genkit.nets import build_net, input_shape
 from genkit.reflow import is_pairs_dir, load_pairs
 from genkit.registry import ArgumentError
 from genkit.run_dir import RunLock, claim, config_changes
@@ -133,7 +133,7 @@ class Trainer:
         self.resume_candidates = self._find_resume()
         set_seed(tc.seed)  # same initial weights on every process
         self.data = self._load_data()
-        self.method = build_method(cfg)
+        self.method = build_method(cfg, **({"teacher": self._teacher()} if cfg.method.name == "consistency" else {}))
         net = build_net(cfg)
         if getattr(net, "channels_last", False):  # faster convolutions on CPU for nets that say so
             net = net.to(memory_format=torch.channels_last)
@@ -162,6 +162,28 @@ class Trainer:
         except RuntimeError as err:
             raise ConfigError(f"train.init_from: the weights in {source} do not fit this run's net "
                               f"({str(err).splitlines()[0]})") from None
+
+    def _teacher(self):
+        """With `method.consistency.teacher`: the trained model a consistency model is distilled
+        from, on this run's device and checked against its data; else None."""
+        source = self.cfg.method.consistency.teacher
+        if not source:
+            return None
+        from genkit.pipeline import GenerativeModel, load
+
+        try:
+            teacher = load(source, device=self.accelerator.device)
+        except ArgumentError as err:
+            raise ConfigError(f"method.consistency.teacher: {err.problem}") from None
+        if not isinstance(teacher, GenerativeModel):
+            raise ConfigError(f"method.consistency.teacher: {source} holds a {teacher.cfg.method.name} model; "
+                              "distillation needs one on a Gaussian path (ddpm, sde, flow)")
+        ours, theirs = input_shape(self.cfg), input_shape(teacher.cfg)
+        if ours != theirs:
+            raise ConfigError(f"method.consistency.teacher: the teacher models {theirs[0]} x {theirs[1]} x {theirs[1]} "
+                              f"inputs, this run's data are {ours[0]} x {ours[1]} x {ours[1]}")
+        teacher.net.requires_grad_(False)
+        return teacher
 
     def _autoencoder(self):
         """With `data.autoencoder`: its `LatentCodec`, after filling `data.latent_channels` and
@@ -197,6 +219,9 @@ class Trainer:
                 raise ConfigError(f"data.path: {path} holds reflow pairs, which are pixels; leave data.autoencoder empty")
             data = load_pairs(path)
         else:
+            if self.cfg.method.name == "flow" and self.cfg.method.flow.time_density == "noise_end":
+                raise ConfigError("method.flow.time_density: noise_end (one-step distillation) trains on reflow "
+                                  f"pairs, and {path} holds images; draw pairs with `genkit reflow` first")
             data = load_images(self.cfg.data, progress=self.accelerator.is_main_process)
         if data.images.shape[1] != self.cfg.data.channels:
             raise ConfigError(f"data.channels: the model takes {self.cfg.data.channels} channels, "

@@ -1,6 +1,7 @@
-"""Consistency training against closed forms: the boundary condition, a loss that vanishes for
-the exact consistency function of Gaussian data (whose flow map is affine), iCT's grid,
-curriculum and noise density, and multistep sampling with the exact function."""
+"""Consistency models against closed forms: the boundary condition, a loss that vanishes for the
+exact consistency function of Gaussian data (whose flow map is affine) under an exact teacher,
+a teacher on any path read as the flow's ODE, iCT's grid, curriculum and noise density, and
+multistep sampling with the exact function."""
 import json
 import math
 
@@ -9,7 +10,9 @@ import torch
 
 from genkit.config import load_config
 from genkit.methods.consistency import Consistency, pseudo_huber
-from genkit.paths import FlowPath
+from genkit.methods.ddpm import make_betas
+from genkit.oracles import GaussianMixture
+from genkit.paths import DiscreteVPPath, FlowPath, VEPath, VPPath
 from genkit.registry import ConfigError
 from genkit.samplers import SAMPLERS, SCHEDULES, BatchNoise, Denoiser
 from tests.conftest import perturb, run_script, tiny_overrides
@@ -32,9 +35,27 @@ class ExactNet(torch.nn.Module):
         return exact_velocity(x.double(), t).to(x.dtype)
 
 
+class OracleTeacher:
+    """A teacher as consistency distillation reads one: the exact denoiser of N(M, S^2 I) on `path`."""
+
+    num_classes = 0
+
+    def __init__(self, path, prediction: str):
+        self.path, self.prediction = path, prediction
+        self.net = GaussianMixture(M[None], S).as_net(path, prediction)
+
+    def denoiser(self, labels=None, guidance: float = 1.0, precision: str = "no") -> Denoiser:
+        return Denoiser(self.net, self.path, self.prediction)
+
+
+def distillation(solver: str, path=None, prediction: str = "eps") -> Consistency:
+    cfg = load_config(None, ["method.name=consistency", f"method.consistency.teacher_solver={solver}"])
+    return Consistency(cfg.method, teacher=OracleTeacher(path or VPPath(), prediction))
+
+
 class ExactTeacher(Consistency):
-    """Consistency *distillation* with the exact ODE as teacher: the lower point is the upper
-    point carried down the flow, so the exact consistency function gives a zero loss."""
+    """Consistency *training's* pairs with the exact ODE in place of the shared noise: the lower
+    point is the upper point carried down the flow, so the exact consistency function gives a zero loss."""
 
     def loss(self, net, x0, y, generator=None, noise=None):
         t, sigma = self.grid()
@@ -44,6 +65,35 @@ class ExactTeacher(Consistency):
         x_lower = flow_map(x_upper, upper, lower)
         diff = self.consistency_function(net, x_upper, upper, y) - self.consistency_function(net, x_lower, lower, y)
         return ((1 / (upper - lower)) * pseudo_huber(diff.double(), 1e-8)).mean()
+
+
+@pytest.mark.parametrize("path, prediction", [
+    (FlowPath(), "velocity"), (VPPath(), "eps"), (VPPath(), "x0"), (VEPath(), "eps"),
+    (DiscreteVPPath(make_betas("linear", 1000)), "v"), (DiscreteVPPath(make_betas("cosine", 1000)), "eps")])
+def test_a_teacher_on_any_path_is_read_as_the_flows_ode(path, prediction):
+    method = distillation("euler", path, prediction)
+    t = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
+    x = torch.randn(19, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + M
+    # the teacher's net sees float32 times (as any net does): agreement to float32 round-off
+    assert torch.allclose(method.teacher_velocity(x, t, None), velocity(x, t), atol=1e-4, rtol=1e-4)
+
+
+def test_distillation_through_an_exact_teacher_drives_the_loss_to_zero_at_the_consistency_function():
+    x0 = M + S * torch.randn(512, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def loss(method, net, progress):
+        method.progress = progress
+        return method.loss(net, x0, None, torch.Generator().manual_seed(1)).item()
+
+    euler, heun = distillation("euler"), distillation("heun")
+    for progress in (0.0, 0.99):  # 10 and 1280 intervals
+        assert loss(heun, ExactNet(), progress) < loss(euler, ExactNet(), progress)  # Heun's smaller step error
+    assert loss(heun, ExactNet(), 0.99) < 0.1 * loss(heun, ExactNet(), 0.0)  # the error shrinks with the intervals
+
+    class Off(ExactNet):  # the exact function, a little wrong away from the boundary
+        def forward(self, x, t, y=None):
+            return super().forward(x, t) * 1.05
+    assert loss(heun, Off(), 0.99) > 100 * loss(heun, ExactNet(), 0.99)
 
 
 def test_the_boundary_condition_holds_for_any_net(tiny_cfg):
@@ -122,3 +172,36 @@ def test_consistency_trains_and_samples_from_the_cli(imagefolder, tmp_path):
         result = run_script("sample.py", "--checkpoint", str(out), "--steps", steps, "--num", "4", "--out", str(png))
         assert result.returncode == 0 and f"{steps} network evaluations" in result.stdout, result.stderr[-2000:]
     assert all(math.isfinite(row["loss"]) for row in log)
+
+
+def test_consistency_distills_a_trained_model_from_the_cli(imagefolder, tmp_path):
+    from genkit.training import train
+
+    teacher = tmp_path / "teacher"
+    result = run_script("train.py", *tiny_overrides(imagefolder, teacher), "method.name=flow", "train.max_steps=2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    student = tmp_path / "student"
+    distill = [*tiny_overrides(imagefolder, student), "method.name=consistency", f"method.consistency.teacher={teacher}",
+               "method.consistency.teacher_guidance=2", f"train.init_from={teacher}", "train.max_steps=2",
+               "sample.sampler=consistency", "sample.steps=1"]
+    result = run_script("train.py", *distill)
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = [json.loads(line) for line in (student / "metrics.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(math.isfinite(row["loss"]) and row["loss"] > 0 for row in log)
+    png = tmp_path / "one.png"
+    result = run_script("sample.py", "--checkpoint", str(student), "--num", "4", "--out", str(png))
+    assert result.returncode == 0 and "1 network evaluations" in result.stdout and png.is_file(), result.stderr[-2000:]
+
+    def refused(*overrides):
+        cfg = load_config(None, [*tiny_overrides(imagefolder, tmp_path / "refused"), "method.name=consistency",
+                                 *overrides])
+        with pytest.raises(ConfigError) as err:
+            train(cfg)
+        return str(err.value)
+    assert "method.consistency.teacher:" in refused(f"method.consistency.teacher={tmp_path / 'nothing'}")
+    assert "teacher has 4 classes, this model 0" in refused(f"method.consistency.teacher={teacher}",
+                                                            "model.num_classes=0")
+    assert "teacher models 1 x 16 x 16 inputs" in refused(f"method.consistency.teacher={teacher}",
+                                                          "data.image_size=32")
+    with pytest.raises(ConfigError, match="teacher_solver: 'rk4' is not one of euler, heun"):
+        load_config(None, ["method.name=consistency", "method.consistency.teacher_solver=rk4"])

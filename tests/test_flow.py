@@ -175,3 +175,27 @@ def test_reflow_pairs_resume_and_train(tiny_cfg, tmp_path):
     assert train(rf2).is_dir()
     with pytest.raises(ConfigError, match="flow only"):
         train(tiny_cfg(f"data.path={out}", f"output_dir={tmp_path / 'ddpm'}"))
+
+
+def test_one_step_distillation_trains_the_map_at_the_noise_end_on_pairs_only(tiny_cfg, tmp_path):
+    """InstaFlow's distillation is the flow loss with every time at t = 1, which needs reflow pairs."""
+    import genkit
+    from genkit.methods import build_method
+    from genkit.reflow import generate_pairs
+    from genkit.training import train
+
+    cfg = tiny_cfg("method.name=flow", "method.flow.time_density=noise_end", "train.max_steps=2")
+    t, weight = build_method(cfg).sample_time(16, torch.Generator().manual_seed(0))
+    assert torch.equal(t, torch.ones(16, dtype=torch.float64)) and weight is None
+    with pytest.raises(ConfigError, match="noise_end .* trains on reflow pairs"):
+        train(cfg)
+    with pytest.raises(ConfigError, match="density_as: noise_end is a point mass"):
+        tiny_cfg("method.name=flow", "method.flow.time_density=noise_end", "method.flow.density_as=weight")
+    teacher = tiny_cfg("method.name=flow", "train.max_steps=2", f"output_dir={tmp_path / 'teacher'}")
+    train(teacher)
+    pairs = generate_pairs(genkit.load(teacher.output_dir), tmp_path / "pairs", num=8, steps=2, progress=False)
+    one_step = tiny_cfg("method.name=flow", "method.flow.time_density=noise_end", f"data.path={pairs}",
+                        f"train.init_from={teacher.output_dir}", "train.batch_size=4", "train.max_steps=2",
+                        f"output_dir={tmp_path / 'one_step'}")
+    drawn = genkit.load(train(one_step)).sample(4, sampler="euler", steps=1, progress=False)
+    assert drawn.nfe == 1 and torch.isfinite(drawn.images).all()

@@ -32,9 +32,10 @@ __all__ = ["Autoregressive", "Consistency", "DDPM", "METHODS", "MeanFlow", "Rect
            "make_betas"]
 
 
-def build_method(cfg):
-    """The training method named by `cfg.method.name`."""
-    return METHODS[cfg.method.name].build(cfg.method, cfg.model.num_classes)
+def build_method(cfg, **parts):
+    """The training method named by `cfg.method.name`; `parts`, what the trainer hands it (a
+    distillation's `teacher`)."""
+    return METHODS[cfg.method.name].build(cfg.method, cfg.model.num_classes, **parts)
 
 
 def build_path(cfg):

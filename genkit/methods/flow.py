@@ -16,7 +16,7 @@ from genkit.registry import ConfigError, one_of, require
 class FlowConfig:
     """`method.flow`: SD3's timestep density and shift (Esser et al. 2024, sections 3.1 and 5.3.2)."""
 
-    time_density: str = "logit_normal"  # uniform | logit_normal | mode | cosmap
+    time_density: str = "logit_normal"  # uniform | logit_normal | mode | cosmap | noise_end (one-step distillation)
     logit_mean: float = 0.0  # logit_normal(m, s)
     logit_std: float = 1.0
     mode_scale: float = 1.29  # mode(s)
@@ -26,8 +26,10 @@ class FlowConfig:
 
 def check(cfg) -> None:
     f = cfg.method.flow
-    one_of(f.time_density, ("uniform", "logit_normal", "mode", "cosmap"), "method.flow.time_density")
+    one_of(f.time_density, ("uniform", "logit_normal", "mode", "cosmap", "noise_end"), "method.flow.time_density")
     one_of(f.density_as, ("sample", "weight"), "method.flow.density_as")
+    if f.time_density == "noise_end" and f.density_as == "weight":
+        raise ConfigError("method.flow.density_as: noise_end is a point mass at t = 1, which can only be sampled")
     require(f, "method.flow", positive=["logit_std", "shift"])
     if not -1 < f.mode_scale < 2 / (math.pi - 2):
         raise ConfigError(f"method.flow.mode_scale: must lie in (-1, {2 / (math.pi - 2):.3f}) for a monotone map, "

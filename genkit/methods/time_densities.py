@@ -84,8 +84,19 @@ class CosMap:
         return 2 / math.pi * torch.atan2(t, 1 - t)
 
 
-def build_density(cfg) -> Uniform | LogitNormal | Mode | CosMap:
+class NoiseEnd:
+    """t = 1 always (a point mass, sampled only): on reflow pairs the flow then regresses the one-step
+    map from each noise to its paired sample, x0 = eps - v(eps, 1), under the squared distance:
+    InstaFlow's distillation (Liu et al. 2023, section 3.2, with L2 in place of LPIPS)."""
+
+    def sample(self, n: int, generator=None) -> torch.Tensor:
+        return torch.ones(n, dtype=torch.float64)
+
+
+def build_density(cfg) -> Uniform | LogitNormal | Mode | CosMap | NoiseEnd:
     """The density named by a `FlowConfig`."""
+    if cfg.time_density == "noise_end":
+        return NoiseEnd()
     if cfg.time_density == "logit_normal":
         return LogitNormal(cfg.logit_mean, cfg.logit_std)
     if cfg.time_density == "mode":
