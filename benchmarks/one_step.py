@@ -9,11 +9,17 @@ Routes (`--routes`, each trained from scratch in its own process):
   consistency     consistency training from scratch (iCT on the flow path), multistep consistency sampling
   reflow          a 2-rectified flow: the rf route's model draws --pairs pairs (counted in the
                   budget), then trains on them from its weights for a second budget
+  distill         consistency distillation of the rf route's model (counted in the budget), the
+                  student starting from its weights (configs/consistency_distill_unet_mnist.yaml)
+  instaflow       the reflow route, then InstaFlow's one-step distillation: the 2-rectified flow
+                  draws --pairs pairs of its own (counted), on which its weights learn the flow
+                  loss at t = 1 for a third budget
 
 Each training run is given `--minutes`: its step count is set from a short calibration run of the
 same recipe (the calibration is not counted), so that its learning-rate schedule completes.
 
     python benchmarks/one_step.py --minutes 10 --routes rf meanflow meanflow_fd
+    python benchmarks/one_step.py --minutes 10 --routes rf distill reflow instaflow   # teacher, pairs counted
     python benchmarks/one_step.py --plot benchmarks/results/one_step*.json   # FID against NFE, log scale
 """
 from __future__ import annotations
@@ -37,6 +43,7 @@ ROUTES = {  # name -> (recipe, overrides, sampler)
                                             "train.mixed_precision=auto"], "meanflow"),
     "consistency": ("consistency_unet_mnist", [], "consistency"),
 }
+COMPOSED = ("reflow", "distill", "instaflow")  # routes built on the rf route's model (see main)
 
 
 def train_for(recipe: str, out: Path, minutes: float, *overrides: str) -> tuple[Path, dict]:
@@ -86,7 +93,7 @@ def main() -> None:
     p = benchmark_parser("one_step", __doc__, workdir=True)
     p.add_argument("--plot", nargs="+", metavar="RESULTS", help="only draw docs/one_step.png from results files")
     p.add_argument("--routes", nargs="+", default=["rf", "meanflow", "meanflow_fd"],
-                   choices=[*ROUTES, "reflow"])
+                   choices=[*ROUTES, *COMPOSED])
     p.add_argument("--minutes", type=float, default=10.0, help="training budget per run (default: 10)")
     p.add_argument("--num", type=int, default=1000, help="samples per FID (default: 1000)")
     p.add_argument("--pairs", type=int, default=10000, help="pairs the reflow route draws (default: 10000)")
@@ -98,22 +105,52 @@ def main() -> None:
     evaluator = Evaluator(progress=False)
     floor = evaluator.floor(args.num)["fid"]
     rows, trained = [], {}
+
+    def rf():  # the teacher of the distill and reflow routes, trained once
+        if "rf" not in trained:
+            trained["rf"] = train_for("rf_unet_mnist", work / "rf", args.minutes)
+        return trained["rf"]
+
+    def pairs(model_run: Path, out: Path) -> tuple[Path, float]:
+        started = time.perf_counter()
+        drawn = generate_pairs(genkit.load(model_run, device=device()), out, args.pairs, steps=20, sampler="euler",
+                               batch_size=500)
+        return drawn, (time.perf_counter() - started) / 60
+
+    def reflow():  # the 2-rectified flow, with what it cost in all
+        if "reflow" not in trained:
+            first, first_cost = rf()
+            drawn, pair_minutes = pairs(first, work / "pairs")
+            run, cost = train_for("rf_unet_mnist", work / "reflow", args.minutes, f"data.path={drawn}",
+                                  f"train.init_from={resolve_checkpoint(first)}", "train.lr=5e-4")
+            trained["reflow"] = run, {"steps": cost["steps"], "pair_minutes": pair_minutes,
+                                      "train_minutes": first_cost["train_minutes"] + pair_minutes + cost["train_minutes"]}
+        return trained["reflow"]
+
     for route in args.routes:
-        if route == "reflow":
-            rf = trained.get("rf") or train_for("rf_unet_mnist", work / "rf", args.minutes)
-            started = time.perf_counter()
-            pairs = generate_pairs(genkit.load(rf[0], device=device()), work / "pairs", args.pairs, steps=20,
-                                   sampler="euler", batch_size=500)
-            pair_minutes = (time.perf_counter() - started) / 60
-            run, cost = train_for("rf_unet_mnist", work / "reflow", args.minutes, f"data.path={pairs}",
-                                  f"train.init_from={resolve_checkpoint(rf[0])}", "train.lr=5e-4")
-            cost = {"steps": cost["steps"], "pair_minutes": pair_minutes,
-                    "train_minutes": rf[1]["train_minutes"] + pair_minutes + cost["train_minutes"]}
-            sampler = "euler"
+        sampler = "euler"
+        if route == "rf":
+            run, cost = rf()
+        elif route == "reflow":
+            run, cost = reflow()
+        elif route == "distill":
+            teacher, teacher_cost = rf()
+            run, cost = train_for("consistency_distill_unet_mnist", work / route, args.minutes,
+                                  f"method.consistency.teacher={teacher}", f"train.init_from={teacher}")
+            cost = {"steps": cost["steps"], "teacher_minutes": teacher_cost["train_minutes"],
+                    "train_minutes": teacher_cost["train_minutes"] + cost["train_minutes"]}
+            sampler = "consistency"
+        elif route == "instaflow":
+            second, second_cost = reflow()
+            drawn, pair_minutes = pairs(second, work / "pairs-2")
+            run, cost = train_for("rf_unet_mnist", work / route, args.minutes, f"data.path={drawn}",
+                                  f"train.init_from={resolve_checkpoint(second)}", "train.lr=5e-4",
+                                  "method.flow.time_density=noise_end")
+            cost = {"steps": cost["steps"], "pair_minutes": second_cost["pair_minutes"] + pair_minutes,
+                    "train_minutes": second_cost["train_minutes"] + pair_minutes + cost["train_minutes"]}
         else:
             recipe, overrides, sampler = ROUTES[route]
             run, cost = train_for(recipe, work / route, args.minutes, *overrides)
-            trained[route] = (run, cost)
         row = {"route": route, **cost, **score(genkit.load(run, device=device()), sampler, evaluator, args.num)}
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -139,6 +139,10 @@ def test_the_grid_curriculum_and_noise_density_follow_ict():
     _, sigma = method.grid(1280)
     mid = (sigma[i].clamp(min=1e-4).log() + sigma[i + 1].clamp(max=1e4).log()) / 2
     assert mid.mean().item() == pytest.approx(-1.1, abs=0.05) and mid.std().item() == pytest.approx(2.0, abs=0.1)
+    uniform = Consistency(load_config(None, ["method.name=consistency",
+                                             "method.consistency.interval_density=uniform"]).method)
+    counts = torch.bincount(uniform.draw_intervals(190000, uniform.grid(18)[1], torch.Generator().manual_seed(0)))
+    assert len(counts) == 19 and (counts - 10000).abs().max() < 500  # the 19 intervals alike (4.5 std)
 
 
 def test_multistep_sampling_with_the_exact_function_draws_the_data():

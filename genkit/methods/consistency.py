@@ -8,8 +8,8 @@ of a discretization towards the stop-gradient f at its lower end, both points on
 line (1 - t) x0 + t eps. iCT's parts, with noise levels as sigma = t / (1 - t): Karras's grid
 (rho = 7) on [sigma_min, sigma_max] between t = 0 and t = 1, a discretization that doubles from
 `start_intervals` to `end_intervals` over training, intervals drawn by a lognormal density over
-sigma, the pseudo-Huber distance, and a weight 1 / (t_i+1 - t_i) (iCT's 1 / (sigma_i+1 - sigma_i)
-in this path's time).
+sigma (or uniformly), the pseudo-Huber distance, and a weight 1 / (t_i+1 - t_i) (iCT's
+1 / (sigma_i+1 - sigma_i) in this path's time).
 
 Distillation (`teacher` set) takes the lower end of an interval from one step of the teacher's
 probability-flow ODE started at the upper end (Euler or Heun, Song et al. 2023's algorithm 2),
@@ -40,7 +40,8 @@ class ConsistencyConfig:
     rho: float = 7.0  # Karras et al. 2022's spacing
     start_intervals: int = 10  # s0: the discretization at the start of training
     end_intervals: int = 1280  # s1: it doubles until it reaches this
-    noise_mean: float = -1.1  # intervals are drawn by a lognormal(mean, std) density over sigma
+    interval_density: str = "lognormal"  # lognormal: iCT's density over sigma; uniform: each interval alike (CD)
+    noise_mean: float = -1.1  # lognormal(mean, std) over sigma
     noise_std: float = 2.0
     huber_c: float = 0.00054  # pseudo-Huber distance sqrt(|d|^2 + c^2) - c with c = huber_c * sqrt(dims)
     teacher: str = ""  # distillation: a trained genkit model (run or checkpoint directory); "": from scratch
@@ -53,6 +54,7 @@ def check(cfg) -> None:
     require(c, "method.consistency", positive=["sigma_min", "sigma_max", "rho", "start_intervals", "end_intervals",
                                                "noise_std", "huber_c"], non_negative=["teacher_guidance"])
     one_of(c.teacher_solver, TEACHER_SOLVERS, "method.consistency.teacher_solver")
+    one_of(c.interval_density, ("lognormal", "uniform"), "method.consistency.interval_density")
     if c.sigma_min >= c.sigma_max:
         raise ConfigError(f"method.consistency.sigma_min: must be below sigma_max ({c.sigma_max}), got {c.sigma_min}")
     if c.start_intervals > c.end_intervals:
@@ -72,8 +74,9 @@ def pseudo_huber(diff: torch.Tensor, c: float) -> torch.Tensor:
 
 
 class Consistency:
-    """iCT on the flow path (see the module docstring); `progress`, the share of training done,
-    is set by the trainer before each step and drives the curriculum."""
+    """Consistency training (iCT) or, with a `teacher`, distillation on the flow path (see the
+    module docstring); `progress`, the share of training done, is set by the trainer before each
+    step and drives the curriculum."""
 
     build_path = staticmethod(build_path)
 
@@ -109,8 +112,11 @@ class Consistency:
         return t, sigma
 
     def draw_intervals(self, n: int, sigma: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Interval indices [n], each drawn with the lognormal mass of its sigma range."""
+        """Interval indices [n], each drawn with the lognormal mass of its sigma range (iCT), or
+        uniformly (Song et al. 2023's consistency distillation)."""
         c = self.cfg.consistency
+        if c.interval_density == "uniform":
+            return torch.randint(0, len(sigma) - 1, (n,), generator=generator)
         cdf = torch.erf((sigma.log() - c.noise_mean) / (math.sqrt(2) * c.noise_std))  # [-1, 1], log 0 = -inf
         mass = cdf[1:] - cdf[:-1]
         return torch.multinomial(mass, n, replacement=True, generator=generator)
@@ -126,11 +132,12 @@ class Consistency:
         """dx/dt of the teacher's probability-flow ODE at flow times t [B], x [B, ...]: its (x0, eps)
         read at its own time of the same log-SNR, with x rescaled onto its path, in the precision
         of the autocast region around (the run's)."""
-        teacher, device = self.teacher, x.device.type
-        tau = teacher.path.t_of_log_snr(self.path.log_snr(t.cpu())).to(x.device)
+        teacher, device, t = self.teacher, x.device.type, t.cpu()  # paths keep their tables on the CPU
+        tau = teacher.path.t_of_log_snr(self.path.log_snr(t))
         # x = (1 - t) (x0 + sigma/alpha eps) on the flow; the same point on the teacher's path, by the
         # norms of (alpha, sigma), which stays finite at either end
         scale = ((teacher.path.alpha(tau) ** 2 + teacher.path.sigma(tau) ** 2) / ((1 - t) ** 2 + t**2)).sqrt()
+        tau, scale = tau.to(x.device), scale.to(x.device)
         half = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(half, "no")
         denoiser = teacher.denoiser(labels=y, guidance=self.cfg.consistency.teacher_guidance, precision=precision)
