@@ -98,6 +98,11 @@ def steps_for(nfe: int, evals_per_step: int = 1, last_is_one: bool = False) -> i
     return max(1, nfe // evals_per_step)
 
 
+def steps_for_sampler(sampler: str, nfe: int) -> int:
+    """Steps of `sampler` within `nfe` evaluations: Heun's 2 per step but 1 on the last, one else."""
+    return steps_for(nfe, 2, last_is_one=True) if sampler == "heun" else steps_for(nfe)
+
+
 def commit() -> str:
     """The commit the benchmark ran at, with `+dirty` when the tree had uncommitted changes."""
     def git(*args):

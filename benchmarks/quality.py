@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from harness import benchmark_parser, steps_for, train_for_minutes, write_results
+from harness import benchmark_parser, steps_for_sampler, train_for_minutes, write_results
 from tqdm.auto import tqdm
 
 import genkit
@@ -42,10 +42,6 @@ NFES = (5, 10, 20)
 CANDIDATES = {"ddpm": (("dpmpp_2m_pc", None), ("dpmpp_2m_pc", "auto"), ("unipc", "flow")),
               "sde": (("dpmpp_2m_pc", None), ("dpmpp_2m_pc", "auto"), ("unipc", "flow")),
               "flow": (("dpmpp_2m_pc", None), ("dpmpp_2m_pc", "auto"), ("heun", None))}
-
-
-def steps_for_sampler(sampler: str, nfe: int) -> int:
-    return steps_for(nfe, 2, last_is_one=True) if sampler == "heun" else steps_for(nfe)
 
 
 def run_dir(workdir: Path, recipe: str) -> Path:
@@ -76,8 +72,9 @@ def eval_recipe(recipe: str, workdir: Path, evaluator: Evaluator, num: int, devi
     for nfe in NFES:
         tried = {}
         for sampler, schedule in CANDIDATES[model.cfg.method.name]:
-            drawn = model.sample(num, seed=0, sampler=sampler, schedule=schedule, steps=steps_for_sampler(sampler, nfe),
-                                 labels=labels, progress=False, precision=precision)
+            drawn = model.sample(num, seed=0, sampler=sampler, schedule=schedule,
+                                 steps=steps_for_sampler(sampler, nfe), labels=labels, progress=False,
+                                 precision=precision)
             name = f"{sampler}[{schedule or 'default'}]"
             tried[name] = evaluator.score(drawn.images, labels)["fid"]
             tqdm.write(f"{recipe:18s} NFE {drawn.nfe:3d} {name:24s} FID {tried[name]:8.2f}")
