@@ -100,7 +100,6 @@ class TrainedModel:
         """Move the model to `device` (see `pick_device`); samples stay a function of (seed, i)."""
         self.device = pick_device(device)
         self.net = self.net.to(self.device)
-        getattr(self, "_inference_nets", {}).clear()  # copies for the old device; made again on use
         return self
 
     def save_pretrained(self, directory: str | Path, metrics: dict | None = None, grid: int = 64,
@@ -175,6 +174,7 @@ class GenerativeModel(TrainedModel):
 
     def to(self, device: str | torch.device) -> "GenerativeModel":
         super().to(device)
+        self._inference_nets.clear()  # copies for the old device; made again on use
         if self.codec is not None:
             self.codec.to(self.device)
         return self
