@@ -132,8 +132,9 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         self.resume_candidates = self._find_resume()
         set_seed(tc.seed)  # same initial weights on every process
+        parts = {"teacher": self._teacher()} if cfg.method.name == "consistency" else {}  # before data: fail fast
         self.data = self._load_data()
-        self.method = build_method(cfg, **({"teacher": self._teacher()} if cfg.method.name == "consistency" else {}))
+        self.method = build_method(cfg, **parts)
         net = build_net(cfg)
         if getattr(net, "channels_last", False):  # faster convolutions on CPU for nets that say so
             net = net.to(memory_format=torch.channels_last)
