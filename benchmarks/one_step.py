@@ -14,6 +14,11 @@ Routes (`--routes`, each trained from scratch in its own process):
   instaflow       the reflow route, then InstaFlow's one-step distillation: the 2-rectified flow
                   draws --pairs pairs of its own (counted), on which its weights learn the flow
                   loss at t = 1 for a third budget
+  instaflow_rf    InstaFlow's one-step distillation straight from the rf route's pairs (no reflow
+                  stage): the rf route's weights learn the flow loss at t = 1 for a second budget
+
+Pairs are drawn with the drawing model's own sampler and steps (its config's `sample` section) in
+the hardware's half precision, the deterministic probability-flow solve that `model.sample()` runs.
 
 Each training run is given `--minutes`: its step count is set from a short calibration run of the
 same recipe (the calibration is not counted), so that its learning-rate schedule completes.
@@ -43,7 +48,7 @@ ROUTES = {  # name -> (recipe, overrides, sampler)
                                             "train.mixed_precision=auto"], "meanflow"),
     "consistency": ("consistency_unet_mnist", [], "consistency"),
 }
-COMPOSED = ("reflow", "distill", "instaflow")  # routes built on the rf route's model (see main)
+COMPOSED = ("reflow", "distill", "instaflow", "instaflow_rf")  # routes built on the rf route's model (see main)
 
 
 def train_for(recipe: str, out: Path, minutes: float, *overrides: str) -> tuple[Path, dict]:
@@ -113,14 +118,26 @@ def main() -> None:
 
     def pairs(model_run: Path, out: Path) -> tuple[Path, float]:
         started = time.perf_counter()
-        drawn = generate_pairs(genkit.load(model_run, device=device()), out, args.pairs, steps=20, sampler="euler",
-                               batch_size=500)
+        model = genkit.load(model_run, device=device())
+        drawn = generate_pairs(model, out, args.pairs, steps=model.cfg.sample.steps, sampler=model.cfg.sample.sampler,
+                               batch_size=500, precision="auto")
         return drawn, (time.perf_counter() - started) / 60
+
+    def rf_pairs():  # the rf route's pairs, drawn once for the reflow and instaflow_rf routes
+        if "pairs" not in trained:
+            trained["pairs"] = pairs(rf()[0], work / "pairs")
+        return trained["pairs"]
+
+    def distil_at_noise_end(start: Path, drawn: Path, out: Path) -> tuple[Path, dict]:
+        """InstaFlow's one-step distillation: `start`'s weights learn the flow loss at t = 1 on `drawn`."""
+        return train_for("rf_unet_mnist", out, args.minutes, f"data.path={drawn}",
+                         f"train.init_from={resolve_checkpoint(start)}", "train.lr=5e-4",
+                         "method.flow.time_density=noise_end")
 
     def reflow():  # the 2-rectified flow, with what it cost in all
         if "reflow" not in trained:
             first, first_cost = rf()
-            drawn, pair_minutes = pairs(first, work / "pairs")
+            drawn, pair_minutes = rf_pairs()
             run, cost = train_for("rf_unet_mnist", work / "reflow", args.minutes, f"data.path={drawn}",
                                   f"train.init_from={resolve_checkpoint(first)}", "train.lr=5e-4")
             trained["reflow"] = run, {"steps": cost["steps"], "pair_minutes": pair_minutes,
@@ -143,11 +160,15 @@ def main() -> None:
         elif route == "instaflow":
             second, second_cost = reflow()
             drawn, pair_minutes = pairs(second, work / "pairs-2")
-            run, cost = train_for("rf_unet_mnist", work / route, args.minutes, f"data.path={drawn}",
-                                  f"train.init_from={resolve_checkpoint(second)}", "train.lr=5e-4",
-                                  "method.flow.time_density=noise_end")
+            run, cost = distil_at_noise_end(second, drawn, work / route)
             cost = {"steps": cost["steps"], "pair_minutes": second_cost["pair_minutes"] + pair_minutes,
                     "train_minutes": second_cost["train_minutes"] + pair_minutes + cost["train_minutes"]}
+        elif route == "instaflow_rf":
+            first, first_cost = rf()
+            drawn, pair_minutes = rf_pairs()
+            run, cost = distil_at_noise_end(first, drawn, work / route)
+            cost = {"steps": cost["steps"], "pair_minutes": pair_minutes,
+                    "train_minutes": first_cost["train_minutes"] + pair_minutes + cost["train_minutes"]}
         else:
             recipe, overrides, sampler = ROUTES[route]
             run, cost = train_for(recipe, work / route, args.minutes, *overrides)
@@ -155,7 +176,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     best = min(rows, key=lambda r: r["fid_nfe1"])
-    result = {"minutes_per_run": args.minutes, "num": args.num, "floor_fid": floor, "rows": rows,
+    result = {"minutes_per_run": args.minutes, "num": args.num, "floor_fid": floor, "pairs": args.pairs,
+              "pairs_drawn_with": "the drawing model's sample config (sampler, steps), precision auto", "rows": rows,
               "best_one_step": {"route": best["route"], "fid": best["fid_nfe1"], "ratio_to_floor": best["fid_nfe1"] / floor}}
     print(json.dumps(result["best_one_step"]))
     write_results("one_step", result, args.json)
