@@ -35,6 +35,8 @@ from genkit.evaluation import Evaluator
 RECIPES = {  # name -> (recipe, overrides)
     "DDPM-UNet": ("ddpm_unet_mnist", ()), "DDPM-UNet (eps)": ("ddpm_unet_mnist", ("method.prediction=eps",)),
     "VP-SDE-UNet": ("sde_vp_unet_mnist", ()), "VP-SDE-UNet (eps)": ("sde_vp_unet_mnist", ("method.prediction=eps",)),
+    "DDPM-UNet (log-SNR)": ("ddpm_unet_mnist", ("method.ddpm.timestep_density=log_snr_normal",)),
+    "VP-SDE-UNet (log-SNR)": ("sde_vp_unet_mnist", ("method.sde.time_density=log_snr_normal",)),
     "RF-UNet": ("rf_unet_mnist", ()), "RF-DiT": ("rf_dit_mnist", ()), "Latent-RF-DiT": ("rf_dit_latent_mnist", ()),
 }
 NFES = (5, 10, 20)

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 import torch
 
 from genkit.methods.base import DenoisingMethod, loss_weight
+from genkit.methods.time_densities import LogSNRNormal
 from genkit.paths import DiscreteVPPath
 from genkit.registry import ConfigError, one_of, require
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "cosine", "sigmoid")
 LOSS_WEIGHTINGS = ("plain", "min_snr", "trunc_snr")
+TIMESTEP_DENSITIES = ("uniform", "log_snr_normal")
 
 
 @dataclass
@@ -25,13 +27,17 @@ class DDPMConfig:
     zero_terminal_snr: bool = False  # rescale betas so that t = 1 is pure noise (Lin et al. 2024)
     loss_weighting: str = "plain"  # plain | min_snr | trunc_snr
     snr_gamma: float = 5.0  # gamma of min_snr
+    timestep_density: str = "uniform"  # uniform | log_snr_normal (steps drawn by their log-SNR: LogSNRNormal)
+    log_snr_mean: float = 0.0  # log_snr_normal's N(mean, std); N(0, 2) is SD3's logit-normal(0, 1) flow times
+    log_snr_std: float = 2.0
 
 
 def check(cfg) -> None:
     d = cfg.method.ddpm
     one_of(d.beta_schedule, BETA_SCHEDULES, "method.ddpm.beta_schedule")
     one_of(d.loss_weighting, LOSS_WEIGHTINGS, "method.ddpm.loss_weighting")
-    require(d, "method.ddpm", positive=["num_timesteps", "snr_gamma"])
+    one_of(d.timestep_density, TIMESTEP_DENSITIES, "method.ddpm.timestep_density")
+    require(d, "method.ddpm", positive=["num_timesteps", "snr_gamma", "log_snr_std"])
     if not 0 < d.beta_start < d.beta_end < 1:
         raise ConfigError("method.ddpm.beta_start, method.ddpm.beta_end: need 0 < beta_start < beta_end < 1")
     if d.zero_terminal_snr and cfg.method.resolved_prediction == "eps":
@@ -81,14 +87,26 @@ def snr_weight(snr: torch.Tensor, prediction: str, weighting: str, gamma: float)
 
 
 class DDPM(DenoisingMethod):
-    """Noise-prediction training on the discrete VP path; the net sees t = (k + 1) / T for a
-    uniformly drawn step k."""
+    """Noise-prediction training on the discrete VP path; the net sees t = (k + 1) / T for a step k
+    drawn uniformly (Ho et al. 2020) or by its log-SNR (`timestep_density: log_snr_normal`)."""
 
     build_path = staticmethod(build_path)
 
+    def __init__(self, cfg, num_classes: int = 0, path: DiscreteVPPath | None = None):
+        super().__init__(cfg, num_classes, path)
+        d = cfg.ddpm
+        self.step_probs = None  # uniform
+        if d.timestep_density == "log_snr_normal":
+            steps = self.path.timestep_to_t(torch.arange(d.num_timesteps))
+            self.step_probs = LogSNRNormal(d.log_snr_mean, d.log_snr_std).step_probs(self.path.log_snr(steps))
+
     def sample_time(self, n: int, generator: torch.Generator | None):
         d = self.cfg.ddpm
-        t = self.path.timestep_to_t(torch.randint(0, d.num_timesteps, (n,), generator=generator))
+        if self.step_probs is None:
+            k = torch.randint(0, d.num_timesteps, (n,), generator=generator)
+        else:
+            k = torch.multinomial(self.step_probs, n, replacement=True, generator=generator)
+        t = self.path.timestep_to_t(k)
         if d.loss_weighting == "plain":
             return t, None
         snr = torch.exp(self.path.log_snr(t))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from genkit.methods.base import DenoisingMethod, loss_weight
+from genkit.methods.time_densities import LogSNRNormal
 from genkit.paths import GaussianPath, SubVPPath, VEPath, VPPath
 from genkit.registry import ConfigError, one_of
 
@@ -19,13 +20,19 @@ class SDEConfig:
     beta_max: float = 20.0
     sigma_min: float = 0.01  # ve
     sigma_max: float = 50.0
-    t_eps: float = 1e-5  # training draws t ~ U(t_eps, 1)
+    t_eps: float = 1e-5  # training draws t in [t_eps, 1]
+    time_density: str = "uniform"  # uniform | log_snr_normal (t drawn by its log-SNR: LogSNRNormal)
+    log_snr_mean: float = 0.0  # log_snr_normal's N(mean, std); N(0, 2) is SD3's logit-normal(0, 1) flow times
+    log_snr_std: float = 2.0
     likelihood_weighting: bool = False  # weight the loss by g(t)^2 (Song et al. 2021b) instead of sigma^2
 
 
 def check(cfg) -> None:
     sde = cfg.method.sde
     one_of(sde.kind, ("vp", "subvp", "ve"), "method.sde.kind")
+    one_of(sde.time_density, ("uniform", "log_snr_normal"), "method.sde.time_density")
+    if not sde.log_snr_std > 0:
+        raise ConfigError(f"method.sde.log_snr_std: must be > 0, got {sde.log_snr_std}")
     if not 0 < sde.beta_min < sde.beta_max:
         raise ConfigError("method.sde.beta_min, method.sde.beta_max: need 0 < beta_min < beta_max")
     if not 0 < sde.sigma_min < sde.sigma_max:
@@ -43,7 +50,7 @@ def build_path(method_cfg) -> GaussianPath:
 
 
 class ScoreSDE(DenoisingMethod):
-    """t ~ U(t_eps, 1). With the usual lambda(t) = sigma^2 weighting the score-matching loss is
+    """t ~ U(t_eps, 1), or t drawn by its log-SNR (`time_density: log_snr_normal`). With the usual lambda(t) = sigma^2 weighting the score-matching loss is
     the plain eps-prediction MSE (the net's eps is -sigma times its score; for VE that is the
     scaled score up to sign). `likelihood_weighting` uses lambda(t) = g(t)^2 instead, which
     makes the loss a bound on the negative log-likelihood (Song et al. 2021b, theorem 1)."""
@@ -51,8 +58,11 @@ class ScoreSDE(DenoisingMethod):
     build_path = staticmethod(build_path)
 
     def sample_time(self, n: int, generator: torch.Generator | None):
-        eps = self.cfg.sde.t_eps
-        t = eps + (1 - eps) * torch.rand(n, generator=generator, dtype=torch.float64)
+        sde = self.cfg.sde
+        if sde.time_density == "log_snr_normal":
+            t = LogSNRNormal(sde.log_snr_mean, sde.log_snr_std).times(self.path, n, generator, t_min=sde.t_eps)
+        else:
+            t = sde.t_eps + (1 - sde.t_eps) * torch.rand(n, generator=generator, dtype=torch.float64)
         if not self.cfg.sde.likelihood_weighting:
             return t, None
         sigma2 = self.path.sigma(t) ** 2

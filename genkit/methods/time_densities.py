@@ -1,7 +1,8 @@
-"""Training-time densities over t in (0, 1) for rectified flow (Esser et al. 2024, section 3.1).
+"""Training-time densities over t in (0, 1) for rectified flow (Esser et al. 2024, section 3.1),
+and over the log-SNR for the paths whose time means something else (DDPM, the score SDEs).
 
-Each draws t from its density (`sample`) and evaluates the density and its CDF (`pdf`, `cdf`),
-so that a run can either sample t from it or draw t uniformly and weight the loss by `pdf`.
+Each flow density draws t (`sample`) and evaluates its density and CDF (`pdf`, `cdf`), so that a
+run can either sample t from it or draw t uniformly and weight the loss by `pdf`.
 """
 from __future__ import annotations
 
@@ -91,6 +92,33 @@ class NoiseEnd:
 
     def sample(self, n: int, generator=None) -> torch.Tensor:
         return torch.ones(n, dtype=torch.float64)
+
+
+class LogSNRNormal:
+    """lambda = log(alpha^2 / sigma^2) ~ N(mean, std), carried to any path's time through its
+    log-SNR (a density over lambda is what one path's training schedule means on another: Kingma &
+    Gao 2023). A flow trained with logit-normal(m, s) times sees N(-2m, 2s), since lambda = -2 logit t
+    on the flow path: SD3's default logit-normal(0, 1) is N(0, 2). EDM's ln sigma ~ N(-1.2, 1.2)
+    is N(2.4, 2.4)."""
+
+    def __init__(self, mean: float = 0.0, std: float = 2.0):
+        self.mean, self.std = mean, std
+
+    def cdf(self, lam: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (1 + torch.erf((lam - self.mean) / (self.std * math.sqrt(2))))
+
+    def times(self, path, n: int, generator=None, t_min: float = 0.0) -> torch.Tensor:
+        """n times on `path` whose log-SNRs follow this density, clamped to [t_min, 1]: [n] float64."""
+        lam = self.mean + self.std * torch.randn(n, generator=generator, dtype=torch.float64)
+        return path.t_of_log_snr(lam).clamp(t_min, 1)
+
+    def step_probs(self, log_snrs: torch.Tensor) -> torch.Tensor:
+        """The probability of each step of a discrete chain with decreasing log-SNRs [T]: the
+        density's mass between the midpoints to its neighbours (the ends take the tails): [T]."""
+        mids = (log_snrs[1:] + log_snrs[:-1]) / 2
+        upper = torch.cat([torch.ones(1, dtype=torch.float64), self.cdf(mids.double())])
+        lower = torch.cat([self.cdf(mids.double()), torch.zeros(1, dtype=torch.float64)])
+        return upper - lower
 
 
 def build_density(cfg) -> Uniform | LogitNormal | Mode | CosMap | NoiseEnd:
