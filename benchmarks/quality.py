@@ -33,10 +33,11 @@ import genkit
 from genkit.evaluation import Evaluator
 
 RECIPES = {  # name -> (recipe, overrides)
-    "DDPM-UNet": ("ddpm_unet_mnist", ()), "DDPM-UNet (eps)": ("ddpm_unet_mnist", ("method.prediction=eps",)),
-    "VP-SDE-UNet": ("sde_vp_unet_mnist", ()), "VP-SDE-UNet (eps)": ("sde_vp_unet_mnist", ("method.prediction=eps",)),
-    "DDPM-UNet (log-SNR)": ("ddpm_unet_mnist", ("method.ddpm.timestep_density=log_snr_normal",)),
-    "VP-SDE-UNet (log-SNR)": ("sde_vp_unet_mnist", ("method.sde.time_density=log_snr_normal",)),
+    "DDPM-UNet": ("ddpm_unet_mnist", ()),
+    "DDPM-UNet (uniform t)": ("ddpm_unet_mnist", ("method.ddpm.timestep_density=uniform",)),
+    "DDPM-UNet (eps, uniform t)": ("ddpm_unet_mnist", ("method.prediction=eps", "method.ddpm.timestep_density=uniform")),
+    "VP-SDE-UNet": ("sde_vp_unet_mnist", ()),
+    "VP-SDE-UNet (uniform t)": ("sde_vp_unet_mnist", ("method.sde.time_density=uniform",)),
     "RF-UNet": ("rf_unet_mnist", ()), "RF-DiT": ("rf_dit_mnist", ()), "Latent-RF-DiT": ("rf_dit_latent_mnist", ()),
 }
 NFES = (5, 10, 20)

@@ -9,7 +9,10 @@ Sampling: `model.sample(B, steps)` of the RF-UNet recipe (DPM-Solver++(2M) with 
 one network evaluation per step) in images x NFE per second, against the bare forward passes of
 its net at the same batch and precision (the sampling loop's overhead), and against diffusers'
 DDIMPipeline on the fastest UNet2DModel layout of about equal size, in fp32 (also channels-last)
-and bf16 (autocast, and the pipeline cast to bf16), the fastest of its settings counting.
+and bf16 (autocast, and the pipeline cast to bf16), the fastest of its settings counting. With
+`--compile`, both sides also sample through torch.compile (`model.sample(compile=True)`; diffusers'
+UNet replaced by `torch.compile(unet)` as its docs advise), compilation left out of the timing,
+and a second ratio compares genkit compiled with the fastest diffusers setting, compiled or not.
 
 Every entry is timed in turn, block by block, so that the machine's slow spells fall on all alike.
 
@@ -127,7 +130,7 @@ def matmul_gflops(bf16: bool, n: int = 2048) -> float:
     return 2 * n**3 / seconds / 1e9
 
 
-def sampling(batch: int, steps: int, repeats: int) -> dict:
+def sampling(batch: int, steps: int, repeats: int, compiled: bool = False) -> dict:
     """img x NFE per second of `model.sample`, of its net's bare forward passes, and of diffusers'
     DDIMPipeline at equal parameters, in fp32 and in bf16; ratios within each precision. In bf16
     genkit samples with bf16 weights under autocast (what `precision="bf16"` does), and diffusers runs
@@ -166,6 +169,7 @@ def sampling(batch: int, steps: int, repeats: int) -> dict:
     def calls(bf16: bool) -> dict:
         peer = fastest_peer(bf16)
         net = model.inference_net(torch.bfloat16 if bf16 else None)
+        best_peer = peers[peer] if bf16 else copy.deepcopy(peers[peer]).to(memory_format=torch.channels_last)
 
         @torch.no_grad()
         def bare_forward():
@@ -181,8 +185,17 @@ def sampling(batch: int, steps: int, repeats: int) -> dict:
             cast = copy.deepcopy(peers[peer]).to(torch.bfloat16)
             entries[f"diffusers DDIMPipeline ({peer}, torch_dtype=bf16)"] = pipeline_call(cast, False)
         else:  # diffusers' documented speed-up for convolutional UNets
-            cast = copy.deepcopy(peers[peer]).to(memory_format=torch.channels_last)
-            entries[f"diffusers DDIMPipeline ({peer}, channels_last)"] = pipeline_call(cast, False)
+            entries[f"diffusers DDIMPipeline ({peer}, channels_last)"] = pipeline_call(best_peer, False)
+        if compiled:
+            entries["genkit model.sample (compile)"] = lambda: model.sample(
+                batch, steps=steps, sampler="dpmpp_2m_pc", batch_size=batch, progress=False,
+                precision="bf16" if bf16 else "no", compile=True)
+            if bf16:
+                entries[f"diffusers DDIMPipeline ({peer}, torch_dtype=bf16, compile)"] = pipeline_call(
+                    torch.compile(cast), False)
+            else:
+                entries[f"diffusers DDIMPipeline ({peer}, channels_last, compile)"] = pipeline_call(
+                    torch.compile(best_peer), False)
         return entries
 
     rows, ratios = [], {}
@@ -192,9 +205,14 @@ def sampling(batch: int, steps: int, repeats: int) -> dict:
             rows.append({"what": name, "precision": precision, "batch": batch, "nfe": steps,
                          "img_nfe_per_s": round(batch * steps / sec, 1), "seconds": round(sec, 2)})
             print(json.dumps(rows[-1]), flush=True)
-        sample, bare, *peer_s = seconds.values()
+        eager = {name: sec for name, sec in seconds.items() if "compile" not in name}
+        sample, bare, *peer_s = eager.values()
         ratios[precision] = {"overhead_vs_bare_forward": round(sample / bare, 3),
                              "speedup_vs_diffusers_pipeline": round(min(peer_s) / sample, 3)}
+        if compiled:
+            every_peer = [sec for name, sec in seconds.items() if name.startswith("diffusers")]
+            ratios[precision]["compiled_speedup_vs_diffusers_pipeline"] = round(
+                min(every_peer) / seconds["genkit model.sample (compile)"], 3)
     return {"rows": rows, "ratios": ratios, "params": {"genkit": n_params(model.net),
                                                        **{name: n_params(net) for name, net in peers.items()}}}
 
@@ -204,7 +222,8 @@ def main() -> None:
     parser.add_argument("--part", choices=["all", "training", "sampling"], default="all")
     parser.add_argument("--seconds", type=float, default=15.0, help="timed training seconds per net and precision")
     parser.add_argument("--compile", action="store_true",
-                        help="also time genkit's UNet under torch.compile (not counted in the ratio)")
+                        help="also time genkit's UNet under torch.compile in training (not counted in the ratio), "
+                             "and sampling compiled on both sides")
     parser.add_argument("--sampling-batch", type=int, default=256)
     parser.add_argument("--sampling-steps", type=int, default=20)
     parser.add_argument("--sampling-repeats", type=int, default=2, help="timed sampling calls per entry")
@@ -214,7 +233,7 @@ def main() -> None:
     if args.part in ("all", "training"):
         result["training"] = training(args)
     if args.part in ("all", "sampling"):
-        result["sampling"] = sampling(args.sampling_batch, args.sampling_steps, args.sampling_repeats)
+        result["sampling"] = sampling(args.sampling_batch, args.sampling_steps, args.sampling_repeats, args.compile)
     print(json.dumps({part: {k: v for k, v in r.items() if k != "rows"} for part, r in result.items()}, indent=2))
     write_results("throughput", result, args.json)
 

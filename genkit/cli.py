@@ -13,7 +13,7 @@ FLAGS = {"labels": "--class-label", "steps": "--steps", "seed": "--seed", "devic
          "sampler": "--sampler", "schedule": "--schedule", "guidance": "--guidance", "batch_size": "--batch-size",
          "path": "--checkpoint", "model": "--checkpoint", "out": "--out", "out_dir": "--out", "runs": "RUN",
          "ema": "--raw-weights", "directory": "--out", "repo_id": "--push", "npz": "--npz",
-         "outdir": "--outdir"}
+         "outdir": "--outdir", "compile": "--compile"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -97,6 +97,9 @@ def _sampling_flags(p: Parser) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="images per network call (default: 256)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     _precision_flags(p)
+    p.add_argument("--compile", action="store_true",
+                   help="sample through torch.compile: about half a minute of compilation first, then about 1.25x "
+                        "(fp32) to 1.5x (bf16) faster on a CPU; worth it from a few thousand images")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps "
                                                   "(default: auto); samples do not depend on it beyond rounding")
     p.add_argument("--option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
@@ -271,6 +274,8 @@ def _draw(args, model=None):
     model = model or genkit.load(args.checkpoint, ema=not args.raw_weights, device=args.device)
     given = {name: getattr(args, name) for name in ("sampler", "steps", "guidance", "schedule")
              if getattr(args, name) is not None}
+    if args.compile:
+        given["compile"] = True
     takes = inspect.signature(model.sample).parameters
     for name in [*given, *(["options"] if options else [])]:
         if name not in takes and not (name == "options" and any(p.kind == p.VAR_KEYWORD for p in takes.values())):

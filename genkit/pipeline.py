@@ -169,7 +169,7 @@ class GenerativeModel(TrainedModel):
         self.codec = None if codec is None else codec.to(self.device)
         self.path = build_path(cfg)
         self.prediction = cfg.method.resolved_prediction
-        self._inference_nets: dict[torch.dtype | None, torch.nn.Module] = {}
+        self._inference_nets: dict[tuple[torch.dtype | None, bool], torch.nn.Module] = {}
         self._adaptive_grids: dict[tuple, AdaptiveGrid] = {}
 
     def to(self, device: str | torch.device) -> "GenerativeModel":
@@ -179,28 +179,32 @@ class GenerativeModel(TrainedModel):
             self.codec.to(self.device)
         return self
 
-    def inference_net(self, half: torch.dtype | None = None) -> torch.nn.Module:
+    def inference_net(self, half: torch.dtype | None = None, compile: bool = False) -> torch.nn.Module:
         """The net that samples, made once per dtype: for a half dtype a copy of its weights in it,
         which under autocast spares the cast of every weight at every call (bf16: about 1.25x
         faster on a CPU with AMX than autocast over fp32 weights, to the same error); in full
         precision on a CPU, a channels-last copy for nets whose convolutions run faster so
-        (`cpu_channels_last`: the UNet, about 1.45x at batch 256 here); else `net` itself
-        (benchmarks/throughput.py)."""
-        if half not in self._inference_nets:
-            if half is not None:
-                self._inference_nets[half] = copy.deepcopy(self.net).to(half)
+        (`cpu_channels_last`: the UNet, about 1.45x at batch 256 here); else `net` itself.
+        With `compile`, that net through `torch.compile` (inductor fuses the normalisations and
+        pointwise ops around the convolutions: see `sample`) (benchmarks/throughput.py)."""
+        key = (half, compile)
+        if key not in self._inference_nets:
+            if compile:
+                self._inference_nets[key] = torch.compile(self.inference_net(half))
+            elif half is not None:
+                self._inference_nets[key] = copy.deepcopy(self.net).to(half)
             elif self.device.type == "cpu" and getattr(self.net, "cpu_channels_last", False):
-                self._inference_nets[half] = copy.deepcopy(self.net).to(memory_format=torch.channels_last)
+                self._inference_nets[key] = copy.deepcopy(self.net).to(memory_format=torch.channels_last)
             else:
-                self._inference_nets[half] = self.net
-        return self._inference_nets[half]
+                self._inference_nets[key] = self.net
+        return self._inference_nets[key]
 
     def denoiser(self, labels: torch.Tensor | None = None, guidance: float = 1.0, clip_x0: bool = False,
-                 precision: str = "no") -> Denoiser:
+                 precision: str = "no", compile: bool = False) -> Denoiser:
         """The net as samplers see it (see `genkit.samplers.Denoiser`), in `precision` (`PRECISIONS`)."""
         half = half_dtype(precision, self.device)
-        return Denoiser(self.inference_net(half), self.path, self.prediction, labels=labels, guidance=guidance,
-                        null_class=self.num_classes, clip_x0=clip_x0, half=half)
+        return Denoiser(self.inference_net(half, compile), self.path, self.prediction, labels=labels,
+                        guidance=guidance, null_class=self.num_classes, clip_x0=clip_x0, half=half)
 
     def adaptive_grid(self, guidance: float = 1.0, clip_x0: bool = True, precision: str = "no") -> AdaptiveGrid:
         """The time grid fitted to this model (`genkit.samplers.AdaptiveGrid`): a pilot solve from
@@ -223,7 +227,7 @@ class GenerativeModel(TrainedModel):
     def sample(self, n: int, seed: int = 0, sampler=None, steps: int | None = None, guidance: float | None = None,
                labels=None, schedule=None, batch_size: int = 256, progress: bool = True, precision: str = "no",
                clip_x0: bool = True, start_index: int = 0, callback: Callback | None = None,
-               **options) -> Samples:
+               compile: bool = False, **options) -> Samples:
         """Draw `n` images; returns `Samples` (images in [0, 1], starting noise, labels, NFE).
 
         `sampler`: a name in `genkit.samplers.SAMPLERS`, a function with the sampler signature,
@@ -235,6 +239,11 @@ class GenerativeModel(TrainedModel):
         or auto (`hardware_precision`). `clip_x0` clamps every x0 estimate to [-1, 1];
         `callback(step, t, x, x0_hat)` sees every step of every batch; `options` go to the
         sampler. Sample i is drawn from noise stream (seed, start_index + i), whatever `batch_size`.
+        `compile` samples through `torch.compile` (inductor): its first call per precision and
+        batch shape compiles for about half a minute on a 2-core CPU, after which sampling runs
+        faster there (benchmarks/throughput.py); its samples equal the eager ones to rounding. So
+        that one shape serves every batch, a compiled last batch is filled up to `batch_size` with
+        the samples that would follow (drawn, then dropped; `callback` sees them).
         A latent model samples latents (there `clip_x0` does not apply) and returns them decoded.
         """
         sc = self.cfg.sample
@@ -268,11 +277,14 @@ class GenerativeModel(TrainedModel):
         images, starts, nfe = [], [], 0
         for start in tqdm(range(0, n, batch_size), desc="sampling", disable=not progress or n <= batch_size):
             idx = torch.arange(start, min(n, start + batch_size))
-            noise = SampleNoise(seed, (idx + start_index).tolist(), self.device)
-            denoiser = self.denoiser(None if labels is None else labels[idx].to(self.device), guidance, clip_x0, precision)
+            drawn = torch.arange(start, start + batch_size) if compile and n > batch_size else idx  # one shape compiled
+            noise = SampleNoise(seed, (drawn + start_index).tolist(), self.device)
+            denoiser = self.denoiser(None if labels is None else labels[drawn % n].to(self.device), guidance, clip_x0,
+                                     precision, compile)
             x = noise.randn(*shape) * prior_std  # [B, C, H, W]
-            starts.append(x.cpu())
+            starts.append(x[:len(idx)].cpu())
             x = fn(denoiser, x, ts, noise, callback=callback, progress=progress and n <= batch_size, **options)
+            x = x[:len(idx)]  # the padding of a compiled last batch, dropped
             nfe = max(nfe, denoiser.nfe)
             if self.codec is not None:
                 x = self.codec.decode(x)  # [B, c, h, w] -> [B, C, H, W]

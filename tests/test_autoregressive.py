@@ -238,6 +238,7 @@ def test_eval_cli_refuses_sampling_flags_for_autoregressive_models(pixelcnn_run)
     (["--steps", "5"], "--steps: does not apply"),
     (["--sampler", "ddim"], "--sampler: unknown sampler 'ddim'; choose from cached, naive"),
     (["--option", "eta=1"], "--option: does not apply to autoregressive models"),
+    (["--compile"], "--compile: does not apply to autoregressive models"),
 ])
 def test_sample_cli_refuses_diffusion_flags_for_autoregressive_models(pixelcnn_run, args, needle):
     result = run("sample.py", "--checkpoint", str(pixelcnn_run), "--num", "2", *args)
