@@ -39,6 +39,8 @@ RECIPES = {  # name -> (recipe, overrides)
     "VP-SDE-UNet": ("sde_vp_unet_mnist", ()),
     "VP-SDE-UNet (uniform t)": ("sde_vp_unet_mnist", ("method.sde.time_density=uniform",)),
     "RF-UNet": ("rf_unet_mnist", ()), "RF-DiT": ("rf_dit_mnist", ()), "Latent-RF-DiT": ("rf_dit_latent_mnist", ()),
+    "RF-DiT (patch 4)": ("rf_dit_mnist", ("model.dit.patch_size=4",)),
+    "RF-DiT (lr 2e-3)": ("rf_dit_mnist", ("train.lr=2e-3",)),
 }
 NFES = (5, 10, 20)
 # candidate (sampler, grid) pairs per method (None: the sampler's default grid, `adaptive` for DPM-Solver++)
