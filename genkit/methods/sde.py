@@ -50,10 +50,11 @@ def build_path(method_cfg) -> GaussianPath:
 
 
 class ScoreSDE(DenoisingMethod):
-    """t ~ U(t_eps, 1), or t drawn by its log-SNR (`time_density: log_snr_normal`). With the usual lambda(t) = sigma^2 weighting the score-matching loss is
-    the plain eps-prediction MSE (the net's eps is -sigma times its score; for VE that is the
-    scaled score up to sign). `likelihood_weighting` uses lambda(t) = g(t)^2 instead, which
-    makes the loss a bound on the negative log-likelihood (Song et al. 2021b, theorem 1)."""
+    """t ~ U(t_eps, 1), or t drawn by its log-SNR (`time_density: log_snr_normal`). With the usual
+    lambda(t) = sigma^2 weighting the score-matching loss is the plain eps-prediction MSE (the
+    net's eps is -sigma times its score; for VE that is the scaled score up to sign).
+    `likelihood_weighting` uses lambda(t) = g(t)^2 instead, which makes the loss a bound on the
+    negative log-likelihood (Song et al. 2021b, theorem 1)."""
 
     build_path = staticmethod(build_path)
 
