@@ -80,22 +80,15 @@ def test_score_sde_draws_times_by_log_snr():
     assert moments(ScoreSDE(cfg).path.log_snr(t)) == pytest.approx((-1.0, 2.0), abs=0.02)
 
 
-@pytest.mark.parametrize("override, key", [
-    ("method.ddpm.timestep_density=lognormal", "method.ddpm.timestep_density"),
-    ("method.ddpm.log_snr_std=0", "method.ddpm.log_snr_std"),
+@pytest.mark.parametrize("recipe, override, key", [
+    ("ddpm_unet_mnist", "method.ddpm.timestep_density=lognormal", "method.ddpm.timestep_density"),
+    ("ddpm_unet_mnist", "method.ddpm.log_snr_std=0", "method.ddpm.log_snr_std"),
+    ("sde_vp_unet_mnist", "method.sde.time_density=lognormal", "method.sde.time_density"),
+    ("sde_vp_unet_mnist", "method.sde.log_snr_std=-1", "method.sde.log_snr_std"),
 ])
-def test_ddpm_density_config_is_checked(override, key):
+def test_density_config_is_checked(recipe, override, key):
     with pytest.raises(ConfigError, match=key):
-        load_config("configs/ddpm_unet_mnist.yaml", [override])
-
-
-@pytest.mark.parametrize("override, key", [
-    ("method.sde.time_density=lognormal", "method.sde.time_density"),
-    ("method.sde.log_snr_std=-1", "method.sde.log_snr_std"),
-])
-def test_sde_density_config_is_checked(override, key):
-    with pytest.raises(ConfigError, match=key):
-        load_config("configs/sde_vp_unet_mnist.yaml", [override])
+        load_config(f"configs/{recipe}.yaml", [override])
 
 
 def test_step_probs_match_a_monte_carlo_of_the_density():
