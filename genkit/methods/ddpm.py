@@ -7,13 +7,12 @@ from dataclasses import dataclass
 import torch
 
 from genkit.methods.base import DenoisingMethod, loss_weight
-from genkit.methods.time_densities import LogSNRNormal
+from genkit.methods.time_densities import LOG_SNR_DENSITIES, LogSNRNormal
 from genkit.paths import DiscreteVPPath
 from genkit.registry import ConfigError, one_of, require
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "cosine", "sigmoid")
 LOSS_WEIGHTINGS = ("plain", "min_snr", "trunc_snr")
-TIMESTEP_DENSITIES = ("uniform", "log_snr_normal")
 
 
 @dataclass
@@ -36,7 +35,7 @@ def check(cfg) -> None:
     d = cfg.method.ddpm
     one_of(d.beta_schedule, BETA_SCHEDULES, "method.ddpm.beta_schedule")
     one_of(d.loss_weighting, LOSS_WEIGHTINGS, "method.ddpm.loss_weighting")
-    one_of(d.timestep_density, TIMESTEP_DENSITIES, "method.ddpm.timestep_density")
+    one_of(d.timestep_density, LOG_SNR_DENSITIES, "method.ddpm.timestep_density")
     require(d, "method.ddpm", positive=["num_timesteps", "snr_gamma", "log_snr_std"])
     if not 0 < d.beta_start < d.beta_end < 1:
         raise ConfigError("method.ddpm.beta_start, method.ddpm.beta_end: need 0 < beta_start < beta_end < 1")

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 import torch
 
 from genkit.methods.base import DenoisingMethod, loss_weight
-from genkit.methods.time_densities import LogSNRNormal
+from genkit.methods.time_densities import LOG_SNR_DENSITIES, LogSNRNormal
 from genkit.paths import GaussianPath, SubVPPath, VEPath, VPPath
-from genkit.registry import ConfigError, one_of
+from genkit.registry import ConfigError, one_of, require
 
 
 @dataclass
@@ -30,9 +30,8 @@ class SDEConfig:
 def check(cfg) -> None:
     sde = cfg.method.sde
     one_of(sde.kind, ("vp", "subvp", "ve"), "method.sde.kind")
-    one_of(sde.time_density, ("uniform", "log_snr_normal"), "method.sde.time_density")
-    if not sde.log_snr_std > 0:
-        raise ConfigError(f"method.sde.log_snr_std: must be > 0, got {sde.log_snr_std}")
+    one_of(sde.time_density, LOG_SNR_DENSITIES, "method.sde.time_density")
+    require(sde, "method.sde", positive=["log_snr_std"])
     if not 0 < sde.beta_min < sde.beta_max:
         raise ConfigError("method.sde.beta_min, method.sde.beta_max: need 0 < beta_min < beta_max")
     if not 0 < sde.sigma_min < sde.sigma_max:
@@ -58,13 +57,19 @@ class ScoreSDE(DenoisingMethod):
 
     build_path = staticmethod(build_path)
 
+    def __init__(self, cfg, num_classes: int = 0, path: GaussianPath | None = None):
+        super().__init__(cfg, num_classes, path)
+        sde = cfg.sde
+        self.log_snr_density = LogSNRNormal(sde.log_snr_mean, sde.log_snr_std) \
+            if sde.time_density == "log_snr_normal" else None  # None: uniform
+
     def sample_time(self, n: int, generator: torch.Generator | None):
         sde = self.cfg.sde
-        if sde.time_density == "log_snr_normal":
-            t = LogSNRNormal(sde.log_snr_mean, sde.log_snr_std).times(self.path, n, generator, t_min=sde.t_eps)
+        if self.log_snr_density is not None:
+            t = self.log_snr_density.times(self.path, n, generator, t_min=sde.t_eps)
         else:
             t = sde.t_eps + (1 - sde.t_eps) * torch.rand(n, generator=generator, dtype=torch.float64)
-        if not self.cfg.sde.likelihood_weighting:
+        if not sde.likelihood_weighting:
             return t, None
         sigma2 = self.path.sigma(t) ** 2
         snr = self.path.alpha(t) ** 2 / sigma2

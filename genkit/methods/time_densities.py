@@ -94,6 +94,9 @@ class NoiseEnd:
         return torch.ones(n, dtype=torch.float64)
 
 
+LOG_SNR_DENSITIES = ("uniform", "log_snr_normal")  # the choices of the paths whose time is not the flow's
+
+
 class LogSNRNormal:
     """lambda = log(alpha^2 / sigma^2) ~ N(mean, std), carried to any path's time through its
     log-SNR (a density over lambda is what one path's training schedule means on another: Kingma &
