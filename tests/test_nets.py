@@ -5,11 +5,11 @@ import torch
 
 from genkit.config import load_config
 from genkit.nets.dit import DiTConfig
-from genkit.nets.unet import UNetConfig
+from genkit.nets.unet import UNetConfig, UpsampleConv
 from genkit.methods import build_method
 from genkit.nets import DiT, UNet, build_net
 from genkit.nets.dit import sincos_2d
-from genkit.nets.layers import Attention, RMSNorm
+from genkit.nets.layers import Attention, GroupNorm, RMSNorm
 from tests.conftest import perturb
 
 
@@ -63,6 +63,39 @@ def test_unet_blocks_per_level_and_narrowing_upsample():
     assert [(conv.in_channels, conv.out_channels) for conv in net.upsample] == [(96, 64), (64, 32)]
     same = UNet(UNetConfig(channels=32, channel_mult=(1, 2), num_res_blocks=2), 1, 8, 10)
     assert [len(level.res) for level in same.down] == [2, 2]
+
+
+@pytest.mark.parametrize("height, width, channels_last", [(5, 7, False), (8, 8, True), (1, 1, False)])
+def test_upsample_conv_is_nearest_upsampling_then_its_3x3_conv(height, width, channels_last):
+    """The transposed convolution equals F.interpolate(nearest, 2x) then conv2d(padding 1) with the
+    same weights, in value and in the gradients of input, weight and bias."""
+    torch.manual_seed(0)
+    up = UpsampleConv(5, 3).double()
+    x = torch.randn(2, 5, height, width, dtype=torch.float64, requires_grad=True)
+    if channels_last:
+        up = up.to(memory_format=torch.channels_last)
+    out = up(x)
+    ref = torch.nn.functional.conv2d(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"),
+                                     up.weight, up.bias, padding=1)
+    assert out.shape == (2, 3, 2 * height, 2 * width)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    cotangent = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, (x, up.weight, up.bias), cotangent)
+    ref_grads = torch.autograd.grad(ref, (x, up.weight, up.bias), cotangent)
+    for grad, ref_grad in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, ref_grad, rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("size", [8, 32])
+def test_group_norm_gives_the_contiguous_kernels_values_in_the_inputs_layout(dtype, size):
+    norm = GroupNorm(4, 8).to(dtype)
+    torch.nn.init.normal_(norm.weight), torch.nn.init.normal_(norm.bias)
+    x = torch.randn(3, 8, size, size).to(dtype)
+    out = norm(x.to(memory_format=torch.channels_last))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, torch.nn.functional.group_norm(x, 4, norm.weight, norm.bias),
+                               **({} if dtype == torch.float32 else dict(rtol=0, atol=0.04)))
 
 
 def test_position_embedding_closed_form():

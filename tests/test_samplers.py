@@ -317,6 +317,7 @@ def test_half_precision_sampling_uses_a_half_copy_and_stays_close_to_fp32(tiny_c
     half = model.sample(4, steps=3, progress=False, precision=precision).images
     assert all(p.dtype == torch.float32 for p in model.net.parameters())  # the model's own weights untouched
     assert all(p.dtype == dtype for p in model.inference_net(dtype).parameters())
+    assert model.inference_net(dtype).stem.weight.is_contiguous(memory_format=torch.channels_last)  # the UNet's CPU layout
     x = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     exact = model.denoiser().raw(x, 0.5)
     for denoiser in (model.denoiser(precision=precision), Denoiser(model.net, model.path, model.prediction, half=dtype)):

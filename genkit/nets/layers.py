@@ -50,6 +50,24 @@ class ConditionEmbedding(nn.Module):
         return emb
 
 
+class GroupNorm(nn.GroupNorm):
+    """`nn.GroupNorm` that normalises a small channels-last half-precision map on a CPU in the
+    contiguous layout: below 32x32 pixels PyTorch's channels-last CPU kernel parallelises over
+    (sample, group) with strided reads, up to 30x slower in bf16 than the contiguous kernel, and
+    the two layout copies cost less than that. The bf16 UNet then runs about 1.25x faster in
+    channels-last than contiguous at batch 256 (1.9x slower without this). In fp32 the copies
+    cost what they save, so fp32 maps are left alone."""
+
+    SMALL_MAP = 32 * 32  # the kernel's switch to its per-pixel parallel algorithm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and x.dim() == 4
+                and x.shape[-2] * x.shape[-1] < self.SMALL_MAP
+                and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
+            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm with a learnable per-channel scale (Zhang & Sennrich 2019)."""
 

@@ -9,7 +9,8 @@ Two choices keep the full-resolution level cheap, where activations are largest 
 is bound by memory traffic: the number of residual blocks is set per level, and upsampling
 narrows to the finer level's width as it doubles the resolution (the up-convolution of the
 original U-Net, Ronneberger et al. 2015) instead of convolving the coarse width at the fine
-resolution.
+resolution. That upsampling (nearest-neighbour 2x, then a 3x3 convolution) runs as the one
+transposed convolution it equals (`UpsampleConv`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from dataclasses import dataclass
 
-from genkit.nets.layers import Attention, ConditionEmbedding, InputSkip, zero_module
+from genkit.nets.layers import Attention, ConditionEmbedding, GroupNorm, InputSkip, zero_module
 from genkit.registry import ConfigError, require
 
 
@@ -72,8 +73,8 @@ def build(cfg) -> "UNet":
     return UNet(cfg.model.unet, *input_shape(cfg), cfg.model.num_classes, cfg.model.interval)
 
 
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, channels)
+def _norm(channels: int) -> GroupNorm:
+    return GroupNorm(32, channels)
 
 
 class ResBlock(nn.Module):
@@ -93,6 +94,29 @@ class ResBlock(nn.Module):
         scale, shift = self.emb_proj(emb)[:, :, None, None].chunk(2, dim=1)  # [B, C, 1, 1] each
         h = self.out_norm(h) * (1 + scale) + shift
         return self.skip(x) + self.out_layers(h)
+
+
+class UpsampleConv(nn.Conv2d):
+    """Nearest-neighbour 2x upsampling followed by this 3x3 convolution, computed as the stride-2
+    transposed convolution with a 4x4 kernel that equals it (each output pixel sees 2x2 input
+    pixels): 16 instead of 36 multiply-adds per input pixel and channel pair, and no upsampled
+    copy (2.5-6x faster on a CPU; benchmarks/throughput.py). The weights stay those of the 3x3
+    convolution, so checkpoints are unchanged."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__(in_ch, out_ch, 3, padding=1)
+
+    @staticmethod
+    def _transposed_taps(w: torch.Tensor, dim: int) -> torch.Tensor:
+        """3 taps (w0, w1, w2) along `dim` -> the 4 taps of the stride-2 transposed convolution:
+        an even output row 2i sees input rows i-1 (w0) and i (w1 + w2), an odd one 2i+1 sees
+        rows i (w0 + w1) and i+1 (w2); the transposed convolution lists them flipped."""
+        w0, w1, w2 = w.unbind(dim)
+        return torch.stack([w2, w1 + w2, w0 + w1, w0], dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C_in, H, W] -> [B, C_out, 2H, 2W]
+        kernel = self._transposed_taps(self._transposed_taps(self.weight, 2), 3)  # [C_out, C_in, 4, 4]
+        return F.conv_transpose2d(x, kernel.transpose(0, 1), self.bias, stride=2, padding=1)
 
 
 class AttentionBlock(nn.Module):
@@ -125,7 +149,7 @@ class UNet(nn.Module):
     """Class-conditional UNet: `net(x [B,C,H,W], t [B] in [0, 1], y [B] or None, r [B] or None)
     -> [B,C,H,W]`; r, a second time, only with `interval` (see `ConditionEmbedding`)."""
 
-    cpu_channels_last = True  # fp32 inference on a CPU about 1.45x faster so (bf16's GroupNorm is slower in it)
+    cpu_channels_last = True  # inference on a CPU about 1.45x faster so in fp32, 1.25x in bf16 (see `GroupNorm`)
 
     def __init__(self, cfg: UNetConfig, in_channels: int, image_size: int, num_classes: int, interval: bool = False):
         super().__init__()
@@ -162,7 +186,7 @@ class UNet(nn.Module):
                 cur = width
             self.up.append(Level(pairs, emb_dim, size in cfg.attention_resolutions, cfg))
             if i > 0:
-                self.upsample.append(nn.Conv2d(cur, widths[i - 1], 3, padding=1))
+                self.upsample.append(UpsampleConv(cur, widths[i - 1]))
                 cur, size = widths[i - 1], size * 2
 
         self.head = nn.Sequential(_norm(cur), nn.SiLU(), zero_module(nn.Conv2d(cur, in_channels, 3, padding=1)))
@@ -186,5 +210,5 @@ class UNet(nn.Module):
             for res, attn in zip(level.res, level.attn):
                 h = attn(res(torch.cat([h, skips.pop()], dim=1), emb))
             if i < len(self.upsample):
-                h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))  # [B, C_finer, 2H, 2W]
+                h = self.upsample[i](h)  # [B, C_finer, 2H, 2W]
         return self.head(h) + self.input_skip(x, emb)
