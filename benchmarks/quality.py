@@ -41,6 +41,8 @@ RECIPES = {  # name -> (recipe, overrides)
     "RF-UNet": ("rf_unet_mnist", ()), "RF-DiT": ("rf_dit_mnist", ()), "Latent-RF-DiT": ("rf_dit_latent_mnist", ()),
     "RF-DiT (patch 4)": ("rf_dit_mnist", ("model.dit.patch_size=4",)),
     "RF-DiT (lr 2e-3)": ("rf_dit_mnist", ("train.lr=2e-3",)),
+    "RF-DiT (lr 5e-4)": ("rf_dit_mnist", ("train.lr=5e-4",)),
+    "RF-DiT (seed 1)": ("rf_dit_mnist", ("train.seed=1",)),
 }
 NFES = (5, 10, 20)
 # candidate (sampler, grid) pairs per method (None: the sampler's default grid, `adaptive` for DPM-Solver++)
