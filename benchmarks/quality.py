@@ -43,6 +43,8 @@ RECIPES = {  # name -> (recipe, overrides)
     "RF-DiT (lr 2e-3)": ("rf_dit_mnist", ("train.lr=2e-3",)),
     "RF-DiT (lr 5e-4)": ("rf_dit_mnist", ("train.lr=5e-4",)),
     "RF-DiT (seed 1)": ("rf_dit_mnist", ("train.seed=1",)),
+    "RF-DiT (batch 64)": ("rf_dit_mnist", ("train.batch_size=64",)),
+    "RF-DiT (width 192)": ("rf_dit_mnist", ("model.dit.hidden_size=192", "model.dit.num_heads=3")),
 }
 NFES = (5, 10, 20)
 # candidate (sampler, grid) pairs per method (None: the sampler's default grid, `adaptive` for DPM-Solver++)

@@ -184,23 +184,22 @@ class GenerativeModel(TrainedModel):
         which under autocast spares the cast of every weight at every call (bf16: about 1.25x
         faster on a CPU with AMX than autocast over fp32 weights, to the same error); on a CPU,
         in channels-last for nets whose convolutions run faster so (`cpu_channels_last`: the
-        UNet, about 1.45x in fp32 and 1.25x in bf16 at batch 256 here); else `net` itself.
-        With `compile`, that net through `torch.compile` (inductor fuses the normalisations and
-        pointwise ops around the convolutions: see `sample`) (benchmarks/throughput.py)."""
+        UNet); else `net` itself.
+        With `compile`, such a net through `torch.compile` (inductor fuses the normalisations and
+        pointwise ops around the convolutions: see `sample`), half ones kept contiguous
+        (benchmarks/throughput.py)."""
         key = (half, compile)
         if key not in self._inference_nets:
-            channels_last = self.device.type == "cpu" and getattr(self.net, "cpu_channels_last", False)
-            if compile:
-                self._inference_nets[key] = torch.compile(self.inference_net(half))
-            elif half is None and not channels_last:
-                self._inference_nets[key] = self.net
-            else:
-                net = copy.deepcopy(self.net)
+            channels_last = (self.device.type == "cpu" and getattr(self.net, "cpu_channels_last", False)
+                             and not (compile and half is not None))  # inductor's fused half kernels: contiguous
+            net = self.net
+            if half is not None or channels_last:
+                net = copy.deepcopy(net)
                 if half is not None:
                     net = net.to(half)
                 if channels_last:
                     net = net.to(memory_format=torch.channels_last)
-                self._inference_nets[key] = net
+            self._inference_nets[key] = torch.compile(net) if compile else net
         return self._inference_nets[key]
 
     def denoiser(self, labels: torch.Tensor | None = None, guidance: float = 1.0, clip_x0: bool = False,

@@ -367,7 +367,8 @@ def test_compiled_sampling_draws_the_eager_samples(tiny_cfg, precision):
     compiled = model.sample(6, steps=3, progress=False, precision=precision, batch_size=4, compile=True)
     half = half_dtype(precision, model.device)
     net = model.inference_net(half, compile=True)
-    assert net is not model.inference_net(half) and net._orig_mod is model.inference_net(half)  # wraps the copy
+    assert net._orig_mod is not model.net and all(p.dtype == (half or torch.float32) for p in net.parameters())
+    assert net._orig_mod.stem.weight.is_contiguous(memory_format=torch.contiguous_format if half else torch.channels_last)
     assert torch.equal(eager.noise, compiled.noise) and eager.nfe == compiled.nfe
     error = (eager.images - compiled.images).abs()
     if precision == "no":

@@ -52,13 +52,13 @@ class ConditionEmbedding(nn.Module):
 
 class GroupNorm(nn.GroupNorm):
     """`nn.GroupNorm` that normalises a small channels-last half-precision map on a CPU in the
-    contiguous layout: below 32x32 pixels PyTorch's channels-last CPU kernel parallelises over
-    (sample, group) with strided reads, up to 30x slower in bf16 than the contiguous kernel, and
-    the two layout copies cost less than that. The bf16 UNet then runs about 1.25x faster in
-    channels-last than contiguous at batch 256 (1.9x slower without this). In fp32 the copies
-    cost what they save, so fp32 maps are left alone."""
+    contiguous layout. PyTorch's channels-last CPU kernel is many times slower in bf16 than the
+    contiguous one on maps below 32x32 pixels (seen here on 16x16 and 8x8 maps, not on 32x32),
+    more than the two layout copies cost; with this, bf16 sampling runs faster in channels-last
+    than contiguous (benchmarks/throughput.py). fp32 maps gain nothing from the copies and are
+    left alone."""
 
-    SMALL_MAP = 32 * 32  # the kernel's switch to its per-pixel parallel algorithm
+    SMALL_MAP = 32 * 32  # pixels; smaller maps take the contiguous kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and x.dim() == 4

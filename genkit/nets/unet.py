@@ -100,8 +100,8 @@ class UpsampleConv(nn.Conv2d):
     """Nearest-neighbour 2x upsampling followed by this 3x3 convolution, computed as the stride-2
     transposed convolution with a 4x4 kernel that equals it (each output pixel sees 2x2 input
     pixels): 16 instead of 36 multiply-adds per input pixel and channel pair, and no upsampled
-    copy (2.5-6x faster on a CPU; benchmarks/throughput.py). The weights stay those of the 3x3
-    convolution, so checkpoints are unchanged."""
+    copy (most of the bf16 sampling gain in benchmarks/throughput.py). The weights stay those of
+    the 3x3 convolution, so checkpoints are unchanged."""
 
     def __init__(self, in_ch: int, out_ch: int):
         super().__init__(in_ch, out_ch, 3, padding=1)
@@ -149,7 +149,7 @@ class UNet(nn.Module):
     """Class-conditional UNet: `net(x [B,C,H,W], t [B] in [0, 1], y [B] or None, r [B] or None)
     -> [B,C,H,W]`; r, a second time, only with `interval` (see `ConditionEmbedding`)."""
 
-    cpu_channels_last = True  # inference on a CPU about 1.45x faster so in fp32, 1.25x in bf16 (see `GroupNorm`)
+    cpu_channels_last = True  # CPU inference runs faster so, fp32 and bf16 (see `GroupNorm`; benchmarks/throughput.py)
 
     def __init__(self, cfg: UNetConfig, in_channels: int, image_size: int, num_classes: int, interval: bool = False):
         super().__init__()
