@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from harness import benchmark_parser, recipe_path, write_results
@@ -219,7 +220,8 @@ def sampling(batch: int, steps: int, repeats: int, compiled: bool = False) -> di
 
 def main() -> None:
     parser = benchmark_parser("throughput", __doc__)
-    parser.add_argument("--part", choices=["all", "training", "sampling"], default="all")
+    parser.add_argument("--part", choices=["all", "training", "sampling"], default="all",
+                        help="measure one part only; the other stays in the JSON, stamped with the commit it was measured at")
     parser.add_argument("--seconds", type=float, default=15.0, help="timed training seconds per net and precision")
     parser.add_argument("--compile", action="store_true",
                         help="also time genkit's UNet under torch.compile in training (not counted in the ratio), "
@@ -230,12 +232,20 @@ def main() -> None:
     args = parser.parse_args()
 
     result = {}
-    if args.part in ("all", "training"):
+    path = Path(args.json)
+    if args.part != "all" and path.exists():  # the part not re-measured stays, stamped with its own commit
+        kept = json.loads(path.read_text())
+        other = "sampling" if args.part == "training" else "training"
+        if other in kept:
+            result[other] = {**kept[other], "commit": kept[other].get("commit", kept["commit"]),
+                             "machine": kept[other].get("machine", kept["machine"])}
+    measured = ["training", "sampling"] if args.part == "all" else [args.part]
+    if "training" in measured:
         result["training"] = training(args)
-    if args.part in ("all", "sampling"):
+    if "sampling" in measured:
         result["sampling"] = sampling(args.sampling_batch, args.sampling_steps, args.sampling_repeats, args.compile)
-    print(json.dumps({part: {k: v for k, v in r.items() if k != "rows"} for part, r in result.items()}, indent=2))
-    write_results("throughput", result, args.json)
+    print(json.dumps({part: {k: v for k, v in result[part].items() if k != "rows"} for part in measured}, indent=2))
+    write_results("throughput", result, path)
 
 
 def training(args) -> dict:

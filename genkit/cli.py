@@ -99,7 +99,7 @@ def _sampling_flags(p: Parser) -> None:
     _precision_flags(p)
     p.add_argument("--compile", action="store_true",
                    help="sample through torch.compile: about half a minute of compilation first, then about 1.3x "
-                        "(fp32) to 1.7x (bf16) faster on a 2-core CPU; worth it from a few thousand images")
+                        "(fp32) and 1.1x (bf16) faster on a 2-core CPU; worth it beyond a few minutes of sampling")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps "
                                                   "(default: auto); samples do not depend on it beyond rounding")
     p.add_argument("--option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
