@@ -45,6 +45,7 @@ RECIPES = {  # name -> (recipe, overrides)
     "RF-DiT (seed 1)": ("rf_dit_mnist", ("train.seed=1",)),
     "RF-DiT (batch 64)": ("rf_dit_mnist", ("train.batch_size=64",)),
     "RF-DiT (width 192)": ("rf_dit_mnist", ("model.dit.hidden_size=192", "model.dit.num_heads=3")),
+    "RF-DiT (width 128)": ("rf_dit_mnist", ("model.dit.hidden_size=128", "model.dit.num_heads=2")),
 }
 NFES = (5, 10, 20)
 # candidate (sampler, grid) pairs per method (None: the sampler's default grid, `adaptive` for DPM-Solver++)
