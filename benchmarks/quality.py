@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 import genkit
 from genkit.evaluation import Evaluator
 
+WIDTH_256 = ("model.dit.hidden_size=256", "model.dit.num_heads=4")  # the pixel DiT before it took width 128
 RECIPES = {  # name -> (recipe, overrides)
     "DDPM-UNet": ("ddpm_unet_mnist", ()),
     "DDPM-UNet (uniform t)": ("ddpm_unet_mnist", ("method.ddpm.timestep_density=uniform",)),
@@ -39,13 +40,14 @@ RECIPES = {  # name -> (recipe, overrides)
     "VP-SDE-UNet": ("sde_vp_unet_mnist", ()),
     "VP-SDE-UNet (uniform t)": ("sde_vp_unet_mnist", ("method.sde.time_density=uniform",)),
     "RF-UNet": ("rf_unet_mnist", ()), "RF-DiT": ("rf_dit_mnist", ()), "Latent-RF-DiT": ("rf_dit_latent_mnist", ()),
-    "RF-DiT (patch 4)": ("rf_dit_mnist", ("model.dit.patch_size=4",)),
-    "RF-DiT (lr 2e-3)": ("rf_dit_mnist", ("train.lr=2e-3",)),
-    "RF-DiT (lr 5e-4)": ("rf_dit_mnist", ("train.lr=5e-4",)),
     "RF-DiT (seed 1)": ("rf_dit_mnist", ("train.seed=1",)),
-    "RF-DiT (batch 64)": ("rf_dit_mnist", ("train.batch_size=64",)),
     "RF-DiT (width 192)": ("rf_dit_mnist", ("model.dit.hidden_size=192", "model.dit.num_heads=3")),
-    "RF-DiT (width 128)": ("rf_dit_mnist", ("model.dit.hidden_size=128", "model.dit.num_heads=2")),
+    "RF-DiT (width 256)": ("rf_dit_mnist", WIDTH_256),
+    "RF-DiT (width 256, seed 1)": ("rf_dit_mnist", WIDTH_256 + ("train.seed=1",)),
+    "RF-DiT (width 256, batch 64)": ("rf_dit_mnist", WIDTH_256 + ("train.batch_size=64",)),
+    "RF-DiT (width 256, lr 2e-3)": ("rf_dit_mnist", WIDTH_256 + ("train.lr=2e-3",)),
+    "RF-DiT (width 256, lr 5e-4)": ("rf_dit_mnist", WIDTH_256 + ("train.lr=5e-4",)),
+    "RF-DiT (width 256, patch 4)": ("rf_dit_mnist", WIDTH_256 + ("model.dit.patch_size=4",)),
 }
 NFES = (5, 10, 20)
 # candidate (sampler, grid) pairs per method (None: the sampler's default grid, `adaptive` for DPM-Solver++)
