@@ -180,14 +180,13 @@ class GenerativeModel(TrainedModel):
         return self
 
     def inference_net(self, half: torch.dtype | None = None, compile: bool = False) -> torch.nn.Module:
-        """The net that samples, made once per dtype: for a half dtype a copy of its weights in it,
-        which under autocast spares the cast of every weight at every call (bf16: about 1.25x
-        faster on a CPU with AMX than autocast over fp32 weights, to the same error); on a CPU,
-        in channels-last for nets whose convolutions run faster so (`cpu_channels_last`: the
-        UNet); else `net` itself.
-        With `compile`, such a net through `torch.compile` (inductor fuses the normalisations and
-        pointwise ops around the convolutions: see `sample`), half ones kept contiguous
-        (benchmarks/throughput.py)."""
+        """The net that samples, made once per dtype and `compile`: for a half dtype a copy of its
+        weights in it, which under autocast spares the cast of every weight at every call (bf16:
+        about 1.25x faster on a CPU with AMX than autocast over fp32 weights, to the same error);
+        on a CPU, in channels-last for nets whose convolutions run faster so (`cpu_channels_last`:
+        the UNet); else `net` itself. With `compile`, such a net through `torch.compile` (inductor
+        fuses the normalisations and pointwise ops around the convolutions: see `sample`), half
+        ones kept contiguous (benchmarks/throughput.py)."""
         key = (half, compile)
         if key not in self._inference_nets:
             channels_last = (self.device.type == "cpu" and getattr(self.net, "cpu_channels_last", False)
