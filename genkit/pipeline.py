@@ -209,8 +209,9 @@ class GenerativeModel(TrainedModel):
                         guidance=guidance, null_class=self.num_classes, clip_x0=clip_x0, half=half)
 
     def adaptive_grid(self, guidance: float = 1.0, clip_x0: bool = True, precision: str = "no") -> AdaptiveGrid:
-        """The time grid fitted to this model (`genkit.samplers.AdaptiveGrid`): a pilot solve from
-        fixed noise draws (classes in turn), made once per guidance, clipping and precision."""
+        """The time grids fitted to this model (`genkit.samplers.AdaptiveGrid`): a pilot solve from
+        fixed noise draws (classes in turn), made once per guidance, clipping and precision; each
+        sampler and step count then gets the candidate grid it solves the pilot's draws best on."""
         key = (guidance, clip_x0 and self.codec is None, precision)
         if key not in self._adaptive_grids:
             channels, size = input_shape(self.cfg)
@@ -270,9 +271,10 @@ class GenerativeModel(TrainedModel):
         labels = self.labels_for(labels, n)
         clip_x0 = clip_x0 and self.codec is None  # normalised latents are not bounded by 1
         schedule = schedule or default_schedule(sampler, self.path)
-        if schedule == ADAPTIVE:
-            schedule = self.adaptive_grid(guidance, clip_x0, precision)
-        ts = self._grid(schedule, steps)
+        if schedule == ADAPTIVE and not isinstance(fn, DiffusersSampler):  # the grid fitted to this model and sampler
+            ts = self.adaptive_grid(guidance, clip_x0, precision).fitted(fn, steps, progress, **options)
+        else:
+            ts = self._grid(self.adaptive_grid(guidance, clip_x0, precision) if schedule == ADAPTIVE else schedule, steps)
         channels, size = input_shape(self.cfg)
         shape = (channels, size, size)
         prior_std = float((self.path.alpha(ts[:1]) ** 2 + self.path.sigma(ts[:1]) ** 2).sqrt())

@@ -181,6 +181,7 @@ def test_adaptive_grid_follows_the_datas_finest_scale():
     start and descending strictly to 0; a net whose estimate never moves gets even log-SNR steps."""
     from genkit.paths import FlowPath
     from genkit.samplers import AdaptiveGrid
+    from genkit.samplers.adaptive import PILOT_STEPS
 
     path = FlowPath()
     pilot = torch.randn(32, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
@@ -189,7 +190,7 @@ def test_adaptive_grid_follows_the_datas_finest_scale():
     for std in (0.01, 0.3):
         mixture = GaussianMixture(means, std=std)
         grid = AdaptiveGrid.calibrate(Denoiser(mixture.as_net(path, "velocity"), path, "velocity"), pilot)
-        assert grid.pilot_nfe == 32
+        assert grid.pilot_nfe == PILOT_STEPS
         for steps in (1, 5, 10, 20):
             ts = grid.grid(path, steps)
             assert len(ts) == steps + 1 and ts[0] == ts.max() and ts[-1] == 0 and (ts.diff() < 0).all()

@@ -50,26 +50,35 @@ def angle(path: GaussianPath, steps: int, t_max: float = 1.0) -> torch.Tensor:
     return _clock(path, steps, t_max, torch.atan, torch.tan)
 
 
-def flow(path: GaussianPath, steps: int, t_max: float = 1.0) -> torch.Tensor:
-    """Evenly spaced in sigma / (alpha + sigma) from the start down to 0 (the rectified flow's own
-    clock): the same noise levels on every path, and no evaluation spent at a nearly clean time."""
-    return _clock(path, steps, t_max, lambda sigma: sigma / (1 + sigma), lambda u: u / (1 - u))
+def flow(path: GaussianPath, steps: int, t_max: float = 1.0, rho: float = 1.0) -> torch.Tensor:
+    """Evenly spaced in u^(1 / rho), u = sigma / (alpha + sigma), from the start down to 0. With rho = 1
+    that is the rectified flow's own clock: the same noise levels on every path, and no evaluation
+    spent at a nearly clean time. rho > 1 packs the steps toward the clean end, as EDM's rho does in
+    sigma (Karras et al. 2022)."""
+    return _clock(path, steps, t_max, lambda sigma: sigma / (1 + sigma), lambda u: u / (1 - u), rho)
 
 
-def _clock(path: GaussianPath, steps: int, t_max: float, clock, inverse) -> torch.Tensor:
-    """steps + 1 times evenly spaced in clock(sigma / alpha) from t_max to t = 0 (clock(0) = 0)."""
-    hi, _ = _log_snr_range(path, t_max, None)
-    top = clock(torch.tensor(math.exp(-hi / 2), dtype=torch.float64))
-    levels = inverse(top * torch.linspace(1, 0, steps + 1, dtype=torch.float64)[:-1])  # sigma / alpha > 0
+def _clock(path: GaussianPath, steps: int, t_max: float, clock, inverse, rho: float = 1.0) -> torch.Tensor:
+    """steps + 1 times: `steps` evenly spaced in clock(sigma / alpha)^(1 / rho) from t_max, then t = 0
+    (clock(0) = 0). With rho = 1 the spacing runs down to 0; a packed one (rho > 1) runs toward the
+    path's least noisy time t_min, which one step more would reach, so that no two steps fall below
+    it (on DDPM's discrete path they would snap to the same step)."""
+    if not rho >= 1:
+        raise ValueError(f"rho must be a number >= 1, got {rho!r}")
+    hi, lo = _log_snr_range(path, t_max, None)
+    top, bottom = clock(torch.tensor([math.exp(-hi / 2), math.exp(-lo / 2)], dtype=torch.float64)) ** (1 / rho)
+    bottom = bottom if rho > 1 else 0.0
+    fractions = torch.linspace(1, 0, steps + 1, dtype=torch.float64)[:-1]
+    levels = inverse((bottom + (top - bottom) * fractions) ** rho)  # sigma / alpha > 0
     return _finish(path, _start_at(path.t_of_log_snr(-2 * torch.log(levels)), t_max))
 
 
 def auto(path: GaussianPath, steps: int, t_max: float = 1.0) -> torch.Tensor:
-    """The robust default for DPM-Solver++ and the ODE samplers: the flow clock (`flow`) below 10
+    """A robust fixed grid for DPM-Solver++ and the ODE samplers: the flow clock (`flow`) below 10
     steps, where a log-SNR grid wastes its last evaluation at a nearly clean time and strides too
     far between the others; from 10 steps on, even in log-SNR with the noise level sigma / alpha
     capped at EDM's 80 (Karras et al. 2022), which keeps cosine and flow paths from spending steps
-    at SNR 1e-8. Chosen by `benchmarks/samplers.py` on its two tuning mixtures (see MIXTURES there)."""
+    at SNR 1e-8."""
     if steps < 10:
         return flow(path, steps, t_max)
     return log_snr(path, steps, t_max, sigma_max=80.0)
