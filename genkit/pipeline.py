@@ -236,7 +236,7 @@ class GenerativeModel(TrainedModel):
         `sampler`: a name in `genkit.samplers.SAMPLERS`, a function with the sampler signature,
         or a diffusers scheduler instance (default: the config's `sample.sampler`, with its
         `sample.options`). `schedule`: a name in `genkit.samplers.SCHEDULES`, `adaptive` (fitted
-        to this model: `adaptive_grid`), or a function (path, steps) -> times (default: the
+        to this model and sampler: `adaptive_grid`), or a function (path, steps) -> times (default: the
         sampler's own on this path). `labels`: an int, a
         sequence of class ids, or None (class i mod K for sample i). `precision`: no, bf16, fp16
         or auto (`hardware_precision`). `clip_x0` clamps every x0 estimate to [-1, 1];

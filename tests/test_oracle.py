@@ -202,6 +202,98 @@ def test_adaptive_grid_follows_the_datas_finest_scale():
     assert torch.allclose(lam.diff(), lam.diff()[:1].expand(3), rtol=1e-6)
 
 
+def test_fitted_grid_keeps_the_candidate_nearest_its_reference_once_per_sampler_and_steps():
+    """`fitted` returns the candidate grid whose solve of the pilot's draws lands nearest the pilot's
+    reference (each candidate's error recomputed here), and a second call costs no evaluation. The
+    reference is the exact ODE's image of the draws from t = 1, where the candidates start: a
+    regression, as a reference started at sigma / alpha = 80 missed it by 1e-2 on the flow."""
+    from genkit.paths import FlowPath
+    from genkit.samplers import AdaptiveGrid
+
+    path = FlowPath()
+    draws = torch.randn(32, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    pilot = Denoiser(GMM.as_net(path, "velocity"), path, "velocity")
+    grid = AdaptiveGrid.calibrate(pilot, draws)
+    fine = SCHEDULES["log_snr"](path, 2000)
+    exact = SAMPLERS["dpmpp_2m_pc"](Denoiser(GMM.as_net(path, "velocity"), path, "velocity"), draws.clone(), fine)
+    assert (grid.reference - exact).square().mean().sqrt() < 1e-3
+    unipc = SAMPLERS["unipc"].build
+    ts = grid.fitted(unipc, 8, order=3)
+    name, chosen, errors = grid.choices[(unipc, 8, repr([("order", 3)]))]
+    assert torch.equal(ts, chosen) and set(errors) == set(grid.candidates(path, 8)) and len(errors) >= 5
+    for candidate, times in grid.candidates(path, 8).items():
+        out = unipc(Denoiser(GMM.as_net(path, "velocity"), path, "velocity"), draws * path.prior_std(float(times[0])),
+                    times, order=3)
+        assert math.isclose(float((out - grid.reference).square().mean().sqrt()), errors[candidate], rel_tol=1e-6)
+    assert errors[name] == min(errors.values())
+    before = pilot.nfe
+    assert torch.equal(grid.fitted(unipc, 8, order=3), ts) and pilot.nfe == before
+    assert not torch.equal(grid.fitted(unipc, 8, order=2), ts) or pilot.nfe > before  # another sampler: fitted anew
+
+
+def test_fitted_grid_is_about_as_accurate_as_the_best_candidate_on_fresh_draws():
+    """The choice made on 32 pilot draws holds for others: on a tight anisotropic mixture (fine
+    detail: the plain flow clock is a poor grid) and a wide one, 20 UniPC-3 steps on the fitted grid
+    land within 1.25x of the best candidate's error against the exact ODE on 500 fresh draws."""
+    from genkit.paths import FlowPath
+    from genkit.samplers import AdaptiveGrid
+
+    path = FlowPath()
+    unipc = SAMPLERS["unipc"].build
+    for std in (0.02, 0.4):
+        mixture = GaussianMixture.random(components=3, dim=4, std=std, anisotropy=2.0, seed=5)
+        net = mixture.as_net(path, "velocity")
+        draws = torch.randn(32, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+        grid = AdaptiveGrid.calibrate(Denoiser(net, path, "velocity"), draws)
+        fresh = torch.randn(500, 4, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+        exact = SAMPLERS["dpmpp_2m_pc"](Denoiser(net, path, "velocity"), fresh.clone(), SCHEDULES["log_snr"](path, 1000))
+        error = {name: float((unipc(Denoiser(net, path, "velocity"), fresh * path.prior_std(float(ts[0])), ts, order=3) - exact)
+                             .square().mean().sqrt()) for name, ts in grid.candidates(path, 20).items()}
+        name = grid.choices[(unipc, 20, repr([("order", 3)]))][0] if grid.fitted(unipc, 20, order=3) is not None else None
+        assert error[name] <= 1.25 * min(error.values()), (std, name, error)
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m_pc", "unipc"])
+def test_corrected_first_step_from_pure_noise_is_exact_for_unit_gaussian_data(sampler):
+    """Regression: redoing a first step from pure noise (alpha = 0: a flow) put all weight on the end
+    point's estimate, the limit of x0_hat linear in lambda over an infinite step. For data N(0, I)
+    the flow's ODE takes noise e to e * sqrt(alpha^2 + sigma^2); the corrected state after that
+    step now lands there exactly for long and short steps, and the weight tends to 1/2 for short
+    ones (x0_hat linear in alpha / sigma)."""
+    from genkit.paths import FlowPath
+    from genkit.samplers.base import first_step_weight
+
+    path = FlowPath()
+    unit = GaussianMixture(torch.zeros(1, 3), std=1.0)
+    for t1 in (0.95, 0.6, 0.2):
+        ts = torch.tensor([1.0, t1, 0.0], dtype=torch.float64)
+        e = torch.randn(64, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        seen = {}
+        SAMPLERS[sampler](Denoiser(unit.as_net(path, "velocity"), path, "velocity"), e.clone(), ts,
+                          callback=lambda i, t, x, x0: seen.setdefault(i, x.clone()))
+        assert torch.allclose(seen[1], e * math.sqrt(t1**2 + (1 - t1) ** 2), atol=1e-10), (sampler, t1)
+    assert abs(first_step_weight(1e-3) - 0.5) < 1e-3 and first_step_weight(0.0) == 0.5
+
+
+def test_packed_flow_clock_reaches_lower_without_collapsing_steps():
+    """`flow(rho)`: rho = 1 is the even flow clock; rho > 1 puts the last evaluation at lower noise,
+    descending strictly with exactly `steps` evaluations even where DDPM's discrete steps run out."""
+    from genkit.paths import FlowPath
+    from genkit.samplers.schedules import flow
+
+    for path in (PATH, FlowPath()):
+        assert torch.equal(flow(path, 10, rho=1.0), SCHEDULES["flow"](path, 10))
+        for steps in (5, 20, 50):
+            last = []
+            for rho in (1.0, 1.5, 2.0):
+                ts = flow(path, steps, rho=rho)
+                assert len(ts) == steps + 1 and ts[-1] == 0 and (ts.diff() < 0).all(), (path, steps, rho)
+                last.append(float(ts[-2]))
+            assert last[0] > last[2] and last[0] >= last[1] >= last[2], (steps, last)  # DDPM: whole steps
+    with pytest.raises(ValueError, match="rho"):
+        flow(PATH, 10, rho=0.5)
+
+
 @pytest.mark.parametrize("name", ["FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"])
 def test_diffusers_flow_matching_schedulers_sample_a_flow(name):
     """Regression: a flow-matching scheduler on a rectified flow died with AttributeError (no alphas_cumprod)."""

@@ -12,7 +12,7 @@ from genkit.methods import make_betas
 from genkit.paths import DiscreteVPPath
 from genkit.pipeline import GenerativeModel, half_dtype
 from genkit.registry import ArgumentError
-from genkit.samplers import Denoiser, ddim
+from genkit.samplers import SAMPLERS, Denoiser, ddim
 from tests.conftest import perturb
 
 KINDS = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
@@ -215,9 +215,11 @@ def test_the_default_grid_is_fitted_once_per_model_and_guidance(tiny_cfg):
     again = model.sample(3, steps=6, batch_size=2, progress=False)
     assert len(model._adaptive_grids) == 1 and first.nfe == 4 and again.nfe == 6  # the pilot is not counted
     grid = model.adaptive_grid()
-    assert isinstance(grid, AdaptiveGrid) and grid.pilot_nfe > 0
-    assert torch.equal(model.sample(3, steps=4, schedule=grid, progress=False).images, first.images)
+    assert isinstance(grid, AdaptiveGrid) and grid.pilot_nfe > 0 and len(grid.choices) == 2  # 4 and 6 steps
+    name, ts, errors = grid.choices[(SAMPLERS["dpmpp_2m_pc"].build, 4, "[]")]
+    assert torch.equal(model.sample(3, steps=4, schedule=lambda path, steps: ts, progress=False).images, first.images)
     assert torch.equal(model.sample(3, steps=4, schedule="adaptive", progress=False).images, first.images)
+    assert len(grid.choices) == 2  # kept, not fitted again
     model.sample(3, steps=4, guidance=2.0, progress=False)
     assert len(model._adaptive_grids) == 2
 

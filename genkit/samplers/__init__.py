@@ -26,7 +26,7 @@ from genkit.samplers.schedules import SCHEDULES
 from genkit.samplers.sde import em, pc
 from genkit.samplers.unipc import unipc
 
-ADAPTIVE = "adaptive"  # a grid fitted to the model by a pilot solve (`AdaptiveGrid`), not a function of the path alone
+ADAPTIVE = "adaptive"  # a grid fitted to the model and sampler by a pilot solve (`AdaptiveGrid`), not a function of the path alone
 SCHEDULE_NAMES = (*SCHEDULES, ADAPTIVE)
 
 
@@ -66,15 +66,15 @@ SIGNATURE = ("denoiser", "x", "ts", "noise", "callback", "progress")  # what eve
 
 def default_sampler(path) -> str:
     """The sampler `model.sample()` uses unless the config or the caller names one: DPM-Solver++(2M)
-    with its free corrector on the `auto` grid, on every Gaussian path (`benchmarks/samplers.py`:
-    genkit's most accurate row at 5 evaluations on DDPM linear, DDPM cosine and flow paths)."""
+    with its free corrector, on its default grid (`adaptive`: fitted to the model and sampler), on
+    every Gaussian path (`benchmarks/samplers.py` measures it against genkit's other rows)."""
     return "dpmpp_2m_pc"
 
 
 def default_schedule(sampler, path) -> str:
     """The time grid `sampler` (a name, or a function: `uniform`) gets on `path` unless the caller
     names one: the sampler's registered grid, unless the path has its own for it. A name in
-    `SCHEDULES`, or `ADAPTIVE`: fitted to the model (`AdaptiveGrid.calibrate`)."""
+    `SCHEDULES`, or `ADAPTIVE`: fitted to the model and sampler (`AdaptiveGrid.fitted`)."""
     if not isinstance(sampler, str) or sampler not in SAMPLERS:
         return "uniform"
     return path.default_schedule(sampler, SAMPLERS[sampler].extra.get("schedule", "uniform"))
