@@ -253,28 +253,6 @@ def test_fitted_grid_is_about_as_accurate_as_the_best_candidate_on_fresh_draws()
         assert error[name] <= 1.25 * min(error.values()), (std, name, error)
 
 
-@pytest.mark.parametrize("sampler", ["dpmpp_2m_pc", "unipc"])
-def test_corrected_first_step_from_pure_noise_is_exact_for_unit_gaussian_data(sampler):
-    """Regression: redoing a first step from pure noise (alpha = 0: a flow) put all weight on the end
-    point's estimate, the limit of x0_hat linear in lambda over an infinite step. For data N(0, I)
-    the flow's ODE takes noise e to e * sqrt(alpha^2 + sigma^2); the corrected state after that
-    step now lands there exactly for long and short steps, and the weight tends to 1/2 for short
-    ones (x0_hat linear in alpha / sigma)."""
-    from genkit.paths import FlowPath
-    from genkit.samplers.base import first_step_weight
-
-    path = FlowPath()
-    unit = GaussianMixture(torch.zeros(1, 3), std=1.0)
-    for t1 in (0.95, 0.6, 0.2):
-        ts = torch.tensor([1.0, t1, 0.0], dtype=torch.float64)
-        e = torch.randn(64, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-        seen = {}
-        SAMPLERS[sampler](Denoiser(unit.as_net(path, "velocity"), path, "velocity"), e.clone(), ts,
-                          callback=lambda i, t, x, x0: seen.setdefault(i, x.clone()))
-        assert torch.allclose(seen[1], e * math.sqrt(t1**2 + (1 - t1) ** 2), atol=1e-10), (sampler, t1)
-    assert abs(first_step_weight(1e-3) - 0.5) < 1e-3 and first_step_weight(0.0) == 0.5
-
-
 def test_packed_flow_clock_reaches_lower_without_collapsing_steps():
     """`flow(rho)`: rho = 1 is the even flow clock; rho > 1 puts the last evaluation at lower noise,
     descending strictly with exactly `steps` evaluations even where DDPM's discrete steps run out."""

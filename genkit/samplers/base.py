@@ -8,7 +8,6 @@ signature, with the path carried by the denoiser).
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Protocol
 
 import torch
@@ -142,12 +141,3 @@ class BatchNoise:
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return torch.randn(x.shape, generator=self.generator, dtype=x.dtype).to(x.device)
 
-
-def first_step_weight(snr_root: float) -> float:
-    """The weight of the end point's estimate when a corrector redoes a first step from pure noise
-    (alpha = 0) to noise level sigma / alpha = 1 / `snr_root`, the start's being 1 minus it: the
-    weights that integrate the probability-flow ODE exactly for Gaussian data of unit variance
-    (the prior's scale). There x0_hat is linear in alpha / sigma at low SNR, which gives weight
-    1/2 for a short step; a long one leans on the end point."""
-    q = snr_root**2
-    return 0.5 if q < 1e-8 else (math.sqrt(1 + q) - 1) * (1 + q) / q

@@ -10,7 +10,7 @@ from tqdm.auto import trange
 
 from genkit.paths import _bcast
 from genkit.registry import ArgumentError
-from genkit.samplers.base import Callback, Denoiser, DenoiserLike, NoiseSource, first_step_weight, time_pairs
+from genkit.samplers.base import Callback, Denoiser, DenoiserLike, NoiseSource, time_pairs
 
 
 def _velocity(denoiser: DenoiserLike, x: torch.Tensor, t):
@@ -68,9 +68,7 @@ def dpmpp_2m(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: N
         if corrector and x_prev is not None:  # redo the step i-1 -> i with both end points known
             h = h_prev
             phi1 = -math.expm1(-h)  # 1 - e^{-h}
-            # (h - 1 + e^{-h}) / h; from pure noise (h = inf) x0_hat is taken linear in e^lambda instead of
-            # lambda, whose integral from lambda = -inf is the mean of the two estimates (see genkit.samplers.unipc)
-            phi2 = (h - phi1) / h if math.isfinite(h) else first_step_weight(alpha[i] / sigma[i])
+            phi2 = (h - phi1) / h if math.isfinite(h) else 1.0  # (h - 1 + e^{-h}) / h
             x = (sigma[i] / sigma[i - 1]) * x_prev + alpha[i] * (phi1 * x0_prev + phi2 * (x0 - x0_prev))
         if callback:
             callback(i, t, x, x0)

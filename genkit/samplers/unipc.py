@@ -8,9 +8,7 @@ evaluation is the one the next step needs anyway, so correcting costs no network
 As diffusers' `UniPCMultistepScheduler`, the orders rise from one over the first steps
 (multistep warm-up) and fall to one on the last (`lower_order_final`): the final step is a
 denoising jump to t = 0. Unlike it, bh1 stays finite on that step, and a first step from pure
-noise (alpha = 0: flows, zero terminal SNR), where lambda starts at -inf, is taken in its limit:
-the predictor exactly (first order), the corrector with x0_hat linear in e^lambda = alpha / sigma
-instead of in lambda, whose integral from -inf is the mean of the two end points' estimates.
+noise (alpha = 0: flows, zero terminal SNR) is taken in its exact limit.
 """
 from __future__ import annotations
 
@@ -19,7 +17,7 @@ import math
 import torch
 
 from genkit.registry import ArgumentError
-from genkit.samplers.base import Callback, DenoiserLike, NoiseSource, first_step_weight, time_pairs
+from genkit.samplers.base import Callback, DenoiserLike, NoiseSource, time_pairs
 
 VARIANTS = ("bh1", "bh2")  # B(h) = h or e^h - 1 (the paper's eq. 11); bh2 is diffusers' default
 
@@ -71,9 +69,8 @@ def unipc(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: Nois
             m[i - 3] = None  # no step looks further back than order 3 needs
         if corrector and last is not None:
             x_s, j, h_phi_1, b_h, weights, diffs = last
-            if h_phi_1 is None:  # from pure noise: x0_hat linear in alpha / sigma, integrated exactly
-                w = first_step_weight(alpha[i] / sigma[i])
-                x = (sigma[i] / sigma[j]) * x_s + alpha[i] * ((1 - w) * m[j] + w * m[i])
+            if h_phi_1 is None:  # from pure noise: the exact limit puts all weight on the end point
+                x = (sigma[i] / sigma[j]) * x_s + alpha[i] * m[i]
             else:
                 update = sum(w * d for w, d in zip(weights[:-1], diffs)) + weights[-1] * (m[i] - m[j])
                 x = (sigma[i] / sigma[j]) * x_s - alpha[i] * (h_phi_1 * m[j] + b_h * update)
