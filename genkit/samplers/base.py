@@ -140,4 +140,3 @@ class BatchNoise:
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return torch.randn(x.shape, generator=self.generator, dtype=x.dtype).to(x.device)
-
