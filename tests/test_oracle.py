@@ -72,8 +72,11 @@ def test_samplers_reproduce_mean_and_covariance(name, steps):
 
 @pytest.mark.parametrize("name", ["ddim", "euler", "heun", "dpmpp_2m", "dpmpp_2m_pc"])
 def test_error_falls_with_nfe(name):
+    """Error falls with the step count until it reaches the metric's own noise: the distance of the
+    exact ODE's samples (the same starting noise) from the data set."""
     errors = [sliced_wasserstein(run(name, steps)[0], DATA) for steps in (3, 10, 40)]
-    assert errors[0] > errors[1] > errors[2] or errors[2] < 1.2 * FLOOR, errors
+    exact = sliced_wasserstein(run("dpmpp_2m_pc", 500, schedule="log_snr")[0], DATA)
+    assert errors[0] > errors[1] > errors[2] or errors[2] < 1.05 * exact, (errors, exact)
     assert errors[0] > 2 * errors[2]
 
 
