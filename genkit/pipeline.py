@@ -271,10 +271,12 @@ class GenerativeModel(TrainedModel):
         labels = self.labels_for(labels, n)
         clip_x0 = clip_x0 and self.codec is None  # normalised latents are not bounded by 1
         schedule = schedule or default_schedule(sampler, self.path)
-        if schedule == ADAPTIVE and not isinstance(fn, DiffusersSampler):  # the grid fitted to this model and sampler
-            ts = self.adaptive_grid(guidance, clip_x0, precision).fitted(fn, steps, progress, **options)
+        if schedule == ADAPTIVE:  # fitted to this model and sampler (a diffusers scheduler: the equidistributed grid)
+            fitted = self.adaptive_grid(guidance, clip_x0, precision)
+            ts = self._grid(fitted, steps) if isinstance(fn, DiffusersSampler) else fitted.fitted(fn, steps, progress,
+                                                                                               **options)
         else:
-            ts = self._grid(self.adaptive_grid(guidance, clip_x0, precision) if schedule == ADAPTIVE else schedule, steps)
+            ts = self._grid(schedule, steps)
         channels, size = input_shape(self.cfg)
         shape = (channels, size, size)
         prior_std = float((self.path.alpha(ts[:1]) ** 2 + self.path.sigma(ts[:1]) ** 2).sqrt())
