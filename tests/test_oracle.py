@@ -208,8 +208,7 @@ def test_adaptive_grid_follows_the_datas_finest_scale():
 def test_fitted_grid_keeps_the_candidate_nearest_its_reference_once_per_sampler_and_steps():
     """`fitted` returns the candidate grid whose solve of the pilot's draws lands nearest the pilot's
     reference (each candidate's error recomputed here), and a second call costs no evaluation. The
-    reference is the exact ODE's image of the draws from t = 1, where the candidates start: a
-    regression, as a reference started at sigma / alpha = 80 missed it by 1e-2 on the flow."""
+    reference is the exact ODE's image of the draws from t = 1, where the candidates start."""
     from genkit.paths import FlowPath
     from genkit.samplers import AdaptiveGrid
 
