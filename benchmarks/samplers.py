@@ -41,9 +41,9 @@ from harness import benchmark_parser, steps_for, write_results
 from genkit.methods import make_betas
 from genkit.oracles import GaussianMixture, SlicedW2
 from genkit.paths import DiscreteVPPath, FlowPath, GaussianPath
-from genkit.samplers import (ADAPTIVE, SAMPLERS, SCHEDULES, AdaptiveGrid, BatchNoise, Denoiser, default_sampler,
+from genkit.samplers import (ADAPTIVE, FITTED, FITTED_CONTENDERS, SAMPLERS, SCHEDULES, AdaptiveGrid, BatchNoise, Denoiser, default_sampler,
                              default_schedule)
-from genkit.samplers.adaptive import PILOT_DRAWS
+from genkit.samplers.adaptive import pilot_draws
 
 T = 1000
 NFES = (5, 10, 20)
@@ -77,7 +77,7 @@ FLOW_SHIFTS = (1.0, 0.7, 0.5, 0.35)  # diffusers' flow_shift: below 1 its flow s
 
 def genkit_rows(path: GaussianPath) -> dict:
     """label -> (sampler, schedule, evaluations per step, last step costs one, options)."""
-    rows = {}
+    rows = {f"{FITTED}[{ADAPTIVE}]": (FITTED, ADAPTIVE, 1, False, {})}
     for sampler, schedules in [("dpmpp_2m_pc", (ADAPTIVE, "auto", "flow", "log_snr", "uniform", "karras")),
                                ("dpmpp_2m", (ADAPTIVE, "auto", "flow", "log_snr")), ("euler", ("flow", "uniform")),
                                ("em", ("uniform",))]:
@@ -96,8 +96,13 @@ def run_genkit(mixture, path, prediction, spec, nfe, start, adaptive):
     sampler, schedule, per_step, last_is_one, options = spec
     denoiser = Denoiser(mixture.as_net(path, prediction), path, prediction)
     steps = steps_for(nfe, per_step, last_is_one)
-    ts = adaptive.fitted(SAMPLERS[sampler].build, steps, **options) if schedule == ADAPTIVE else SCHEDULES[schedule](path, steps)
-    out = SAMPLERS[sampler](denoiser, start.clone() * path.prior_std(float(ts[0])), ts, BatchNoise(0), **options)
+    if sampler == FITTED:
+        fn, ts, options = adaptive.best([(SAMPLERS[name].build, opts) for name, opts in FITTED_CONTENDERS], steps)
+    elif schedule == ADAPTIVE:
+        fn, (ts, options) = SAMPLERS[sampler].build, adaptive.fitted(SAMPLERS[sampler].build, steps, **options)
+    else:
+        fn, ts = SAMPLERS[sampler].build, SCHEDULES[schedule](path, steps)
+    out = fn(denoiser, start.clone() * path.prior_std(float(ts[0])), ts, BatchNoise(0), **options)
     return out, denoiser.nfe
 
 
@@ -289,9 +294,10 @@ def main() -> None:
             coupled = SlicedW2(exact, projections=512)
             floors[m_name][f"exact_ode_{p_name}"] = round(distance(exact), 5)  # the independent metric's noise
             pilot = Denoiser(mixture.as_net(path, prediction), path, prediction)
-            pilot_noise = torch.randn(PILOT_DRAWS, spec["dim"], generator=torch.Generator().manual_seed(4))
-            adaptive = AdaptiveGrid.calibrate(pilot, pilot_noise.double())  # as a model's: its own 32 draws
-            pilots[f"{m_name}/{p_name}"] = {"pilot_nfe": adaptive.pilot_nfe, "draws": PILOT_DRAWS}
+            draws = pilot_draws(spec["dim"])
+            pilot_noise = torch.randn(draws, spec["dim"], generator=torch.Generator().manual_seed(4))
+            adaptive = AdaptiveGrid.calibrate(pilot, pilot_noise.double())  # as a model's: its own draws
+            pilots[f"{m_name}/{p_name}"] = {"pilot_nfe": adaptive.pilot_nfe, "draws": draws}
             oracle_path = FlowTimePath() if beta_schedule is None else \
                 DiffusersTimePath(DiscreteVPPath(make_betas(beta_schedule.replace("squaredcos_cap_v2", "cosine"), T)).alphas_cumprod)
             g_rows = genkit_rows(path)
@@ -312,6 +318,8 @@ def main() -> None:
                     assert used <= nfe, row
                     rows.append(row)
                     print(json.dumps(row), flush=True)
+            pilots[f"{m_name}/{p_name}"]["choices"] = {f"{fn.__name__}{options} x{steps}": choice[0]
+                                                       for (fn, steps, options), choice in adaptive.choices.items()}
     result = {"n": args.n, "projections": 512, "mixtures": {k: MIXTURES[k] for k in args.mixtures},
               "floors": floors, "adaptive_pilots": pilots, "seconds": round(time.time() - began), "rows": rows}
     result.update(summarize(result))

@@ -79,15 +79,16 @@ def _precision_flags(p: Parser) -> None:
 
 def _sampling_flags(p: Parser) -> None:
     """Flags shared by `sample` and `eval`: which checkpoint, and how to draw from it."""
-    from genkit.samplers import SAMPLERS, SCHEDULE_NAMES
+    from genkit.samplers import FITTED, SAMPLER_NAMES, SAMPLERS, SCHEDULE_NAMES
 
     p.add_argument("--checkpoint", required=True, help="run directory (newest checkpoint), checkpoint directory, "
                                                       "export, or Hub repository owner/name")
     p.add_argument("--seed", type=int, default=0, help="seed; sample i depends only on (seed, i)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the run's sample.steps)")
     denoising, autoregressive = SAMPLERS.names("denoiser"), SAMPLERS.names("autoregressive")
-    p.add_argument("--sampler", choices=list(SAMPLERS), metavar="NAME",
-                   help=f"one of: {', '.join(denoising)}; autoregressive models: "
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, metavar="NAME",
+                   help=f"one of: {FITTED} (the most accurate of two on this model, by a pilot solve), "
+                        f"{', '.join(denoising)}; autoregressive models: "
                         f"{' or '.join(autoregressive)} (default: the run's sample.sampler)")
     p.add_argument("--schedule", choices=sorted(SCHEDULE_NAMES), metavar="NAME",
                    help=f"time grid, one of: {', '.join(sorted(SCHEDULE_NAMES))} (adaptive: fitted to the model "

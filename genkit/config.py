@@ -23,7 +23,7 @@ from genkit.assets import find_recipe, recipe_names
 from genkit.methods import METHODS
 from genkit.nets import NETS
 from genkit.registry import ArgumentError, ConfigError, one_of, require
-from genkit.samplers import SAMPLERS, check_options
+from genkit.samplers import FITTED, SAMPLERS, check_options
 
 
 @dataclass
@@ -84,7 +84,8 @@ assemble()
 class SampleConfig:
     """`sample`: how the run's grids (and `genkit sample` by default) are drawn."""
 
-    sampler: str = "dpmpp_2m_pc"  # a `genkit.samplers.SAMPLERS` name; cached | naive for autoregressive models
+    sampler: str = "fitted"  # `genkit.samplers.FITTED` (chosen per model by a pilot) or a `SAMPLERS` name;
+    # cached | naive for autoregressive models
     steps: int = 50
     guidance: float = 1.0  # classifier-free guidance weight; 1 = plain conditional model
     num: int = 64
@@ -259,14 +260,20 @@ def validate(cfg: Config) -> None:
                           f"({', '.join(METHODS.names('denoiser'))}), not method.name={cfg.method.name}")
     if cfg.data.autoencoder and cfg.data.hflip:
         raise ConfigError("data.hflip: latents are encoded once, unflipped; set data.hflip=false with data.autoencoder")
-    sampler = SAMPLERS.lookup(cfg.sample.sampler, "sample.sampler", method.family)
+    if cfg.sample.sampler == FITTED and method.family == "denoiser":
+        sampler = None
+        if cfg.sample.options:
+            raise ConfigError(f"sample.options: {FITTED} chooses its sampler's options; name a sampler to set them")
+    else:
+        sampler = SAMPLERS.lookup(cfg.sample.sampler, "sample.sampler", method.family)
     for component in (net, method, sampler):
-        if component.check is not None:
+        if component is not None and component.check is not None:
             component.check(cfg)
-    try:
-        check_options(sampler.build, cfg.sample.options, sampler.name)
-    except ArgumentError as err:
-        raise ConfigError(f"sample.options.{err.argument}: {err.problem}") from None
+    if sampler is not None:
+        try:
+            check_options(sampler.build, cfg.sample.options, sampler.name)
+        except ArgumentError as err:
+            raise ConfigError(f"sample.options.{err.argument}: {err.problem}") from None
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -13,9 +13,9 @@ from genkit.config import Config
 from genkit.methods import METHODS, build_path
 from genkit.nets import input_shape
 from genkit.registry import ArgumentError, ConfigError
-from genkit.samplers import (ADAPTIVE, SAMPLERS, SCHEDULE_NAMES, SCHEDULES, AdaptiveGrid, Callback, Denoiser,
-                             DiffusersSampler, SampleNoise, check_options, default_schedule)
-from genkit.samplers.adaptive import PILOT_DRAWS, PILOT_SEED
+from genkit.samplers import (ADAPTIVE, FITTED, FITTED_CONTENDERS, SAMPLERS, SCHEDULE_NAMES, SCHEDULES, AdaptiveGrid,
+                             Callback, Denoiser, DiffusersSampler, SampleNoise, check_options, default_schedule)
+from genkit.samplers.adaptive import PILOT_SEED, pilot_draws
 from genkit.samplers.diffusers import scheduler_for
 
 
@@ -215,9 +215,10 @@ class GenerativeModel(TrainedModel):
         key = (guidance, clip_x0 and self.codec is None, precision)
         if key not in self._adaptive_grids:
             channels, size = input_shape(self.cfg)
-            labels = self.default_labels(PILOT_DRAWS)
+            draws = pilot_draws(channels * size * size)
+            labels = self.default_labels(draws)
             denoiser = self.denoiser(None if labels is None else labels.to(self.device), *key)
-            noise = SampleNoise(PILOT_SEED, range(PILOT_DRAWS), self.device).randn(channels, size, size)
+            noise = SampleNoise(PILOT_SEED, range(draws), self.device).randn(channels, size, size)
             self._adaptive_grids[key] = AdaptiveGrid.calibrate(denoiser, noise)
         return self._adaptive_grids[key]
 
@@ -233,9 +234,10 @@ class GenerativeModel(TrainedModel):
                compile: bool = False, **options) -> Samples:
         """Draw `n` images; returns `Samples` (images in [0, 1], starting noise, labels, NFE).
 
-        `sampler`: a name in `genkit.samplers.SAMPLERS`, a function with the sampler signature,
-        or a diffusers scheduler instance (default: the config's `sample.sampler`, with its
-        `sample.options`). `schedule`: a name in `genkit.samplers.SCHEDULES`, `adaptive` (fitted
+        `sampler`: `fitted` (of `genkit.samplers.FITTED_CONTENDERS`, the one a pilot solve finds most
+        accurate on this model: `AdaptiveGrid.best`), a name in `genkit.samplers.SAMPLERS`, a
+        function with the sampler signature, or a diffusers scheduler instance (default: the
+        config's `sample.sampler`, with its `sample.options`). `schedule`: a name in `genkit.samplers.SCHEDULES`, `adaptive` (fitted
         to this model and sampler: `adaptive_grid`), or a function (path, steps) -> times (default: the
         sampler's own on this path). `labels`: an int, a
         sequence of class ids, or None (class i mod K for sample i). `precision`: no, bf16, fp16
@@ -264,19 +266,27 @@ class GenerativeModel(TrainedModel):
             raise ArgumentError("seed", f"must lie in 0..2**63-1, got {seed}")
         if hasattr(sampler, "set_timesteps"):  # a diffusers scheduler
             fn = DiffusersSampler(sampler, seed)
+        elif sampler == FITTED:
+            fn = None  # chosen below, with its options
+            if options:
+                raise ArgumentError(next(iter(options)), f"{FITTED} chooses its sampler's options; name a sampler to set them")
         else:
             fn = sampler if callable(sampler) else self._sampler(sampler)
-        check_options(fn, options, sampler if isinstance(sampler, str) else "this sampler")
+            check_options(fn, options, sampler if isinstance(sampler, str) else "this sampler")
         half_dtype(precision, self.device)  # checked before any work
         labels = self.labels_for(labels, n)
         clip_x0 = clip_x0 and self.codec is None  # normalised latents are not bounded by 1
         schedule = schedule or default_schedule(sampler, self.path)
-        if schedule == ADAPTIVE:  # fitted to this model and sampler (a diffusers scheduler: the equidistributed grid)
+        ts = None if schedule == ADAPTIVE else self._grid(schedule, steps)
+        if fn is None:  # auto: the contender, on its fitted grid (or the one given), nearest the pilot's reference
+            contenders = [(SAMPLERS[name].build, opts) for name, opts in FITTED_CONTENDERS]
+            fn, ts, options = self.adaptive_grid(guidance, clip_x0, precision).best(contenders, steps, progress, ts)
+        elif ts is None:  # fitted to this model and sampler (a diffusers scheduler: the equidistributed grid)
             fitted = self.adaptive_grid(guidance, clip_x0, precision)
-            ts = self._grid(fitted, steps) if isinstance(fn, DiffusersSampler) else fitted.fitted(fn, steps, progress,
-                                                                                               **options)
-        else:
-            ts = self._grid(schedule, steps)
+            if isinstance(fn, DiffusersSampler):
+                ts = self._grid(fitted, steps)
+            else:
+                ts, options = fitted.fitted(fn, steps, progress, **options)
         channels, size = input_shape(self.cfg)
         shape = (channels, size, size)
         prior_std = float((self.path.alpha(ts[:1]) ** 2 + self.path.sigma(ts[:1]) ** 2).sqrt())

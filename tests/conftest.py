@@ -54,17 +54,18 @@ def perturb(net, scale=0.05, seed=0):
     return net
 
 
-def default_grid(sampler: str, net, path, prediction: str, steps: int, dim: int) -> torch.Tensor:
-    """The grid `sampler` gets by default for the exact denoiser `net` on `path`: its registered
-    schedule, or for `adaptive` the one fitted to it by a pilot of its own (32 draws in `dim`
-    dimensions), so that the caller's denoiser counts only its own evaluations."""
+def default_grid(sampler: str, net, path, prediction: str, steps: int, dim: int) -> tuple[torch.Tensor, dict]:
+    """(times, options): the grid `sampler` gets by default for the exact denoiser `net` on `path`,
+    and the options it takes there: its registered schedule, or for `adaptive` the one fitted to it
+    by a pilot of its own (32 draws in `dim` dimensions), so that the caller's denoiser counts only
+    its own evaluations."""
     from genkit.samplers import ADAPTIVE, SAMPLERS, SCHEDULES, AdaptiveGrid, Denoiser, default_schedule
 
     schedule = default_schedule(sampler, path)
     if schedule == ADAPTIVE:
         pilot = torch.randn(32, dim, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
         return AdaptiveGrid.calibrate(Denoiser(net, path, prediction), pilot).fitted(SAMPLERS[sampler].build, steps)
-    return SCHEDULES[schedule](path, steps)
+    return SCHEDULES[schedule](path, steps), {}
 
 
 # Config overrides a careless user might type: real keys, near misses and junk, with any values.

@@ -118,9 +118,9 @@ FLOOR = sliced_wasserstein(MIXTURE.sample(N, torch.Generator().manual_seed(9)).f
 def test_flow_samplers_with_the_exact_velocity_reproduce_the_mixture(name, steps, shift):
     path = FlowPath(shift)
     denoiser = Denoiser(MIXTURE.as_net(path, "velocity"), path, "velocity")
-    ts = default_grid(name, MIXTURE.as_net(path, "velocity"), path, "velocity", steps, 2)
+    ts, options = default_grid(name, MIXTURE.as_net(path, "velocity"), path, "velocity", steps, 2)
     out = SAMPLERS[name](denoiser, torch.randn(N, 2, generator=torch.Generator().manual_seed(2)) * path.prior_std(float(ts[0])),
-                         ts, BatchNoise(3))
+                         ts, BatchNoise(3), **options)
     assert torch.allclose(out.mean(0), DATA.mean(0), atol=0.03)
     assert torch.allclose(torch.cov(out.T), torch.cov(DATA.T), atol=0.03)
     assert sliced_wasserstein(out, DATA) < 1.5 * FLOOR

@@ -207,21 +207,31 @@ def test_samples_do_not_depend_on_batch_size(tiny_cfg, sampler):
     assert a.shape == (5, 1, 16, 16) and a.min() >= 0 and a.max() <= 1
 
 
-def test_the_default_grid_is_fitted_once_per_model_and_guidance(tiny_cfg):
-    from genkit.samplers import AdaptiveGrid
+def test_the_default_sampler_and_grid_are_fitted_once_per_model_and_guidance(tiny_cfg):
+    """`fitted` (the default) draws with the contender whose fitted grid solves the pilot's draws
+    most accurately: naming that sampler, its grid and options reproduces the images. Fits are kept
+    per model and guidance, and the pilot's evaluations are not counted in the samples' NFE."""
+    from genkit.samplers import FITTED_CONTENDERS, AdaptiveGrid
 
     model = tiny_model(tiny_cfg)
     first = model.sample(3, steps=4, progress=False)
     again = model.sample(3, steps=6, batch_size=2, progress=False)
     assert len(model._adaptive_grids) == 1 and first.nfe == 4 and again.nfe == 6  # the pilot is not counted
     grid = model.adaptive_grid()
-    assert isinstance(grid, AdaptiveGrid) and grid.pilot_nfe > 0 and len(grid.choices) == 2  # 4 and 6 steps
-    name, ts, errors = grid.choices[(SAMPLERS["dpmpp_2m_pc"].build, 4, "[]")]
-    assert torch.equal(model.sample(3, steps=4, schedule=lambda path, steps: ts, progress=False).images, first.images)
-    assert torch.equal(model.sample(3, steps=4, schedule="adaptive", progress=False).images, first.images)
-    assert len(grid.choices) == 2  # kept, not fitted again
+    assert isinstance(grid, AdaptiveGrid) and grid.pilot_nfe > 0
+    assert len(grid.choices) == 2 * len(FITTED_CONTENDERS)  # each contender at 4 and at 6 steps
+    fits = {fn.__name__: fit for (fn, steps, *_), fit in grid.choices.items() if steps == 4}
+    assert set(fits) == {name for name, _ in FITTED_CONTENDERS}
+    name = min(fits, key=lambda n: fits[n][3][fits[n][0]])  # the least error of each contender's best grid
+    _, ts, options, _ = fits[name]
+    chosen = model.sample(3, steps=4, sampler=name, schedule=lambda path, steps: ts, progress=False, **options)
+    assert torch.equal(chosen.images, first.images)
+    assert torch.equal(model.sample(3, steps=4, sampler="fitted", progress=False).images, first.images)
+    assert len(grid.choices) == 2 * len(FITTED_CONTENDERS)  # kept, not fitted again
     model.sample(3, steps=4, guidance=2.0, progress=False)
     assert len(model._adaptive_grids) == 2
+    with pytest.raises(ArgumentError, match="order"):
+        model.sample(3, steps=4, sampler="fitted", order=2, progress=False)
 
 
 def test_guidance_and_nfe(tiny_cfg):

@@ -72,9 +72,9 @@ FLOOR = sliced_wasserstein(MIXTURE.sample(N, torch.Generator().manual_seed(9)).f
 
 def draw(path, name, steps, **options):
     denoiser = Denoiser(MIXTURE.as_net(path), path, "eps")
-    ts = default_grid(name, MIXTURE.as_net(path), path, "eps", steps, 2)
+    ts, fitted = default_grid(name, MIXTURE.as_net(path), path, "eps", steps, 2)
     x = torch.randn(N, 2, generator=torch.Generator().manual_seed(2)) * path.prior_std(float(ts[0]))
-    return SAMPLERS[name](denoiser, x, ts, BatchNoise(3), **options), denoiser.nfe
+    return SAMPLERS[name](denoiser, x, ts, BatchNoise(3), **{**fitted, **options}), denoiser.nfe
 
 
 @pytest.mark.parametrize("kind", list(PATHS))

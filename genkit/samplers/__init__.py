@@ -63,18 +63,25 @@ SAMPLERS.register("prior", prior, family="autoencoder")
 
 SIGNATURE = ("denoiser", "x", "ts", "noise", "callback", "progress")  # what every sampler takes; the rest are options
 
+FITTED = "fitted"  # the contender a pilot solve finds most accurate for the model and step count (`AdaptiveGrid.best`)
+FITTED_CONTENDERS = (("dpmpp_2m_pc", {}), ("unipc", {"order": 3}))  # second order wins at few steps, third at many
+SAMPLER_NAMES = (FITTED, *SAMPLERS)
+
 
 def default_sampler(path) -> str:
-    """The sampler `model.sample()` uses unless the config or the caller names one: DPM-Solver++(2M)
-    with its free corrector, on its default grid (`adaptive`: fitted to the model and sampler), on
-    every Gaussian path (`benchmarks/samplers.py` measures it against genkit's other rows)."""
-    return "dpmpp_2m_pc"
+    """The sampler `model.sample()` uses unless the config or the caller names one: `fitted`, on every
+    Gaussian path: DPM-Solver++(2M) with its free corrector or UniPC-3, each on its fitted grid,
+    whichever solves the model's pilot more accurately (`benchmarks/samplers.py` measures it
+    against genkit's other rows)."""
+    return FITTED
 
 
 def default_schedule(sampler, path) -> str:
     """The time grid `sampler` (a name, or a function: `uniform`) gets on `path` unless the caller
     names one: the sampler's registered grid, unless the path has its own for it. A name in
     `SCHEDULES`, or `ADAPTIVE`: fitted to the model and sampler (`AdaptiveGrid.fitted`)."""
+    if sampler == FITTED:
+        return ADAPTIVE
     if not isinstance(sampler, str) or sampler not in SAMPLERS:
         return "uniform"
     return path.default_schedule(sampler, SAMPLERS[sampler].extra.get("schedule", "uniform"))
@@ -104,6 +111,7 @@ def check_options(sampler, options: dict, name: str = "this sampler") -> None:
             raise ArgumentError(key, f"expected a {kind.__name__}, got {value!r}")
 
 
-__all__ = ["ADAPTIVE", "SAMPLERS", "SCHEDULES", "SCHEDULE_NAMES", "AdaptiveGrid", "BatchNoise", "Callback", "Denoiser", "DenoiserLike", "DiffusersSampler",
+__all__ = ["ADAPTIVE", "FITTED", "FITTED_CONTENDERS", "SAMPLERS", "SAMPLER_NAMES", "SCHEDULES", "SCHEDULE_NAMES",
+           "AdaptiveGrid", "BatchNoise", "Callback", "Denoiser", "DenoiserLike", "DiffusersSampler",
            "NoiseSource", "SampleNoise", "check_options", "ddim", "ddpm", "default_sampler", "default_schedule",
            "dpmpp_2m", "dpmpp_2m_pc", "em", "euler", "heun", "ode", "pc", "unipc"]

@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genkit.paths import GaussianPath, _bcast
+from genkit.registry import ArgumentError
 
 
 class DenoiserLike(Protocol):
@@ -30,6 +31,23 @@ class NoiseSource(Protocol):
     """Where stochastic samplers draw fresh noise: one row per sample."""
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+FIRST_STEP_RULES = {"end": 1.0, "mean": 0.5}
+"""How a corrector redoes a step from pure noise (alpha = 0, lambda = -inf: flows, zero terminal SNR)
+to lambda_1, where the estimate x0_hat is known at the two ends: the weight of the end point's,
+the rest going to the start's. The exact step averages x0_hat(lambda) with the weight
+e^(lambda - lambda_1) over lambda < lambda_1. `end`: x0_hat linear in lambda, whose limit puts all
+weight on the end point. `mean`: x0_hat linear in alpha / sigma = e^lambda, the posterior mean's
+leading order at low SNR (Gaussian data with a finite covariance), which gives the two ends equal
+weight. Which is nearer depends on how far the step goes; `AdaptiveGrid.fitted` chooses per model."""
+
+
+def first_step_weight(rule: str) -> float:
+    """The end point's weight under `rule` (see `FIRST_STEP_RULES`)."""
+    if rule not in FIRST_STEP_RULES:
+        raise ArgumentError("first_step", f"must be one of {', '.join(FIRST_STEP_RULES)}, got {rule!r}")
+    return FIRST_STEP_RULES[rule]
 
 
 Callback = Callable[[int, float, torch.Tensor, torch.Tensor], None]

@@ -10,7 +10,7 @@ from tqdm.auto import trange
 
 from genkit.paths import _bcast
 from genkit.registry import ArgumentError
-from genkit.samplers.base import Callback, Denoiser, DenoiserLike, NoiseSource, time_pairs
+from genkit.samplers.base import Callback, Denoiser, DenoiserLike, NoiseSource, first_step_weight, time_pairs
 
 
 def _velocity(denoiser: DenoiserLike, x: torch.Tensor, t):
@@ -49,7 +49,8 @@ def heun(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: Noise
 
 
 def dpmpp_2m(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: NoiseSource | None = None,
-             callback: Callback | None = None, progress: bool = False, corrector: bool = False) -> torch.Tensor:
+             callback: Callback | None = None, progress: bool = False, corrector: bool = False,
+             first_step: str = "end") -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, algorithm 2): multistep second order in the data
     prediction, exponential integrator in lambda = log(alpha / sigma); first order on the
     first step and a denoising jump on the last.
@@ -57,8 +58,10 @@ def dpmpp_2m(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: N
     With `corrector`, each step is redone once the net has been evaluated at its end point,
     integrating the linear interpolant of the two data predictions exactly (a second-order
     corrector in the manner of UniC, Zhao et al. 2023). That evaluation is the one the next step
-    needs anyway, so the corrector costs no network evaluation.
+    needs anyway, so the corrector costs no network evaluation. `first_step` says how the corrector
+    of a step from pure noise models the estimate (see `FIRST_STEP_RULES`).
     """
+    end_weight = first_step_weight(first_step)
     path = denoiser.path
     lam = (0.5 * path.log_snr(ts)).tolist()  # -inf where alpha = 0, +inf at t = 0
     alpha, sigma = path.alpha(ts).tolist(), path.sigma(ts).tolist()
@@ -68,7 +71,7 @@ def dpmpp_2m(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: N
         if corrector and x_prev is not None:  # redo the step i-1 -> i with both end points known
             h = h_prev
             phi1 = -math.expm1(-h)  # 1 - e^{-h}
-            phi2 = (h - phi1) / h if math.isfinite(h) else 1.0  # (h - 1 + e^{-h}) / h
+            phi2 = (h - phi1) / h if math.isfinite(h) else end_weight  # (h - 1 + e^{-h}) / h
             x = (sigma[i] / sigma[i - 1]) * x_prev + alpha[i] * (phi1 * x0_prev + phi2 * (x0 - x0_prev))
         if callback:
             callback(i, t, x, x0)
@@ -86,9 +89,9 @@ def dpmpp_2m(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: N
 
 
 def dpmpp_2m_pc(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: NoiseSource | None = None,
-                callback: Callback | None = None, progress: bool = False) -> torch.Tensor:
+                callback: Callback | None = None, progress: bool = False, first_step: str = "end") -> torch.Tensor:
     """DPM-Solver++(2M) with the free second-order corrector (see `dpmpp_2m`)."""
-    return dpmpp_2m(denoiser, x, ts, noise, callback, progress, corrector=True)
+    return dpmpp_2m(denoiser, x, ts, noise, callback, progress, corrector=True, first_step=first_step)
 
 
 

@@ -50,12 +50,20 @@ def angle(path: GaussianPath, steps: int, t_max: float = 1.0) -> torch.Tensor:
     return _clock(path, steps, t_max, torch.atan, torch.tan)
 
 
-def flow(path: GaussianPath, steps: int, t_max: float = 1.0, rho: float = 1.0) -> torch.Tensor:
+def flow(path: GaussianPath, steps: int, t_max: float = 1.0, rho: float = 1.0, shift: float = 1.0) -> torch.Tensor:
     """Evenly spaced in u^(1 / rho), u = sigma / (alpha + sigma), from the start down to 0. With rho = 1
     that is the rectified flow's own clock: the same noise levels on every path, and no evaluation
     spent at a nearly clean time. rho > 1 packs the steps toward the clean end, as EDM's rho does in
-    sigma (Karras et al. 2022)."""
-    return _clock(path, steps, t_max, lambda sigma: sigma / (1 + sigma), lambda u: u / (1 - u), rho)
+    sigma (Karras et al. 2022). `shift` s maps each point u to s u / (1 + (s - 1) u), SD3's time
+    shift (Esser et al. 2024): s < 1 moves the steps toward the clean end, most near it."""
+    if not 0 < shift < math.inf:
+        raise ValueError(f"shift must be a positive number, got {shift!r}")
+
+    def shifted(u, s):
+        return s * u / (1 + (s - 1) * u)
+
+    return _clock(path, steps, t_max, lambda sigma: shifted(sigma / (1 + sigma), 1 / shift),
+                  lambda v: (u := shifted(v, shift)) / (1 - u), rho)
 
 
 def _clock(path: GaussianPath, steps: int, t_max: float, clock, inverse, rho: float = 1.0) -> torch.Tensor:

@@ -17,7 +17,7 @@ import math
 import torch
 
 from genkit.registry import ArgumentError
-from genkit.samplers.base import Callback, DenoiserLike, NoiseSource, time_pairs
+from genkit.samplers.base import Callback, DenoiserLike, NoiseSource, first_step_weight, time_pairs
 
 VARIANTS = ("bh1", "bh2")  # B(h) = h or e^h - 1 (the paper's eq. 11); bh2 is diffusers' default
 
@@ -50,13 +50,15 @@ def coefficients(h: float, ratios: list[float], variant: str) -> tuple[float, fl
 
 def unipc(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: NoiseSource | None = None,
           callback: Callback | None = None, progress: bool = False, order: int = 2, variant: str = "bh2",
-          corrector: bool = True) -> torch.Tensor:
+          corrector: bool = True, first_step: str = "end") -> torch.Tensor:
     """UniPC-p (Zhao et al. 2023, algorithms 2 and 3 in the B(h) form) with `order` p in 1..3;
-    `variant` bh1 or bh2; `corrector=False` leaves the predictor alone (UniP)."""
+    `variant` bh1 or bh2; `corrector=False` leaves the predictor alone (UniP); `first_step`: how
+    the corrector of a step from pure noise models the estimate (`FIRST_STEP_RULES`)."""
     if order not in (1, 2, 3):
         raise ArgumentError("order", f"must be 1, 2 or 3, got {order!r}")
     if variant not in VARIANTS:
         raise ArgumentError("variant", f"must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    end_weight = first_step_weight(first_step)
     path = denoiser.path
     lam = (0.5 * path.log_snr(ts)).tolist()  # -inf where alpha = 0, +inf at t = 0
     alpha, sigma = path.alpha(ts).tolist(), path.sigma(ts).tolist()
@@ -69,8 +71,8 @@ def unipc(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: Nois
             m[i - 3] = None  # no step looks further back than order 3 needs
         if corrector and last is not None:
             x_s, j, h_phi_1, b_h, weights, diffs = last
-            if h_phi_1 is None:  # from pure noise: the exact limit puts all weight on the end point
-                x = (sigma[i] / sigma[j]) * x_s + alpha[i] * m[i]
+            if h_phi_1 is None:  # from pure noise: the estimate's model (FIRST_STEP_RULES) weighs the two ends
+                x = (sigma[i] / sigma[j]) * x_s + alpha[i] * (end_weight * m[i] + (1 - end_weight) * m[j])
             else:
                 update = sum(w * d for w, d in zip(weights[:-1], diffs)) + weights[-1] * (m[i] - m[j])
                 x = (sigma[i] / sigma[j]) * x_s - alpha[i] * (h_phi_1 * m[j] + b_h * update)
