@@ -237,10 +237,10 @@ class GenerativeModel(TrainedModel):
         `sampler`: `fitted` (of `genkit.samplers.FITTED_CONTENDERS`, the one a pilot solve finds most
         accurate on this model: `AdaptiveGrid.best`), a name in `genkit.samplers.SAMPLERS`, a
         function with the sampler signature, or a diffusers scheduler instance (default: the
-        config's `sample.sampler`, with its `sample.options`). `schedule`: a name in `genkit.samplers.SCHEDULES`, `adaptive` (fitted
-        to this model and sampler: `adaptive_grid`), or a function (path, steps) -> times (default: the
-        sampler's own on this path). `labels`: an int, a
-        sequence of class ids, or None (class i mod K for sample i). `precision`: no, bf16, fp16
+        config's `sample.sampler`, with its `sample.options`). `schedule`: a name in
+        `genkit.samplers.SCHEDULES`, `adaptive` (fitted to this model and sampler: `adaptive_grid`),
+        or a function (path, steps) -> times (default: the sampler's own on this path). `labels`: an
+        int, a sequence of class ids, or None (class i mod K for sample i). `precision`: no, bf16, fp16
         or auto (`hardware_precision`). `clip_x0` clamps every x0 estimate to [-1, 1];
         `callback(step, t, x, x0_hat)` sees every step of every batch; `options` go to the
         sampler. Sample i is drawn from noise stream (seed, start_index + i), whatever `batch_size`.
@@ -269,7 +269,8 @@ class GenerativeModel(TrainedModel):
         elif sampler == FITTED:
             fn = None  # chosen below, with its options
             if options:
-                raise ArgumentError(next(iter(options)), f"{FITTED} chooses its sampler's options; name a sampler to set them")
+                raise ArgumentError(next(iter(options)),
+                                    f"{FITTED} chooses its sampler's options; name a sampler to set them")
         else:
             fn = sampler if callable(sampler) else self._sampler(sampler)
             check_options(fn, options, sampler if isinstance(sampler, str) else "this sampler")
@@ -278,7 +279,7 @@ class GenerativeModel(TrainedModel):
         clip_x0 = clip_x0 and self.codec is None  # normalised latents are not bounded by 1
         schedule = schedule or default_schedule(sampler, self.path)
         ts = None if schedule == ADAPTIVE else self._grid(schedule, steps)
-        if fn is None:  # auto: the contender, on its fitted grid (or the one given), nearest the pilot's reference
+        if fn is None:  # fitted: the contender, on its fitted grid (or the one given), nearest the pilot's reference
             contenders = [(SAMPLERS[name].build, opts) for name, opts in FITTED_CONTENDERS]
             fn, ts, options = self.adaptive_grid(guidance, clip_x0, precision).best(contenders, steps, progress, ts)
         elif ts is None:  # fitted to this model and sampler (a diffusers scheduler: the equidistributed grid)

@@ -250,7 +250,7 @@ def test_sample_cli_refuses_diffusion_flags_for_autoregressive_models(pixelcnn_r
     (["model.name=pixelcnn"], "does not train model.name=pixelcnn"),
     (["method.name=autoregressive", "model.name=made", "sample.sampler=naive", "method.autoregressive.levels=256"],
      "binary pixels"),
-    (["method.name=autoregressive", "model.name=pixelcnn"], "sample.sampler: unknown sampler 'dpmpp_2m_pc'; choose from cached, naive"),
+    (["method.name=autoregressive", "model.name=pixelcnn"], "sample.sampler: unknown sampler 'fitted'; choose from cached, naive"),
     (["method.name=autoregressive", "model.name=made", "sample.sampler=cached"], "cached sampling needs a net with a cache"),
     (["method.name=autoregressive", "model.name=pixelcnn", "sample.sampler=cached", "model.pixelcnn.kernel_size=4"],
      "positive odd number"),

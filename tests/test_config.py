@@ -112,6 +112,8 @@ def test_the_sampler_and_its_options_are_checked_when_the_config_loads():
     assert "sample.options.eta: expected a float" in error_of("sample.sampler=ddim", "sample.options={eta: x}")
     assert load_config(None, ["sample.sampler=pc", "sample.options={snr: 0.1, n_corrector: 2}"]).sample.options == \
         {"snr": 0.1, "n_corrector": 2}
+    assert load_config(None, []).sample.sampler == "fitted"  # the default: chosen per model by a pilot
+    assert "sample.options: fitted chooses its sampler's options" in error_of("sample.options={order: 3}")
 
 
 def test_a_saved_config_holds_only_the_sections_of_its_net_and_method():

@@ -126,6 +126,53 @@ def test_flow_samplers_with_the_exact_velocity_reproduce_the_mixture(name, steps
     assert sliced_wasserstein(out, DATA) < 1.5 * FLOOR
 
 
+@pytest.mark.parametrize("name, options", [("dpmpp_2m_pc", {}), ("unipc", {"order": 3})])
+def test_first_step_rules_from_pure_noise_against_the_gaussian_closed_form(name, options):
+    """For Gaussian data N(mu, c^2) the probability-flow ODE from pure noise x_1 is closed-form:
+    x_t = alpha_t mu + sqrt(alpha_t^2 c^2 + sigma_t^2) x_1. After a corrected first step to noise
+    level sigma/alpha = r, the `end` rule errs by O(r^-2) (x0_hat taken as constant at its end value)
+    and the `mean` rule by O(r^-3) or less (x0_hat linear in alpha/sigma, exact to leading order);
+    at r = 1, a step far beyond the low-SNR regime, the end point's estimate is the nearer."""
+    from genkit.registry import ArgumentError
+
+    path, mu, c = FlowPath(), torch.tensor([[0.3, -0.2]]), 2.0
+    gaussian = GaussianMixture(mu, std=c)
+    x1 = torch.randn(1000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    error = {}
+    for r in (1, 100, 1000):
+        t1 = r / (r + 1)  # sigma / alpha = t / (1 - t) = r
+        exact = (1 - t1) * mu.double() + ((1 - t1) ** 2 * c**2 + t1**2) ** 0.5 * x1
+        for rule in ("end", "mean"):
+            seen = {}
+            SAMPLERS[name](Denoiser(gaussian.as_net(path, "velocity"), path, "velocity"), x1.clone(),
+                           torch.tensor([1.0, t1, t1 / 2, 0.0], dtype=torch.float64), first_step=rule,
+                           callback=lambda i, t, x, x0: seen.setdefault(i, x.clone()), **options)
+            error[rule, r] = float((seen[1] - exact).square().mean().sqrt())
+    assert 50 < error["end", 100] / error["end", 1000] < 200, error  # second order in 1 / r
+    assert error["mean", 100] / error["mean", 1000] > 500 and error["mean", 1000] < 1e-4 * error["end", 1000], error
+    assert error["end", 1] < error["mean", 1], error
+    with pytest.raises(ArgumentError, match="first_step"):
+        SAMPLERS[name](Denoiser(gaussian.as_net(path, "velocity"), path, "velocity"), x1, SCHEDULES["flow"](path, 4),
+                       first_step="both", **options)
+
+
+def test_shifted_flow_grid_is_sd3s_time_shift_of_the_even_clock():
+    """`flow(shift=s)` puts the k-th of K points at s u / (1 + (s - 1) u), u = 1 - k / K (SD3's shift);
+    s = 1 is the even flow clock, s < 1 packs the steps toward the clean end."""
+    from genkit.samplers.schedules import flow
+
+    path = FlowPath()
+    assert torch.equal(flow(path, 10, shift=1.0), SCHEDULES["flow"](path, 10))
+    for s in (0.35, 0.5, 3.0):
+        for steps in (5, 20):
+            u = torch.linspace(1, 0, steps + 1, dtype=torch.float64)[:-1]
+            ts = flow(path, steps, shift=s)
+            assert torch.allclose(ts[:-1], s * u / (1 + (s - 1) * u), rtol=5e-3) and ts[-1] == 0  # the clock starts at t_max - t_min
+            assert (ts.diff() < 0).all() and (ts[-2] < SCHEDULES["flow"](path, steps)[-2]) == (s < 1)
+    with pytest.raises(ValueError, match="shift"):
+        flow(path, 5, shift=0.0)
+
+
 def test_flow_config_defaults_to_velocity_and_refuses_eps():
     cfg = load_config(None, ["method.name=flow"])
     assert cfg.method.resolved_prediction == "velocity" and cfg.method.flow.time_density == "logit_normal"

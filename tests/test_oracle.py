@@ -221,6 +221,12 @@ def trials(grid, path, steps: int) -> dict:
     return out
 
 
+def test_pilots_measure_at_least_4096_coordinates_with_32_to_128_draws():
+    from genkit.samplers.adaptive import pilot_draws
+
+    assert [pilot_draws(d) for d in (2, 32, 48, 64, 256, 784, 3 * 64 * 64)] == [128, 128, 85, 64, 32, 32, 32]
+
+
 def test_fitted_grid_keeps_the_candidate_nearest_its_reference_once_per_sampler_and_steps():
     """`fitted` returns the candidate grid (and first-step rule, on a flow) whose solve of the pilot's
     draws lands nearest the pilot's reference (each trial's error recomputed here), and a second

@@ -212,13 +212,14 @@ def test_the_default_sampler_and_grid_are_fitted_once_per_model_and_guidance(tin
     most accurately: naming that sampler, its grid and options reproduces the images. Fits are kept
     per model and guidance, and the pilot's evaluations are not counted in the samples' NFE."""
     from genkit.samplers import FITTED_CONTENDERS, AdaptiveGrid
+    from genkit.samplers.adaptive import pilot_draws
 
     model = tiny_model(tiny_cfg)
     first = model.sample(3, steps=4, progress=False)
     again = model.sample(3, steps=6, batch_size=2, progress=False)
     assert len(model._adaptive_grids) == 1 and first.nfe == 4 and again.nfe == 6  # the pilot is not counted
     grid = model.adaptive_grid()
-    assert isinstance(grid, AdaptiveGrid) and grid.pilot_nfe > 0
+    assert isinstance(grid, AdaptiveGrid) and grid.pilot_nfe > 0 and len(grid.draws) == pilot_draws(1 * 16 * 16) == 32
     assert len(grid.choices) == 2 * len(FITTED_CONTENDERS)  # each contender at 4 and at 6 steps
     fits = {fn.__name__: fit for (fn, steps, *_), fit in grid.choices.items() if steps == 4}
     assert set(fits) == {name for name, _ in FITTED_CONTENDERS}

@@ -50,9 +50,7 @@ def pilot_draws(numel: int) -> int:
     """How many draws a pilot of samples with `numel` coordinates starts from: enough for
     `PILOT_COORDINATES` coordinates, within `PILOT_DRAWS`. A draw's error is the RMS over its
     coordinates; with few of them (low-dimensional data) it is dominated by whether the draw
-    changes mode, and a choice made on 32 such draws is noisy: on the samplers benchmark's mixtures
-    (4 to 64 coordinates) at 5 steps, the chosen grid's distance exceeds the best candidate's by 33%
-    on average with 32 draws, by 14% with 128."""
+    changes mode, and a choice made on 32 such draws is noisy. Such data are cheap to evaluate."""
     low, high = PILOT_DRAWS
     return max(low, min(high, PILOT_COORDINATES // max(numel, 1)))
 
