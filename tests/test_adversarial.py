@@ -323,7 +323,7 @@ DEFAULTS = {"sample": ["--num", "2", "--steps", "1"], "eval": ["--num", "5", "--
             "reflow": ["--num", "2", "--steps", "1"], "plot-loss": []}
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(command=st.sampled_from(list(COMMANDS)), data=st.data())
 def test_every_cli_with_random_flags_runs_or_fails_in_one_line(two_checkpoints, tmp_path, command, data):
     flags = data.draw(st.lists(st.tuples(st.sampled_from(COMMANDS[command]), FLAG_VALUES), max_size=3))

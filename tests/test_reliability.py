@@ -41,7 +41,7 @@ SAMPLE_FLAGS = st.one_of(
 )
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(SAMPLE_FLAGS, max_size=4))
 def test_sample_cli_with_random_flags_runs_or_fails_in_one_line(tiny_run, tmp_path, flags):
     argv = ["--checkpoint", str(tiny_run), "--out", str(tmp_path / "grid.png"), "--num", "2", "--steps", "2"]

@@ -323,7 +323,8 @@ def test_adaptive_ode_samples_do_not_depend_on_the_batch():
     assert (solve(x[:8], per_sample=False) - solve(x, per_sample=False)[:8]).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16),
+                                              pytest.param("fp16", torch.float16, marks=pytest.mark.slow)])  # fp16: slow on CPUs
 def test_half_precision_sampling_uses_a_half_copy_and_stays_close_to_fp32(tiny_cfg, precision, dtype):
     model = tiny_model(tiny_cfg)
     full = model.sample(4, steps=3, progress=False).images
