@@ -8,7 +8,9 @@ evaluation is the one the next step needs anyway, so correcting costs no network
 As diffusers' `UniPCMultistepScheduler`, the orders rise from one over the first steps
 (multistep warm-up) and fall to one on the last (`lower_order_final`): the final step is a
 denoising jump to t = 0. Unlike it, bh1 stays finite on that step, and a first step from pure
-noise (alpha = 0: flows, zero terminal SNR) is taken in its exact limit.
+noise (alpha = 0: flows, zero terminal SNR), where lambda starts at -inf, is predicted exactly
+(first order) and corrected by a rule for the estimate between the two ends (`first_step`,
+`genkit.samplers.base.FIRST_STEP_RULES`).
 """
 from __future__ import annotations
 
