@@ -5,7 +5,7 @@ Euler, trains a 2-rectified flow on the pairs starting from the 1-rectified weig
 reports for both: straightness (Liu et al. 2022, eq. 5, along 100-step Euler paths from 1000
 noise draws) and FID of 1000 class-conditional samples at 1, 4 and 20 Euler steps.
 
-    python benchmarks/reflow.py --checkpoint runs/rf_unet_mnist
+    python benchmarks/reflow.py [--checkpoint runs/rf_unet_mnist]
 """
 from __future__ import annotations
 
@@ -36,11 +36,13 @@ def measure(model, evaluator: Evaluator) -> dict:
 
 def main() -> None:
     p = benchmark_parser("reflow", __doc__, workdir=True)
-    p.add_argument("--checkpoint", required=True, help="the 1-rectified flow")
-    p.add_argument("--pairs", type=int, default=20000)
-    p.add_argument("--pair-steps", type=int, default=20)
-    p.add_argument("--train-steps", type=int, default=700)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--checkpoint", default="runs/rf_unet_mnist",
+                   help="the 1-rectified flow: a run or checkpoint directory (default: the quick-start recipe's run)")
+    p.add_argument("--pairs", type=int, default=20000, help="(noise, sample) pairs drawn from it (default: %(default)s)")
+    p.add_argument("--pair-steps", type=int, default=20, help="Euler steps per pair (default: %(default)s)")
+    p.add_argument("--train-steps", type=int, default=700,
+                   help="steps of the 2-rectified flow, from the 1-rectified one's weights (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=5e-4, help="its learning rate (default: %(default)s)")
     args = p.parse_args()
     work = Path(args.workdir)
     evaluator = Evaluator(progress=False)

@@ -47,7 +47,7 @@ def main() -> None:
     p.add_argument("--recipe", required=True, help="a recipe name (configs/NAME.yaml)")
     p.add_argument("--minutes", type=float, default=3.0, help="training minutes per run (default: %(default)s)")
     p.add_argument("--variant", action="append", default=[], help="name:key=value,... (repeatable)")
-    p.add_argument("--num", type=int, default=1000)
+    p.add_argument("--num", type=int, default=1000, help="samples per FID (default: %(default)s)")
     p.set_defaults(json=None, workdir=None)  # default: benchmarks/results/variants_RECIPE.json, runs/variants/RECIPE
     args = p.parse_args()
     name_of_results = f"variants_{args.recipe}"

@@ -20,7 +20,7 @@ class Parser(argparse.ArgumentParser):
     """argparse that reports a usage mistake as one line and exit status 2."""
 
     def error(self, message: str):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def one_line(text: str) -> str:

@@ -139,6 +139,9 @@ def tiny_overrides(data_path, output_dir) -> list[str]:
         "train.batch_size=8", "train.max_steps=4", "train.warmup_steps=1", "train.log_every=1",
         "train.sample_every=0", "train.checkpoint_every=2", "train.mixed_precision=no",
         "sample.steps=3", "sample.num=4",
+        # a sampler on a fixed grid: sampling a tiny run then skips the default's pilot and fits (6 s on
+        # 32 x 32 digits, most of a test's time); `fitted` and `adaptive` have tests of their own
+        "sample.sampler=ddim",
     ]
 
 

@@ -105,6 +105,15 @@ def test_train_cli_with_random_overrides_runs_or_fails_in_one_line(pairs):
     assert_ran_or_one_line(code, stderr)
 
 
+@pytest.mark.parametrize("separator", ["\x1e", "\x85", "\u2028"])
+def test_an_unknown_argument_holding_a_line_separator_is_reported_on_one_line(separator):
+    """Regression (found by the fuzz above): argparse echoed an unknown argument as given, and
+    str.splitlines() also breaks lines at the record separator, NEL and U+2028."""
+    code, stderr = call(train_main, [f"-{separator}=0"])
+    escaped = separator.encode("unicode_escape").decode()
+    assert code == 2 and stderr.splitlines() == [f"error: unrecognized arguments: -{escaped}=0 (see train.py --help)"]
+
+
 def test_the_sampler_and_its_options_are_checked_when_the_config_loads():
     """Regression: `sample.sampler=dpmpp2m` used to train until the first sample grid, then die."""
     assert "sample.sampler: unknown sampler 'dpmpp2m'; choose from ddpm, ddim" in error_of("sample.sampler=dpmpp2m")

@@ -214,7 +214,7 @@ def test_the_default_sampler_and_grid_are_fitted_once_per_model_and_guidance(tin
     from genkit.samplers import FITTED_CONTENDERS, AdaptiveGrid
     from genkit.samplers.adaptive import pilot_draws
 
-    model = tiny_model(tiny_cfg)
+    model = tiny_model(tiny_cfg, "sample.sampler=fitted")  # the config default (the tiny runs name ddim)
     first = model.sample(3, steps=4, progress=False)
     again = model.sample(3, steps=6, batch_size=2, progress=False)
     assert len(model._adaptive_grids) == 1 and first.nfe == 4 and again.nfe == 6  # the pilot is not counted
@@ -367,7 +367,7 @@ def test_compiled_sampling_pads_the_last_batch_to_one_shape(tiny_cfg, monkeypatc
     padded = model.sample(6, steps=3, progress=False, batch_size=4, compile=True)
     assert set(batches) == {4} and len(batches) == 2 * padded.nfe
     assert len(padded.images) == 6 and torch.equal(eager.noise, padded.noise) and torch.equal(eager.labels, padded.labels)
-    assert torch.allclose(eager.images, padded.images, atol=1e-5)
+    assert torch.allclose(eager.images, padded.images, atol=1e-4)  # batch-size-dependent fp32 kernels: ~1e-5
     batches.clear()
     model.sample(3, steps=3, progress=False, batch_size=4, compile=True)  # one batch: nothing to pad
     assert set(batches) == {3}
