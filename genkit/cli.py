@@ -245,14 +245,14 @@ def _check_sampling_flags(args) -> None:
 
 
 def _sampler_options(items: list[str]) -> dict:
-    import yaml
+    from genkit.config import parse_scalar
 
     options = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--option: {item!r} is not of the form KEY=VALUE")
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = parse_scalar(value)
         if isinstance(parsed, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
             try:
                 parsed = float(parsed)

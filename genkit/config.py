@@ -161,7 +161,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
-        _set_dotted(raw, RENAMED.get(key.strip(), key.strip()), _parse_scalar(text))
+        _set_dotted(raw, RENAMED.get(key.strip(), key.strip()), parse_scalar(text))
     return config_from_dict(raw)
 
 
@@ -306,7 +306,9 @@ def _unknown_key(key: str, candidates: list[str]) -> str:
     return f"unknown config key {key!r}{hint}"
 
 
-def _parse_scalar(text: str):
+def parse_scalar(text: str):
+    """An override's or option's value as YAML reads it (1, 0.5, true, [1, 2], ...); text that is
+    not YAML stays text, for the checks of the key it is given to."""
     try:
         return yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:

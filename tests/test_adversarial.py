@@ -348,6 +348,8 @@ def test_every_cli_with_random_flags_runs_or_fails_in_one_line(two_checkpoints, 
     (["--sampler", "ddim", "--option", "eta=-1"], "--option eta: must be a finite number >= 0"),
     (["--sampler", "unipc", "--option", "first_step=both"], "--option first_step: must be one of end, mean"),
     (["--sampler", "fitted", "--option", "order=3"], "--option order: fitted chooses its sampler's options"),
+    (["--sampler", "ddim", "--option", "eta={"], "--option eta: expected a float"),  # regression: a YAML traceback
+    (["--sampler", "ode", "--option", "method=[rk4"], "--option method: unknown ODE solver '[rk4'"),
     (["--seed", str(2**64 + 1)], "--seed: must lie in 0..2**63-1"),
     (["--steps", str(10**9)], "--steps: must lie in 1..100000"),
     (["--num", str(10**12)], "--num: at most"),
