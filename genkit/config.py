@@ -234,6 +234,8 @@ def validate(cfg: Config) -> None:
     require(cfg.train, "train", positive=["max_steps", "batch_size", "grad_accum", "lr", "log_every", "max_bad_steps"],
             non_negative=["weight_decay", "warmup_steps", "grad_clip", "sample_every", "checkpoint_every",
                           "checkpoints_keep", "cpu_threads", "max_minutes"], unit=["ema_decay"])
+    if not 0 <= cfg.train.seed < 2**32:  # accelerate seeds numpy too, whose seeds are 32-bit
+        raise ConfigError(f"train.seed: must lie in 0..2**32-1, got {cfg.train.seed}")
     require(cfg.data, "data", positive=["image_size"])
     one_of(cfg.data.channels, (1, 3), "data.channels")  # grey or RGB images
     if cfg.data.image_size > 4096:
