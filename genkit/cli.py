@@ -28,11 +28,14 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(text))
 
 
+TOO_LARGE = ("allocate", "Storage size calculation overflowed")  # torch's errors for a tensor beyond memory
+
+
 def _run(fn, args) -> int:
     try:
         fn(args)
     except RuntimeError as err:
-        if "allocate" not in str(err):
+        if not any(sign in str(err) for sign in TOO_LARGE):
             raise
         print(f"error: out of memory ({one_line(str(err).splitlines()[0])}); use a smaller model, batch or "
               f"image size", file=sys.stderr)

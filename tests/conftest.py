@@ -80,14 +80,20 @@ override_keys = st.one_of(st.sampled_from(CONFIG_KEYS), st.text(min_size=0, max_
                           st.sampled_from(CONFIG_KEYS).map(lambda k: k + ".x"))
 
 
+def reset_accelerate_state() -> None:
+    """Forget accelerate's process-wide state, so that the next run in this process may choose
+    another mixed precision (accelerate refuses a change once its state is made)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     """Each test gets its own accelerate singleton state (mixed precision may differ)."""
-    from accelerate.state import AcceleratorState, GradientState
-
     yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate_state()
 
 
 @pytest.fixture(scope="session")

@@ -416,8 +416,9 @@ def test_a_damaged_reflow_shard_is_named(two_checkpoints, tmp_path, imagefolder)
     assert code == 2 and "pairs-00001.safetensors does not load" in stderr
 
 
-def test_a_net_too_large_for_memory_fails_in_one_line(imagefolder, tmp_path):
-    code, stderr = call(train_main, tiny_overrides(imagefolder, tmp_path / "run") + ["model.unet.channels=33554432"])
+@pytest.mark.parametrize("width", [2**25, 2**32])  # 2**32: a size torch cannot even count (regression: a traceback)
+def test_a_net_too_large_for_memory_fails_in_one_line(imagefolder, tmp_path, width):
+    code, stderr = call(train_main, tiny_overrides(imagefolder, tmp_path / "run") + [f"model.unet.channels={width}"])
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert code == 1 and len(errors) == 1 and "out of memory" in errors[0] and "Traceback" not in stderr
     assert not (tmp_path / "run" / ".lock").exists()  # the failed run let go of its directory

@@ -1,9 +1,11 @@
 """Reliability: random command lines fail in one line or run; SIGKILL at random moments never
 breaks a checkpoint and resuming reaches the uninterrupted weights; two processes train as one."""
+import dataclasses
 import random
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 
 import pytest
@@ -14,10 +16,10 @@ from safetensors.torch import load_file
 
 from genkit.checkpoint import list_checkpoints, load_export, read_trainer_state
 from genkit.cli import sample_main, train_main
-from genkit.config import load_config
+from genkit.config import Config, load_config
 from genkit.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
 from genkit.training import train
-from tests.conftest import ROOT, assert_ran_or_one_line, call, tiny_overrides
+from tests.conftest import ROOT, assert_ran_or_one_line, call, reset_accelerate_state, tiny_overrides
 
 @pytest.fixture(scope="module")
 def tiny_run(imagefolder, tmp_path_factory):
@@ -48,6 +50,55 @@ def test_sample_cli_with_random_flags_runs_or_fails_in_one_line(tiny_run, tmp_pa
     for flag, value in flags:
         argv += [flag, value]
     code, stderr = call(sample_main, argv)
+    assert_ran_or_one_line(code, stderr)
+
+
+# Training under random overrides, each value of its key's type (so that most runs train):
+# a run either trains or fails in one line.
+NAMES = ["unet", "dit", "made", "pixelcnn", "fvsbn", "vae", "flow", "ddpm", "sde", "meanflow", "consistency",
+         "autoregressive", "eps", "v", "x0", "velocity", "cosine", "linear", "logit_normal", "uniform", "mode",
+         "log_snr", "ve", "subvp", "bf16", "no", "auto", "ddim", "fitted", "unipc", "pad", "resize", "exact", "x"]
+UNTOUCHED = ("output_dir", "data.path", "data.autoencoder", "train.max_steps", "train.max_minutes",
+             "train.init_from", "train.resume", "train.report_to", "train.cpu_threads")
+
+
+def values_of(kind) -> st.SearchStrategy:
+    if kind is bool:
+        return st.sampled_from(["true", "false"])
+    if kind is int:
+        return st.sampled_from(["-1", "0", "1", "2", "3", "8", "16", str(2**32)])
+    if kind is float:
+        return st.sampled_from(["-0.5", "0", "1e-6", "0.1", "0.5", "0.999", "1", "2", "10"])
+    if typing.get_origin(kind) in (tuple, list):
+        return st.sampled_from(["[]", "[0]", "[1]", "[8]", "[1, 2]", "[2, 1]", "[1, 2, 2]", "[32, 64]"])
+    return st.sampled_from(NAMES)
+
+
+def typed_keys(cls=Config, prefix: str = ""):
+    for f in dataclasses.fields(cls):
+        kind = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(kind):
+            yield from typed_keys(kind, prefix + f.name + ".")
+        elif not (prefix + f.name).startswith(UNTOUCHED):
+            yield prefix + f.name, kind
+
+
+TYPED_OVERRIDES = st.sampled_from(list(typed_keys())).flatmap(
+    lambda key_kind: values_of(key_kind[1]).map(lambda value: f"{key_kind[0]}={value}"))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(TYPED_OVERRIDES, min_size=1, max_size=3))
+def test_training_under_random_typed_overrides_trains_or_fails_in_one_line(imagefolder, tmp_path_factory, overrides):
+    """(A wider run of this found `train.seed=-1` raising from numpy mid-setup.)"""
+    out = tmp_path_factory.mktemp("typed") / "run"
+    reset_accelerate_state()  # each example is a process of its own (the examples share one test)
+    code, stderr = call(train_main, tiny_overrides(imagefolder, out) + ["train.max_steps=2", "train.sample_every=2",
+                                                                       "train.report_to=none", *overrides])
+    if code == 1:  # a size beyond memory (values up to 2**32): one line, status 1
+        errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and errors[0].startswith("error: out of memory") and "Traceback" not in stderr
+        return
     assert_ran_or_one_line(code, stderr)
 
 
