@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 
 from genkit.checkpoint import CONFIG_FILE, EMA_FILE, load_export
 from genkit.config import Config, ConfigError, load_config, save_config
+from genkit.data import ImageData
 
 AUTOENCODER_DIR, STATS_FILE = "autoencoder", "latents.json"
 
@@ -108,15 +108,9 @@ class LatentCodec:
                               f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'})") from None
 
 
-@dataclass
-class LatentData:
-    """A data set as normalised latents [N, c, h, w] with its labels: the trainer's data protocol."""
-
-    images: torch.Tensor
-    labels: torch.Tensor | None
-
-    def __len__(self) -> int:
-        return len(self.images)
+class LatentData(ImageData):
+    """A data set as normalised latents (`images` [N, c, h, w], float) with its labels: the
+    trainer's data protocol."""
 
     def batch(self, indices: torch.Tensor, hflip_generator: torch.Generator | None = None):
         """(latents, labels, None); never flipped: the config refuses data.hflip with latents."""
