@@ -187,7 +187,7 @@ def from_dict(cls, raw: dict, prefix: str = ""):
     kwargs = {}
     for key, value in raw.items():
         if key not in names:
-            raise ConfigError(_unknown_key(prefix + str(key), [prefix + n for n in _all_keys(cls)]))
+            raise ConfigError(_unknown_key(prefix + str(key), [prefix + n for n in _key_types(cls)]))
         kind = hints[key]
         if dataclasses.is_dataclass(kind):
             kwargs[key] = from_dict(kind, value, prefix + key + ".")
@@ -281,20 +281,25 @@ def validate(cfg: Config) -> None:
 # ---------------------------------------------------------------------------- helpers
 
 
-def _all_keys(cls, prefix: str = "") -> list[str]:
-    keys = []
+def _key_types(cls, prefix: str = "") -> dict[str, type]:
+    keys = {}
     for f in dataclasses.fields(cls):
         kind = typing.get_type_hints(cls)[f.name]
         if dataclasses.is_dataclass(kind):
-            keys += _all_keys(kind, prefix + f.name + ".")
+            keys.update(_key_types(kind, prefix + f.name + "."))
         else:
-            keys.append(prefix + f.name)
+            keys[prefix + f.name] = kind
     return keys
+
+
+def key_types() -> dict[str, type]:
+    """Every dotted key a config accepts -> the type its value takes."""
+    return _key_types(Config)
 
 
 def all_keys() -> list[str]:
     """Every dotted key a config accepts."""
-    return _all_keys(Config)
+    return list(key_types())
 
 
 def _unknown_key(key: str, candidates: list[str]) -> str:

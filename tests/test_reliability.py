@@ -1,6 +1,5 @@
 """Reliability: random command lines fail in one line or run; SIGKILL at random moments never
 breaks a checkpoint and resuming reaches the uninterrupted weights; two processes train as one."""
-import dataclasses
 import random
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from safetensors.torch import load_file
 
 from genkit.checkpoint import list_checkpoints, load_export, read_trainer_state
 from genkit.cli import sample_main, train_main
-from genkit.config import Config, load_config
+from genkit.config import key_types, load_config
 from genkit.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
 from genkit.training import train
 from tests.conftest import ROOT, assert_ran_or_one_line, call, reset_accelerate_state, tiny_overrides
@@ -74,16 +73,8 @@ def values_of(kind) -> st.SearchStrategy:
     return st.sampled_from(NAMES)
 
 
-def typed_keys(cls=Config, prefix: str = ""):
-    for f in dataclasses.fields(cls):
-        kind = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(kind):
-            yield from typed_keys(kind, prefix + f.name + ".")
-        elif not (prefix + f.name).startswith(UNTOUCHED):
-            yield prefix + f.name, kind
-
-
-TYPED_OVERRIDES = st.sampled_from(list(typed_keys())).flatmap(
+TYPED_OVERRIDES = st.sampled_from([(key, kind) for key, kind in key_types().items()
+                                    if not key.startswith(UNTOUCHED)]).flatmap(
     lambda key_kind: values_of(key_kind[1]).map(lambda value: f"{key_kind[0]}={value}"))
 
 
