@@ -11,6 +11,11 @@ narrows to the finer level's width as it doubles the resolution (the up-convolut
 original U-Net, Ronneberger et al. 2015) instead of convolving the coarse width at the fine
 resolution. That upsampling (nearest-neighbour 2x, then a 3x3 convolution) runs as the one
 transposed convolution it equals (`UpsampleConv`).
+
+With `patch_size` p > 1 the net never sees the full resolution: the image enters as its p x p
+patches stacked into channels (space-to-depth, `pixel_unshuffle`) and leaves the same way back,
+the first layer of "simple diffusion" (Hoogeboom et al. 2023) that avoids full-resolution
+feature maps; at p = 2 every level works on a quarter of the pixels for the same parameters.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ class UNetConfig:
     attention_resolutions: tuple[int, ...] = (8,)  # feature-map sizes that get self-attention
     head_channels: int = 32  # channels per attention head
     dropout: float = 0.0
+    patch_size: int = 1  # p: the net runs on p x p patches stacked into channels (1: on pixels)
 
     def blocks_per_level(self) -> tuple[int, ...]:
         """`num_res_blocks` as one count per level (a single count, or a bare int, is repeated)."""
@@ -43,12 +49,12 @@ class UNetConfig:
 
 def check(cfg) -> None:
     """What a run config must satisfy for a UNet: GroupNorm's 32 groups, whole attention heads,
-    and an image size that halves at every level."""
+    and an image size that splits into patches and then halves at every level."""
     from genkit.nets import input_shape
 
     unet, size = cfg.model.unet, input_shape(cfg)[1]
     size_key = "data.latent_size" if cfg.data.autoencoder else "data.image_size"
-    require(unet, "model.unet", positive=["channels", "head_channels"], unit=["dropout"])
+    require(unet, "model.unet", positive=["channels", "head_channels", "patch_size"], unit=["dropout"])
     if not unet.channel_mult or min(unet.channel_mult) <= 0:
         raise ConfigError(f"model.unet.channel_mult: needs positive entries, got {list(unet.channel_mult)}")
     blocks = unet.blocks_per_level()
@@ -58,9 +64,9 @@ def check(cfg) -> None:
         raise ConfigError(f"model.unet.num_res_blocks: give one count or one per level of model.unet.channel_mult "
                           f"({len(unet.channel_mult)}), got {list(blocks)}")
     levels = len(unet.channel_mult) - 1
-    if size % 2**levels:
-        raise ConfigError(f"{size_key}: {size} is not divisible by 2**{levels} "
-                          f"(model.unet.channel_mult has {levels + 1} levels)")
+    if size % (unet.patch_size * 2**levels):
+        raise ConfigError(f"{size_key}: {size} is not divisible by model.unet.patch_size ({unet.patch_size}) "
+                          f"x 2**{levels} (model.unet.channel_mult has {levels + 1} levels)")
     for mult in unet.channel_mult:
         if (unet.channels * mult) % unet.head_channels or (unet.channels * mult) % 32:
             raise ConfigError(f"model.unet.channels: {unet.channels} x {mult} must be a multiple of 32 "
@@ -147,22 +153,23 @@ class Level(nn.Module):
 
 class UNet(nn.Module):
     """Class-conditional UNet: `net(x [B,C,H,W], t [B] in [0, 1], y [B] or None, r [B] or None)
-    -> [B,C,H,W]`; r, a second time, only with `interval` (see `ConditionEmbedding`)."""
+    -> [B,C,H,W]`; r, a second time, only with `interval` (see `ConditionEmbedding`). Feature-map
+    sizes (`attention_resolutions`) count patches when `patch_size` > 1."""
 
     cpu_channels_last = True  # CPU inference runs faster so, fp32 and bf16 (see `GroupNorm`; benchmarks/throughput.py)
 
     def __init__(self, cfg: UNetConfig, in_channels: int, image_size: int, num_classes: int, interval: bool = False):
         super().__init__()
-        ch = cfg.channels
+        ch, p = cfg.channels, cfg.patch_size
         emb_dim = 4 * ch
-        self.num_classes = num_classes
+        self.num_classes, self.patch_size = num_classes, p
         self.embed = ConditionEmbedding(ch, emb_dim, num_classes, interval)
-        self.stem = nn.Conv2d(in_channels, ch, 3, padding=1)
+        self.stem = nn.Conv2d(in_channels * p * p, ch, 3, padding=1)
 
         widths = [ch * m for m in cfg.channel_mult]
         blocks = cfg.blocks_per_level()
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
-        skips, cur, size = [ch], ch, image_size
+        skips, cur, size = [ch], ch, image_size // p
         for i, width in enumerate(widths):
             pairs = []
             for _ in range(blocks[i]):
@@ -189,13 +196,13 @@ class UNet(nn.Module):
                 self.upsample.append(UpsampleConv(cur, widths[i - 1]))
                 cur, size = widths[i - 1], size * 2
 
-        self.head = nn.Sequential(_norm(cur), nn.SiLU(), zero_module(nn.Conv2d(cur, in_channels, 3, padding=1)))
+        self.head = nn.Sequential(_norm(cur), nn.SiLU(), zero_module(nn.Conv2d(cur, in_channels * p * p, 3, padding=1)))
         self.input_skip = InputSkip(emb_dim, in_channels)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
                 r: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.embed(t, y, r)  # [B, 4*ch]
-        h = self.stem(x)
+        h = self.stem(F.pixel_unshuffle(x, self.patch_size))  # [B, C*p*p, H/p, W/p] -> [B, ch, H/p, W/p]
         skips = [h]
         for i, level in enumerate(self.down):
             for res, attn in zip(level.res, level.attn):
@@ -211,4 +218,5 @@ class UNet(nn.Module):
                 h = attn(res(torch.cat([h, skips.pop()], dim=1), emb))
             if i < len(self.upsample):
                 h = self.upsample[i](h)  # [B, C_finer, 2H, 2W]
-        return self.head(h) + self.input_skip(x, emb)
+        out = F.pixel_shuffle(self.head(h), self.patch_size)  # [B, C*p*p, H/p, W/p] -> [B, C, H, W]
+        return out + self.input_skip(x, emb)
