@@ -9,7 +9,8 @@ Sampling: `model.sample(B, steps)` of the RF-UNet recipe (DPM-Solver++(2M) with 
 one network evaluation per step) in images x NFE per second, against the bare forward passes of
 its net at the same batch and precision (the sampling loop's overhead), and against diffusers'
 DDIMPipeline on the fastest UNet2DModel layout of about equal size, in fp32 (also channels-last)
-and bf16 (autocast, and the pipeline cast to bf16), the fastest of its settings counting. With
+and bf16 (autocast, and the pipeline cast to bf16), the fastest of its settings counting; the
+same for a UNet on 2x2 patches at about equal parameters (`PATCH_2`; rows "genkit patch-2"). With
 `--compile`, both sides also sample through torch.compile (`model.sample(compile=True)`; diffusers'
 UNet replaced by `torch.compile(unet)` as its docs advise), compilation left out of the timing,
 and a second ratio compares genkit compiled with the fastest diffusers setting, compiled or not.
@@ -34,6 +35,10 @@ from genkit.nets import build_net
 from genkit.pipeline import build_model
 
 BATCH, SIZE = 64, 32
+# the RF-UNet recipe on 2x2 patches, 64 channels at each of its three levels: 1.75M parameters
+# (the recipe's 1.65M, diffusers' 1.81M), the best FID of the patch layouts in benchmarks/quality.py
+PATCH_2 = ["model.unet.patch_size=2", "model.unet.channels=64", "model.unet.channel_mult=[1,1,1]",
+           "model.unet.num_res_blocks=1"]
 
 
 class DiffusersUNet(torch.nn.Module):
@@ -142,12 +147,14 @@ def sampling(batch: int, steps: int, repeats: int, compiled: bool = False) -> di
     from diffusers import DDIMPipeline, DDIMScheduler
 
     torch.manual_seed(0)
-    cfg = load_config(recipe_path("rf_unet_mnist"))
-    model = build_model(cfg, build_net(cfg))
+    models = {}
+    for label, overrides in (("genkit", []), ("genkit patch-2", PATCH_2)):
+        cfg = load_config(recipe_path("rf_unet_mnist"), overrides)
+        models[label] = build_model(cfg, build_net(cfg))
     g = torch.Generator().manual_seed(0)
     x, t = torch.randn(batch, 1, SIZE, SIZE, generator=g), torch.rand(batch, generator=g)
     y = torch.arange(batch) % cfg.model.num_classes
-    peers = diffusers_unets(n_params(model.net), conditional=False)
+    peers = diffusers_unets(n_params(models["genkit"].net), conditional=False)
 
     def autocast(bf16: bool):
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
@@ -167,36 +174,43 @@ def sampling(batch: int, steps: int, repeats: int, compiled: bool = False) -> di
                 pipeline(batch_size=batch, num_inference_steps=steps, output_type="pt")
         return call
 
-    def calls(bf16: bool) -> dict:
-        peer = fastest_peer(bf16)
+    def genkit_calls(label: str, bf16: bool) -> dict:
+        model = models[label]
         net = model.inference_net(torch.bfloat16 if bf16 else None)
-        best_peer = peers[peer] if bf16 else copy.deepcopy(peers[peer]).to(memory_format=torch.channels_last)
+        precision = "bf16" if bf16 else "no"
 
         @torch.no_grad()
         def bare_forward():
             with autocast(bf16):
                 for _ in range(steps):
                     net(x, t, y)
-        entries = {"genkit model.sample": lambda: model.sample(batch, steps=steps, sampler="dpmpp_2m_pc",
-                                                               batch_size=batch, progress=False,
-                                                               precision="bf16" if bf16 else "no"),
-                   "genkit bare forward": bare_forward,
-                   f"diffusers DDIMPipeline ({peer}{', autocast' if bf16 else ''})": pipeline_call(peers[peer], bf16)}
+        entries = {f"{label} model.sample": lambda: model.sample(batch, steps=steps, sampler="dpmpp_2m_pc",
+                                                                 batch_size=batch, progress=False, precision=precision),
+                   f"{label} bare forward": bare_forward}
+        if compiled:
+            entries[f"{label} model.sample (compile)"] = lambda: model.sample(
+                batch, steps=steps, sampler="dpmpp_2m_pc", batch_size=batch, progress=False,
+                precision=precision, compile=True)
+        return entries
+
+    def calls(bf16: bool) -> dict:
+        peer = fastest_peer(bf16)
+        best_peer = peers[peer] if bf16 else copy.deepcopy(peers[peer]).to(memory_format=torch.channels_last)
+        entries = {f"diffusers DDIMPipeline ({peer}{', autocast' if bf16 else ''})": pipeline_call(peers[peer], bf16)}
         if bf16:
             cast = copy.deepcopy(peers[peer]).to(torch.bfloat16)
             entries[f"diffusers DDIMPipeline ({peer}, torch_dtype=bf16)"] = pipeline_call(cast, False)
         else:  # diffusers' documented speed-up for convolutional UNets
             entries[f"diffusers DDIMPipeline ({peer}, channels_last)"] = pipeline_call(best_peer, False)
         if compiled:
-            entries["genkit model.sample (compile)"] = lambda: model.sample(
-                batch, steps=steps, sampler="dpmpp_2m_pc", batch_size=batch, progress=False,
-                precision="bf16" if bf16 else "no", compile=True)
             if bf16:
                 entries[f"diffusers DDIMPipeline ({peer}, torch_dtype=bf16, compile)"] = pipeline_call(
                     torch.compile(cast), False)
             else:
                 entries[f"diffusers DDIMPipeline ({peer}, channels_last, compile)"] = pipeline_call(
                     torch.compile(best_peer), False)
+        for label in models:
+            entries.update(genkit_calls(label, bf16))
         return entries
 
     rows, ratios = [], {}
@@ -206,16 +220,19 @@ def sampling(batch: int, steps: int, repeats: int, compiled: bool = False) -> di
             rows.append({"what": name, "precision": precision, "batch": batch, "nfe": steps,
                          "img_nfe_per_s": round(batch * steps / sec, 1), "seconds": round(sec, 2)})
             print(json.dumps(rows[-1]), flush=True)
-        eager = {name: sec for name, sec in seconds.items() if "compile" not in name}
-        sample, bare, *peer_s = eager.values()
-        ratios[precision] = {"overhead_vs_bare_forward": round(sample / bare, 3),
-                             "speedup_vs_diffusers_pipeline": round(min(peer_s) / sample, 3)}
-        if compiled:
-            every_peer = [sec for name, sec in seconds.items() if name.startswith("diffusers")]
-            ratios[precision]["compiled_speedup_vs_diffusers_pipeline"] = round(
-                min(every_peer) / seconds["genkit model.sample (compile)"], 3)
-    return {"rows": rows, "ratios": ratios, "params": {"genkit": n_params(model.net),
-                                                       **{name: n_params(net) for name, net in peers.items()}}}
+        peer_eager = min(sec for name, sec in seconds.items() if name.startswith("diffusers") and "compile" not in name)
+        peer_best = min(sec for name, sec in seconds.items() if name.startswith("diffusers"))
+        ratios[precision] = {}
+        for label in models:
+            sample = seconds[f"{label} model.sample"]
+            ratios[precision][label] = {"overhead_vs_bare_forward": round(sample / seconds[f"{label} bare forward"], 3),
+                                        "speedup_vs_diffusers_pipeline": round(peer_eager / sample, 3)}
+            if compiled:  # against diffusers' fastest setting of all, compiled or not
+                ratios[precision][label]["compiled_speedup_vs_diffusers_pipeline"] = round(
+                    peer_best / seconds[f"{label} model.sample (compile)"], 3)
+    return {"rows": rows, "ratios": ratios,
+            "params": {**{label: n_params(model.net) for label, model in models.items()},
+                       **{name: n_params(net) for name, net in peers.items()}}}
 
 
 def main() -> None:

@@ -73,7 +73,9 @@ def test_bad_values_name_the_key(override, needle):
 def test_geometry_constraints():
     assert "does not divide data.image_size" in error_of("model.name=dit", "model.dit.patch_size=5")
     assert "does not divide model.dit.hidden_size" in error_of("model.name=dit", "model.dit.num_heads=5")
-    assert "not divisible by 2**2" in error_of("data.image_size=30")
+    assert "30 is not divisible by 4 (model.unet.patch_size 1 x 2**2" in error_of("data.image_size=30")
+    assert "32 is not divisible by 12" in error_of("model.unet.patch_size=3")
+    assert "must be positive" in error_of("model.unet.patch_size=0")
     assert "one count or one per level" in error_of("model.unet.num_res_blocks=[1,2]")
     assert "needs positive entries" in error_of("model.unet.num_res_blocks=[1,0,2]")
 

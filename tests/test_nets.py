@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -18,9 +19,11 @@ from tests.conftest import perturb
     (UNet(UNetConfig(channels=32, channel_mult=(1, 2, 3), num_res_blocks=1, attention_resolutions=(4, 8)), 3, 16, 0), 3, 16),
     (UNet(UNetConfig(channels=64, channel_mult=(1, 1), num_res_blocks=2, head_channels=64, dropout=0.1), 2, 8, 10), 2, 8),
     (UNet(UNetConfig(channels=32, channel_mult=(1, 2, 2), num_res_blocks=(1, 3, 2)), 1, 16, 10), 1, 16),
+    (UNet(UNetConfig(channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), patch_size=2),
+          3, 16, 10), 3, 16),
     (DiT(DiTConfig(patch_size=2, hidden_size=32, depth=1, num_heads=2), 1, 6, 5), 1, 6),
     (DiT(DiTConfig(patch_size=4, hidden_size=48, depth=2, num_heads=3, mlp_ratio=2.0), 3, 16, 0), 3, 16),
-], ids=["unet-1level-12px", "unet-3levels-rgb", "unet-2ch", "unet-blocks-per-level", "dit-6px", "dit-p4-rgb"])
+], ids=["unet-1level-12px", "unet-3levels-rgb", "unet-2ch", "unet-blocks-per-level", "unet-patch2-rgb", "dit-6px", "dit-p4-rgb"])
 def test_output_shape_for_odd_configs(net, channels, size):
     x = torch.randn(3, channels, size, size)
     y = torch.randint(0, net.num_classes, (3,)) if net.num_classes else None
@@ -63,6 +66,26 @@ def test_unet_blocks_per_level_and_narrowing_upsample():
     assert [(conv.in_channels, conv.out_channels) for conv in net.upsample] == [(96, 64), (64, 32)]
     same = UNet(UNetConfig(channels=32, channel_mult=(1, 2), num_res_blocks=2), 1, 8, 10)
     assert [len(level.res) for level in same.down] == [2, 2]
+
+
+@pytest.mark.parametrize("patch", [2, 4])
+def test_unet_on_patches_is_a_unet_on_the_stacked_patch_channels(patch):
+    """`patch_size` p: the net is the p = 1 net on pixel_unshuffle(x) (C*p*p channels, H/p x W/p),
+    its output put back by pixel_shuffle; the input skip, per image channel, aside (zeroed)."""
+    cfg = UNetConfig(channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,))
+    size = 8 * patch
+    patched = perturb(UNet(dataclasses.replace(cfg, patch_size=patch), 3, size, 10))
+    plain = UNet(cfg, 3 * patch * patch, size // patch, 10)
+    for net in (patched, plain):
+        torch.nn.init.zeros_(net.input_skip.gate.weight)
+        torch.nn.init.zeros_(net.input_skip.gate.bias)
+    state = {k: v for k, v in patched.state_dict().items() if not k.startswith("input_skip")}
+    plain.load_state_dict(state, strict=False)
+    x, t, y = torch.randn(2, 3, size, size), torch.rand(2), torch.tensor([1, 7])
+    expected = torch.nn.functional.pixel_shuffle(plain(torch.nn.functional.pixel_unshuffle(x, patch), t, y), patch)
+    out = patched(x, t, y)
+    assert out.shape == x.shape and out.abs().mean() > 1e-3
+    torch.testing.assert_close(out, expected)
 
 
 @pytest.mark.parametrize("height, width, channels_last", [(5, 7, False), (8, 8, True), (1, 1, False)])

@@ -65,8 +65,8 @@ def check(cfg) -> None:
                           f"({len(unet.channel_mult)}), got {list(blocks)}")
     levels = len(unet.channel_mult) - 1
     if size % (unet.patch_size * 2**levels):
-        raise ConfigError(f"{size_key}: {size} is not divisible by model.unet.patch_size ({unet.patch_size}) "
-                          f"x 2**{levels} (model.unet.channel_mult has {levels + 1} levels)")
+        raise ConfigError(f"{size_key}: {size} is not divisible by {unet.patch_size * 2**levels} (model.unet.patch_size "
+                          f"{unet.patch_size} x 2**{levels} for the {levels + 1} levels of model.unet.channel_mult)")
     for mult in unet.channel_mult:
         if (unet.channels * mult) % unet.head_channels or (unet.channels * mult) % 32:
             raise ConfigError(f"model.unet.channels: {unet.channels} x {mult} must be a multiple of 32 "
