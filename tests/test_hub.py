@@ -20,6 +20,7 @@ from genkit.training import train
 from tests.conftest import ROOT, call, tiny_overrides
 
 METHODS = {"flow": ["method.name=flow", "method.prediction=velocity"], "ddpm": [], "sde": ["method.name=sde"],
+           "flow-patch": ["method.name=flow", "method.prediction=velocity", "model.unet.patch_size=2"],
            "pixelcnn": ["method.name=autoregressive", "model.name=pixelcnn", "sample.sampler=cached",
                         "model.pixelcnn.channels=16", "model.pixelcnn.num_layers=2", "model.pixelcnn.head_channels=16"]}
 
@@ -59,12 +60,12 @@ def test_save_pretrained_round_trips_and_its_card_tells_the_truth(runs, tmp_path
         genkit.load(out, ema=False)
 
 
-@pytest.mark.parametrize("kind", ["flow", "ddpm", "sde", "pixelcnn"])
+@pytest.mark.parametrize("kind", ["flow", "ddpm", "sde", "pixelcnn", "flow-patch"])
 def test_pipeline_draws_what_model_sample_draws(runs, tmp_path, kind):
     model = genkit.load(runs[kind])
     pipe = GenkitPipeline.from_pretrained(model.save_pretrained(tmp_path / "export", grid=0))
     pipe.set_progress_bar_config(disable=True)
-    expected = {"flow": "FlowMatchEulerDiscreteScheduler", "ddpm": "DPMSolverMultistepScheduler"}.get(kind)
+    expected = {"flow": "FlowMatchEulerDiscreteScheduler", "ddpm": "DPMSolverMultistepScheduler"}.get(kind.split("-")[0])
     assert type(pipe.scheduler).__name__ == expected if expected else pipe.scheduler is None
     labels = [3, 0, 2]
     steps = {} if kind == "pixelcnn" else {"num_inference_steps": 3}
