@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from harness import benchmark_parser, steps_for_sampler, train_for_minutes, write_results
+from harness import PATCH_2_UNET, benchmark_parser, steps_for_sampler, train_for_minutes, write_results
 from tqdm.auto import tqdm
 
 import genkit
@@ -42,8 +42,7 @@ RECIPES = {  # name -> (recipe, overrides)
     "RF-UNet": ("rf_unet_mnist", ()), "RF-UNet (patch 2)": ("rf_unet_mnist", ("model.unet.patch_size=2",)),
     "RF-UNet (patch 2, 64-64)": ("rf_unet_mnist", ("model.unet.patch_size=2", "model.unet.channels=64",
                                                    "model.unet.channel_mult=[1,1]", "model.unet.num_res_blocks=[1,2]")),
-    "RF-UNet (patch 2, 64-64-64)": ("rf_unet_mnist", ("model.unet.patch_size=2", "model.unet.channels=64",
-                                                      "model.unet.channel_mult=[1,1,1]", "model.unet.num_res_blocks=1")),
+    "RF-UNet (patch 2, 64-64-64)": ("rf_unet_mnist", PATCH_2_UNET),
     "RF-DiT": ("rf_dit_mnist", ()), "Latent-RF-DiT": ("rf_dit_latent_mnist", ()),
     "RF-DiT (seed 1)": ("rf_dit_mnist", ("train.seed=1",)),
     "RF-DiT (width 192)": ("rf_dit_mnist", ("model.dit.hidden_size=192", "model.dit.num_heads=3")),

@@ -10,8 +10,8 @@ one network evaluation per step) in images x NFE per second, against the bare fo
 its net at the same batch and precision (the sampling loop's overhead), and against diffusers'
 DDIMPipeline on the fastest UNet2DModel layout of about equal size, in fp32 (also channels-last)
 and bf16 (autocast, and the pipeline cast to bf16), the fastest of its settings counting; the
-same for a UNet on 2x2 patches at about equal parameters (`PATCH_2`; rows "genkit patch-2"). With
-`--compile`, both sides also sample through torch.compile (`model.sample(compile=True)`; diffusers'
+same for a UNet on 2x2 patches at about equal parameters (`harness.PATCH_2_UNET`, 1.75M; rows
+"genkit patch-2"). With `--compile`, both sides also sample through torch.compile (`model.sample(compile=True)`; diffusers'
 UNet replaced by `torch.compile(unet)` as its docs advise), compilation left out of the timing,
 and a second ratio compares genkit compiled with the fastest diffusers setting, compiled or not.
 
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from harness import benchmark_parser, recipe_path, write_results
+from harness import PATCH_2_UNET, benchmark_parser, recipe_path, write_results
 from torch.utils.flop_counter import FlopCounterMode
 
 from genkit.config import load_config
@@ -35,10 +35,6 @@ from genkit.nets import build_net
 from genkit.pipeline import build_model
 
 BATCH, SIZE = 64, 32
-# the RF-UNet recipe on 2x2 patches, 64 channels at each of its three levels: 1.75M parameters
-# (the recipe's 1.65M, diffusers' 1.81M), the best FID of the patch layouts in benchmarks/quality.py
-PATCH_2 = ["model.unet.patch_size=2", "model.unet.channels=64", "model.unet.channel_mult=[1,1,1]",
-           "model.unet.num_res_blocks=1"]
 
 
 class DiffusersUNet(torch.nn.Module):
@@ -148,7 +144,7 @@ def sampling(batch: int, steps: int, repeats: int, compiled: bool = False) -> di
 
     torch.manual_seed(0)
     models = {}
-    for label, overrides in (("genkit", []), ("genkit patch-2", PATCH_2)):
+    for label, overrides in (("genkit", ()), ("genkit patch-2", PATCH_2_UNET)):
         cfg = load_config(recipe_path("rf_unet_mnist"), overrides)
         models[label] = build_model(cfg, build_net(cfg))
     g = torch.Generator().manual_seed(0)
