@@ -162,7 +162,10 @@ class UNet(nn.Module):
         super().__init__()
         ch, p = cfg.channels, cfg.patch_size
         emb_dim = 4 * ch
-        self.num_classes, self.patch_size = num_classes, p
+        self.num_classes = num_classes
+        # p x p patches to channels and back; at p = 1 nothing (pixel_unshuffle(x, 1) would copy x)
+        self.to_patches = nn.PixelUnshuffle(p) if p > 1 else nn.Identity()
+        self.from_patches = nn.PixelShuffle(p) if p > 1 else nn.Identity()
         self.embed = ConditionEmbedding(ch, emb_dim, num_classes, interval)
         self.stem = nn.Conv2d(in_channels * p * p, ch, 3, padding=1)
 
@@ -202,7 +205,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
                 r: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.embed(t, y, r)  # [B, 4*ch]
-        h = self.stem(F.pixel_unshuffle(x, self.patch_size))  # [B, C*p*p, H/p, W/p] -> [B, ch, H/p, W/p]
+        h = self.stem(self.to_patches(x))  # [B, C*p*p, H/p, W/p] -> [B, ch, H/p, W/p]
         skips = [h]
         for i, level in enumerate(self.down):
             for res, attn in zip(level.res, level.attn):
@@ -218,5 +221,4 @@ class UNet(nn.Module):
                 h = attn(res(torch.cat([h, skips.pop()], dim=1), emb))
             if i < len(self.upsample):
                 h = self.upsample[i](h)  # [B, C_finer, 2H, 2W]
-        out = F.pixel_shuffle(self.head(h), self.patch_size)  # [B, C*p*p, H/p, W/p] -> [B, C, H, W]
-        return out + self.input_skip(x, emb)
+        return self.from_patches(self.head(h)) + self.input_skip(x, emb)  # [B, C*p*p, H/p, W/p] -> [B, C, H, W]
