@@ -12,24 +12,32 @@ A checkpoint is written under a temporary name and renamed into place; re-saving
 the old copy aside first and pruning renames before it deletes, so a directory named `step-*` is
 always complete, whenever the process dies (`recover` tidies what a death leaves). A `step-*`
 damaged afterwards (truncated, overwritten) is skipped with a warning by `resolve_checkpoint`.
+A resume from an earlier step moves the later ones to `<output_dir>/abandoned/` (`set_aside_later`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import math
 import re
 import shutil
+import time
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from genkit.arguments import shorten
 from genkit.config import Config, load_config, save_config
+from genkit.nets import build_net
 from genkit.registry import ArgumentError
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 NET_FILE, EMA_FILE, CONFIG_FILE, STATE_FILE = "net.safetensors", "net_ema.safetensors", "config.yaml", "trainer_state.json"
+AUTOENCODER_DIR, STATS_FILE = "autoencoder", "latents.json"  # a latent model's autoencoder: `genkit.latents`
+ABANDONED_DIR = "abandoned"  # checkpoints of a branch left by a resume from an earlier step
 
 
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
@@ -72,6 +80,21 @@ def publish(tmp: Path, final: Path, keep: int) -> None:
             _remove(old)
 
 
+def set_aside_later(output_dir: str | Path, step: int) -> Path | None:
+    """A run resumed from `step` starts a new branch: move its checkpoints of later steps (an
+    abandoned branch, damaged or not) out of `checkpoints/` into `abandoned/<time>/`, so that
+    "newest" (`resume=latest`, `genkit.load`, pruning) means the branch being trained and nothing
+    is deleted. Returns where they went, or None if there were none."""
+    later = [p for p in list_checkpoints(output_dir) if int(STEP_DIR.match(p.name).group(1)) > step]
+    if not later:
+        return None
+    aside = Path(output_dir) / ABANDONED_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-from-step-{step:06d}"
+    aside.mkdir(parents=True, exist_ok=True)
+    for path in later:
+        path.rename(aside / path.name)
+    return aside
+
+
 def _remove(directory: Path) -> None:
     """Delete a directory so that no half-deleted copy ever bears a checkpoint's name."""
     if directory.exists():
@@ -94,29 +117,112 @@ def recover(output_dir: str | Path) -> None:
 
 
 def damage(directory: Path) -> str | None:
-    """Why the inference export of a checkpoint cannot be read, or None if it can (headers and
-    sizes of the weights; the config, against the checksum saved beside it by this version; the
-    trainer state)."""
-    from safetensors import safe_open
-
+    """Why the inference export of a checkpoint cannot be used, or None if it can: every file it
+    holds is read as far as it can be without loading the tensors (the config, against the
+    checksum saved beside it; the trainer state, whose step must be the directory's; each weight
+    file's names and shapes against the net its config describes), and so is a latent model's
+    autoencoder, whose latents must be the ones the denoiser was trained on."""
     for name in (CONFIG_FILE, STATE_FILE, NET_FILE, EMA_FILE):
         if not (directory / name).is_file():
             return f"{name} is missing"
     try:
-        for name in (NET_FILE, EMA_FILE):
-            with safe_open(str(directory / name), "pt") as f:
-                f.keys()
         state = json.loads((directory / STATE_FILE).read_text())
-        state["step"]
+        problem = _state_problem(state, directory)
+        if problem:
+            return f"{STATE_FILE}: {problem}"
         if state.get("config_sha256", _sha256(directory / CONFIG_FILE)) != _sha256(directory / CONFIG_FILE):
             return f"{CONFIG_FILE} is not the one written with these weights (checksum)"
         cfg = load_config(directory / CONFIG_FILE)
-        from genkit.latents import AUTOENCODER_DIR
-
-        if cfg.data.autoencoder and not (directory / AUTOENCODER_DIR / EMA_FILE).is_file():
-            return "autoencoder/ is missing (a latent model keeps its autoencoder beside its weights)"
+        for name in (NET_FILE, EMA_FILE):
+            problem = _weights_problem(directory / name, cfg)
+            if problem:
+                return f"{name}: {problem}"
+        if cfg.data.autoencoder:
+            problem = _autoencoder_problem(directory / AUTOENCODER_DIR, cfg)
+            if problem:
+                return f"{AUTOENCODER_DIR}/{problem}"
     except Exception as err:  # any unreadable file: the reason is reported, not raised
-        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"
+        return _reason(err)
+    return None
+
+
+def _reason(err: BaseException) -> str:
+    return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else 'unreadable'}"
+
+
+def _state_problem(state, directory: Path) -> str | None:
+    """What is wrong with a trainer state read from `directory`, or None."""
+    if not isinstance(state, dict):
+        return "not a mapping"
+    for key in ("step", "bad_steps_total"):
+        value = state.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"{key} is {shorten(value)}, not a count"
+    seconds = state.get("train_seconds", 0.0)  # absent in checkpoints of earlier versions
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < float("inf"):
+        return f"train_seconds is {shorten(seconds)}, not a duration"
+    named = STEP_DIR.match(directory.name)
+    if named and int(named.group(1)) != state["step"]:
+        return f"step {state['step']} is not its directory's ({directory.name})"
+    return None
+
+
+def _weights_problem(path: Path, cfg: Config) -> str | None:
+    """Whether a safetensors file holds exactly the tensors, by name and shape, of `cfg`'s net
+    (the net is built on the meta device: no memory, no weights read)."""
+    expected = {k: tuple(v.shape) for k, v in _shapes_of(cfg).items()}
+    try:
+        with safe_open(str(path), "pt") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as err:  # truncated, overwritten: safetensors' own error
+        return f"unreadable ({_reason(err)})"
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or extra:
+        first = f"missing {missing[0]}" if missing else f"extra {extra[0]}"
+        return f"its tensors are not those of the config's net ({first})"
+    wrong = [k for k in expected if expected[k] != found[k]]
+    if wrong:
+        return f"{wrong[0]} has shape {list(found[wrong[0]])}, the config's net {list(expected[wrong[0]])}"
+    return None
+
+
+def _shapes_of(cfg: Config) -> dict:
+    """The state of `cfg`'s net, built on the meta device (no memory), or for a net whose
+    constructor needs real tensors (one a user registered, say) on the CPU."""
+    try:
+        with torch.device("meta"):
+            return build_net(cfg).state_dict()
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        return build_net(cfg).state_dict()
+
+
+def _autoencoder_problem(directory: Path, cfg: Config) -> str | None:
+    """What is wrong with a latent checkpoint's autoencoder (its config, weights and latent
+    statistics, and that its latents have the shape the denoiser takes), or None."""
+    for name in (CONFIG_FILE, EMA_FILE, STATS_FILE):
+        if not (directory / name).is_file():
+            return f"{name} is missing (a latent model keeps its autoencoder beside its weights)"
+    try:
+        ae_cfg = load_config(directory / CONFIG_FILE)
+    except Exception as err:
+        return f"{CONFIG_FILE}: unreadable ({_reason(err)})"
+    problem = _weights_problem(directory / EMA_FILE, ae_cfg)
+    if problem:
+        return f"{EMA_FILE}: {problem}"
+    try:
+        stats = json.loads((directory / STATS_FILE).read_text())
+    except (OSError, ValueError) as err:
+        return f"{STATS_FILE}: unreadable ({_reason(err)})"
+    shift, scale = (stats.get("shift"), stats.get("scale")) if isinstance(stats, dict) else (None, None)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (shift, scale)) \
+            or scale <= 0:
+        return f"{STATS_FILE}: shift {shorten(shift)} and scale {shorten(scale)} are not a finite shift and a " \
+               f"positive scale"
+    with torch.device("meta"):
+        made = tuple(build_net(ae_cfg).latent_shape(ae_cfg.data.image_size))  # the built-in autoencoder
+    taken = (cfg.data.latent_channels, cfg.data.latent_size, cfg.data.latent_size)
+    if made != taken:
+        return f"it makes latents of {' x '.join(map(str, made))}, the denoiser takes {' x '.join(map(str, taken))}"
     return None
 
 
@@ -157,8 +263,6 @@ def read_trainer_state(directory: Path) -> dict:
 
 def load_export(path: str | Path, ema: bool = True) -> tuple[Config, torch.nn.Module, Path]:
     """Config and denoiser (EMA weights unless `ema=False`) of a checkpoint; no code execution."""
-    from genkit.nets import build_net
-
     directory = resolve_checkpoint(path)
     cfg = load_config(directory / CONFIG_FILE)
     net = build_net(cfg)

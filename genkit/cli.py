@@ -9,8 +9,9 @@ from genkit.registry import ArgumentError, ConfigError
 
 # The library names a bad argument by its parameter (`genkit.registry.ArgumentError`); here is the
 # flag each parameter comes from. Any other name is a sampler option, given with --option.
-FLAGS = {"labels": "--class-label", "steps": "--steps", "seed": "--seed", "device": "--device",
-         "sampler": "--sampler", "schedule": "--schedule", "guidance": "--guidance", "batch_size": "--batch-size",
+FLAGS = {"n": "--num", "labels": "--class-label", "steps": "--steps", "seed": "--seed", "device": "--device",
+         "metrics": "--metrics", "sampler": "--sampler", "schedule": "--schedule", "guidance": "--guidance",
+         "batch_size": "--batch-size",
          "path": "--checkpoint", "model": "--checkpoint", "out": "--out", "out_dir": "--out", "runs": "RUN",
          "ema": "--raw-weights", "directory": "--out", "repo_id": "--push", "npz": "--npz",
          "outdir": "--outdir", "compile": "--compile"}
@@ -43,6 +44,9 @@ def _run(fn, args) -> int:
     except MemoryError:
         print("error: out of memory; use a smaller model, batch or image size", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"error: interrupted{RESUMABLE.get(fn, '')}", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # the reader went away (`| head`): nothing is wrong
         sys.stderr.close()
         return 0
@@ -206,10 +210,14 @@ def _train(args) -> None:
         if main_process:
             print(f"genkit: {err}", file=sys.stderr)
         raise SystemExit(128 + err.signum)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the loop took over the signals, or a second signal during it
         if main_process:
-            print("error: stopped at once by a second signal; the last periodic checkpoint stands "
-                  "(continue with train.resume=latest)", file=sys.stderr)
+            from genkit.checkpoint import intact_checkpoints
+
+            saved = intact_checkpoints(cfg.output_dir)
+            where = f"the newest checkpoint is {saved[-1]} (continue with train.resume=latest)" if saved else \
+                "no checkpoint of this run was saved yet"
+            print(f"error: interrupted; {where}", file=sys.stderr)
         raise SystemExit(130)
     if main_process:
         print(f"done: final checkpoint {final}")
@@ -224,27 +232,12 @@ def _list_recipes() -> None:
         print(f"{name:<24}{first.lstrip('# ') if first.startswith('#') else ''}")
 
 
-def _require_positive(args, *flags: str) -> None:
-    for flag in flags:
-        if getattr(args, flag) <= 0:
-            raise ConfigError(f"--{flag.replace('_', '-')}: must be positive, got {getattr(args, flag)}")
-
-
-MAX_SEED, MAX_STEPS, MAX_NUM = 2**63 - 1, 100_000, 10_000_000  # beyond these a value is a typo
-
-
 def _check_sampling_flags(args) -> None:
-    _require_positive(args, "num", "batch_size")
-    if args.num > MAX_NUM:
-        raise ConfigError(f"--num: at most {MAX_NUM} images per call, got {args.num}")
-    if args.steps is not None and not 0 < args.steps <= MAX_STEPS:
-        raise ConfigError(f"--steps: must lie in 1..{MAX_STEPS}, got {args.steps}")
-    if not 0 <= args.seed <= MAX_SEED:
-        raise ConfigError(f"--seed: must lie in 0..2**63-1, got {args.seed}")
+    from genkit.arguments import check_draw
+
+    check_draw(args.num, args.seed, args.batch_size, args.steps, args.guidance)
     if getattr(args, "nrow", None) is not None and not 0 < args.nrow <= args.num:
         raise ConfigError(f"--nrow: must lie in 1..--num ({args.num}), got {args.nrow}")
-    if args.guidance is not None and not 0 <= args.guidance < float("inf"):
-        raise ConfigError(f"--guidance: must be a finite number >= 0, got {args.guidance}")
 
 
 def _sampler_options(items: list[str]) -> dict:
@@ -255,7 +248,10 @@ def _sampler_options(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--option: {item!r} is not of the form KEY=VALUE")
-        parsed = parse_scalar(value)
+        try:
+            parsed = parse_scalar(value)
+        except ConfigError as err:
+            raise ConfigError(f"--option {key.strip()}: {err}") from None
         if isinstance(parsed, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
             try:
                 parsed = float(parsed)
@@ -341,9 +337,14 @@ def _eval(args) -> None:
         return _eval_autoencoder(args, model)
     if args.num < Evaluator.min_images:
         raise ConfigError(f"--num: evaluation needs at least {Evaluator.min_images} samples, got {args.num}")
+    if args.bpd and model.codec is not None:
+        raise ConfigError("--bpd: a latent model's density is over latents, not pixels: it has no bits/dim")
+    evaluator = Evaluator(model.cfg.data)  # refuses data it cannot score before anything is drawn
     model, drawn = _draw(args, model)
-    evaluator = Evaluator(model.cfg.data)
     scores, floor = evaluator.score(drawn.images, drawn.labels, seed=args.seed), evaluator.floor(args.num, seed=args.seed)
+    if floor["images"] < args.num:
+        print(f"note: the real-data floor scores all {floor['images']} training images the split holds, not "
+              f"{args.num}; FID depends on how many images it compares, so compare with care", file=sys.stderr)
     sc = model.cfg.sample
     report = {"checkpoint": str(model.directory), "num": args.num, "seed": args.seed,
               "sampler": args.sampler or sc.sampler, "steps": args.steps or sc.steps,
@@ -415,7 +416,6 @@ def _reflow(args) -> None:
     import genkit
     from genkit.reflow import generate_pairs
 
-    _require_positive(args, "num", "steps", "batch_size")
     args.guidance = None
     _check_sampling_flags(args)
     model = genkit.load(args.checkpoint, device=args.device)
@@ -431,18 +431,22 @@ def _export(args) -> None:
 
     if not args.out and not args.push:
         raise ConfigError("--out or --push: say where the export goes")
+    from genkit.arguments import MAX_NUM
+
     if not 0 <= args.grid <= MAX_NUM:
         raise ConfigError(f"--grid: must lie in 0..{MAX_NUM}, got {args.grid}")
     metrics = None
     if args.metrics:
         from pathlib import Path
 
+        from genkit.model_card import check_report
+
         try:
-            metrics = json.loads(Path(args.metrics).read_text())
-        except json.JSONDecodeError:
+            metrics = check_report(json.loads(Path(args.metrics).read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError):
             raise ConfigError(f"--metrics: {args.metrics} is not a JSON report of genkit eval") from None
-        if not isinstance(metrics, dict) or not isinstance(metrics.get("metrics"), dict):
-            raise ConfigError(f"--metrics: {args.metrics} is not a report of genkit eval (no 'metrics' mapping)")
+        except ArgumentError as err:
+            raise ConfigError(f"--metrics: {args.metrics}: {err.problem}") from None
     model = genkit.load(args.checkpoint, ema=not args.raw_weights, device=args.device)
     if args.out:
         print(f"wrote {model.save_pretrained(args.out, metrics=metrics, grid=args.grid, repo_id=args.push)}")
@@ -454,6 +458,9 @@ def _plot_loss(args) -> None:
     from genkit.plots import plot_loss
 
     print(f"wrote {plot_loss(args.runs, args.out, log_scale=not args.linear)}")
+
+
+RESUMABLE = {_reflow: "; the pairs drawn so far are kept: run the same command again to go on"}
 
 
 def train_main(argv=None) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from genkit.arguments import shorten
 from genkit.assets import find_recipe, recipe_names
 from genkit.methods import METHODS
 from genkit.nets import NETS
@@ -146,22 +147,30 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     raw: dict = {}
     if path is not None:
         found = find_recipe(path)
+        if found is None and Path(path).expanduser().is_dir():
+            raise ConfigError(f"config file {path} is a directory; name a YAML file (a recipe) in it")
         if found is None:
             raise ConfigError(f"config file not found: {path} (genkit's recipes: {', '.join(recipe_names())})")
         path = found
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = read_yaml(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}")
         except (UnicodeDecodeError, OSError) as err:
             raise ConfigError(f"config file {path} cannot be read as text ({type(err).__name__})") from None
+        except ConfigError as err:
+            raise ConfigError(f"config file {path}: {err}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
-        _set_dotted(raw, RENAMED.get(key.strip(), key.strip()), parse_scalar(text))
+        try:
+            value = parse_scalar(text)
+        except ConfigError as err:
+            raise ConfigError(f"{key.strip()}: {err}") from None
+        _set_dotted(raw, RENAMED.get(key.strip(), key.strip()), value)
     return config_from_dict(raw)
 
 
@@ -181,7 +190,7 @@ def config_from_dict(raw: dict) -> Config:
 def from_dict(cls, raw: dict, prefix: str = ""):
     """Recursively build dataclass `cls` from a plain dict, checking keys and types."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {shorten(raw)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -310,16 +319,80 @@ def _unknown_key(key: str, candidates: list[str]) -> str:
         hit = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(tails), n=1, cutoff=0.6)
         close = [tails[hit[0]]] if hit else []
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return f"unknown config key {key!r}{hint}"
+    return f"unknown config key {shorten(key)}{hint}"
 
 
 def parse_scalar(text: str):
     """An override's or option's value as YAML reads it (1, 0.5, true, [1, 2], ...); text that is
     not YAML stays text, for the checks of the key it is given to."""
     try:
-        return yaml.safe_load(text) if text.strip() else ""
+        return read_yaml(text) if text.strip() else ""
     except yaml.YAMLError:
         return text
+
+
+MAX_YAML_DEPTH, MAX_YAML_VALUES = 32, 100_000  # a config is 4 levels deep and holds about 150 values
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing what a config never needs: a key given twice in one mapping
+    (YAML would keep the last silently), nesting beyond `MAX_YAML_DEPTH`, and aliases that expand
+    to more than `MAX_YAML_VALUES` values (an alias bomb)."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                raise ConfigError(f"nested more than {MAX_YAML_DEPTH} levels deep (line {self._line()})")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else id(key_node)
+            if key in seen:
+                raise ConfigError(f"key {shorten(key)} is given twice in one mapping (line "
+                                  f"{key_node.start_mark.line + 1}); keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+    def _line(self) -> int:
+        return self.peek_event().start_mark.line + 1
+
+
+def _expanded_size(node, sizes: dict) -> int:
+    """How many values `node` stands for once every alias is expanded (each shared node counted
+    once per use, computed once)."""
+    if id(node) not in sizes:
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        sizes[id(node)] = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return sizes[id(node)]
+
+
+def read_yaml(text: str):
+    """Plain data from YAML text through `_ConfigLoader`; `ConfigError` (without a key: the
+    caller says where) for what it refuses, `yaml.YAMLError` for what is not YAML."""
+    loader = _ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_YAML_VALUES:
+            raise ConfigError(f"its aliases expand to {size:.3g} values, more than the {MAX_YAML_VALUES} a config "
+                              f"may hold")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _rename_legacy(raw: dict) -> None:
@@ -362,35 +435,35 @@ def _coerce(value, kind, key: str):
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {shorten(value)}")
         return tuple(_coerce(v, item, key) for v in value)
     if kind is dict:
         if value is None:
             return {}
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise ConfigError(f"{key}: expected a mapping of names to values, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping of names to values, got {shorten(value)}")
         return dict(value)
     if kind is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {shorten(value)}")
     if kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {shorten(value)}")
     if kind is float:
         if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
             try:
                 value = float(value)
             except ValueError:
-                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+                raise ConfigError(f"{key}: expected a number, got {shorten(value)}") from None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if value != value or value in (float("inf"), float("-inf")):
-                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+                raise ConfigError(f"{key}: expected a finite number, got {shorten(value)}")
             return float(value)
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        raise ConfigError(f"{key}: expected a number, got {shorten(value)}")
     if kind is str:
         if value is None:
             return ""
@@ -398,7 +471,7 @@ def _coerce(value, kind, key: str):
             return "yes" if value else "no"
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {shorten(value)}")
     raise ConfigError(f"{key}: unsupported type {kind}")  # a bug in this module, not the user's
 
 

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from genkit.arguments import shorten
 from genkit.assets import locate
 from genkit.config import ConfigError, DataConfig
 
@@ -65,12 +66,27 @@ def fit_image(image: Image.Image, cfg: DataConfig) -> np.ndarray:
 
 
 def _decode(value, index: int, cfg: DataConfig) -> Image.Image:
-    """A PIL image from a data set cell (undecoded bytes/path, or already an image)."""
+    """A PIL image from a data set cell: undecoded bytes or a path (`datasets`' image cell), a
+    path as text (relative to a local data set's directory), an array of pixels [H, W(, C)], or
+    an image already decoded."""
     if isinstance(value, Image.Image):
         return value
-    name = (value or {}).get("path") if isinstance(value, dict) else None
+    if isinstance(value, (np.ndarray, list)):
+        return _from_pixels(value, index, cfg)
+    if isinstance(value, str):
+        value = {"path": value}
+    if not isinstance(value, dict) or not (value.get("bytes") or value.get("path")):
+        raise ConfigError(f"data.image_column: row {index} of {cfg.path} holds {shorten(value)} in column "
+                          f"'{cfg.image_column}', not an image (image bytes, a path or an array of pixels)")
+    name = value.get("path")
     try:
-        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+        if value.get("bytes"):
+            source = io.BytesIO(value["bytes"])
+        else:
+            source = Path(name)
+            base = Path(resolve_data_path(cfg.path))
+            if not source.is_absolute() and not source.exists() and base.exists():
+                source = (base if base.is_dir() else base.parent) / source
         image = Image.open(source)
         image.load()
         return image
@@ -79,11 +95,51 @@ def _decode(value, index: int, cfg: DataConfig) -> Image.Image:
                           f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'})") from None
 
 
+def _from_pixels(value, index: int, cfg: DataConfig) -> Image.Image:
+    """An image from an array of pixels [H, W] or [H, W, C] (C = 1, 3 or 4): uint8 as it is,
+    other numbers read as 0..255 if any exceeds 1, else as 0..1."""
+    try:
+        pixels = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        pixels = None
+    if pixels is None or pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in (1, 3, 4)) \
+            or not np.isfinite(pixels).all():
+        raise ConfigError(f"data.image_column: row {index} of {cfg.path} holds an array that is not an image "
+                          f"(expected finite pixels [H, W] or [H, W, C])")
+    if not (isinstance(value, np.ndarray) and value.dtype == np.uint8) and pixels.size and pixels.max() <= 1:
+        pixels = pixels * 255
+    pixels = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels)
+
+
 def _label(value, index: int, cfg: DataConfig) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) and \
             not (isinstance(value, float) and value.is_integer()):
         raise ConfigError(f"data.label_column: row {index} of {cfg.path} has label {value!r}, not an integer class id")
     return int(value)
+
+
+FILE_FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+SINGLE_FILE_SPLIT = "train"  # the one split a data set in one file holds
+
+
+def open_split(path: str, split: str):
+    """`datasets`' split `split` of a data set directory, a hub id, or one data file (a parquet,
+    arrow, csv or json file, which holds the one split 'train')."""
+    import datasets
+
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    if not Path(path).is_file():
+        return datasets.load_dataset(path, split=split)
+    kind = FILE_FORMATS.get(Path(path).suffix.lower())
+    if kind is None:
+        raise ConfigError(f"data.path: {path} is a file genkit cannot read as a data set; name a directory, a hub "
+                          f"id, or a {', '.join(sorted(FILE_FORMATS))} file")
+    if split != SINGLE_FILE_SPLIT:
+        raise ConfigError(f"data.path: {path} is one file, which holds one split ('{SINGLE_FILE_SPLIT}'), not "
+                          f"'{split}'; keep the splits apart as files in a directory ({split}-*.{kind})")
+    return datasets.load_dataset(kind, data_files={SINGLE_FILE_SPLIT: path}, split=SINGLE_FILE_SPLIT)
 
 
 def load_images(cfg: DataConfig, split: str | None = None, limit: int | None = None,
@@ -103,10 +159,10 @@ def load_images(cfg: DataConfig, split: str | None = None, limit: int | None = N
                 if local_parent.is_dir() else []
             hint = f" (did you mean {local_parent / near[0]}?)" if near else ""
             raise ConfigError(f"data.path: {cfg.path} does not exist{hint}")
-    datasets.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
     try:
-        ds = datasets.load_dataset(path, split=split)
+        ds = open_split(path, split)
+    except ConfigError:
+        raise
     except ValueError as err:
         raise ConfigError(f"data.path: cannot load split '{split}' from {cfg.path}: {str(err).splitlines()[0]}")
     except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as err:
@@ -133,10 +189,7 @@ def load_images(cfg: DataConfig, split: str | None = None, limit: int | None = N
 
 def label_frequencies(cfg: DataConfig, num_classes: int, split: str | None = None) -> torch.Tensor:
     """The fraction of each class among a split's labels, an empirical p(y): [num_classes]."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    ds = datasets.load_dataset(resolve_data_path(cfg.path), split=split or cfg.split)
+    ds = open_split(resolve_data_path(cfg.path), split or cfg.split)
     labels = torch.tensor(ds[cfg.label_column])
     return torch.bincount(labels, minlength=num_classes).double() / len(labels)
 

@@ -16,6 +16,7 @@ import torch
 from diffusers import ConfigMixin, DiffusionPipeline, ImagePipelineOutput, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
+from genkit.arguments import MAX_NUM, integer
 from genkit.registry import ArgumentError
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -80,9 +81,13 @@ class GenkitPipeline(DiffusionPipeline):
             raise ArgumentError("output_type", f"must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         if isinstance(generator, list):
             raise ArgumentError("generator", "pass one generator (image i depends only on the seed and i)")
-        if class_labels is not None:
-            class_labels = [class_labels] if isinstance(class_labels, int) else list(class_labels)
-        n = batch_size or (len(class_labels) if class_labels else 1)
+        if batch_size is not None:
+            integer(batch_size, "batch_size", 1, MAX_NUM)
+        try:  # one image per label by default; the labels themselves are checked by the model
+            given = 0 if class_labels is None else torch.as_tensor(class_labels).numel()
+        except (TypeError, ValueError, OverflowError, RuntimeError):
+            given = 1
+        n = batch_size or max(given, 1)
         if seed is None:  # diffusers' convention: a generator, else torch's global random state
             seed = int(torch.randint(0, 2**63 - 1, (), generator=generator))
         model = self.model.genkit_model(self.device)

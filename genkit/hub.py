@@ -58,8 +58,10 @@ def save_pretrained(model, directory: str | Path, metrics: dict | None = None, g
     from genkit.diffusers_pipeline import GenkitNet, GenkitPipeline
     from genkit.config import to_dict
     from genkit.images import save_grid
-    from genkit.model_card import model_card
+    from genkit.model_card import check_report, model_card
 
+    if metrics is not None:
+        check_report(metrics)
     if model.family == "autoencoder" or getattr(model, "codec", None) is not None:
         raise ArgumentError("model", "exports hold pixel-space denoisers and autoregressive models; share an autoencoder "
                                      "or a latent model as its run or checkpoint directory")
@@ -98,10 +100,30 @@ def load_pretrained(directory: Path, device="cpu"):
     except (OSError, ValueError, RuntimeError) as err:
         raise ArgumentError("path", f"{directory} holds no readable genkit model ({str(err).splitlines()[0]})") from None
     model = net.genkit_model(torch.device("cpu")).to(device)
-    card = json.loads((directory / CARD_DATA_FILE).read_text()) if (directory / CARD_DATA_FILE).is_file() else {}
+    card = _read_card(directory / CARD_DATA_FILE) if (directory / CARD_DATA_FILE).is_file() else {}
     model.training, model.metrics = card.get("training") or {}, card.get("metrics")
     model.directory = directory
     return model
+
+
+def _read_card(path: Path) -> dict:
+    """An export's card data ({training, metrics}), checked: `ArgumentError` naming the file if it is damaged."""
+    from genkit.model_card import check_report
+
+    try:
+        card = json.loads(path.read_text())
+        if not isinstance(card, dict):
+            raise ValueError("not a mapping")
+        training = card.get("training") or {}
+        if not isinstance(training, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in training.values()):
+            raise ValueError("'training' is not a mapping of names to numbers")
+        if card.get("metrics") is not None:
+            check_report(card["metrics"])
+    except (OSError, ValueError) as err:  # JSON's and UTF-8's errors, ArgumentError: all ValueErrors
+        raise ArgumentError("path", f"{path} is damaged ({str(err).splitlines()[0][:200]}); export the model "
+                                    f"again") from None
+    return card
 
 
 def resolve(path: str | Path, revision: str | None = None) -> Path:

@@ -22,11 +22,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from genkit.checkpoint import CONFIG_FILE, EMA_FILE, load_export
+from genkit.checkpoint import AUTOENCODER_DIR, CONFIG_FILE, EMA_FILE, STATS_FILE, load_export
 from genkit.config import Config, ConfigError, load_config, save_config
 from genkit.data import ImageData
-
-AUTOENCODER_DIR, STATS_FILE = "autoencoder", "latents.json"
 
 
 class LatentCodec:

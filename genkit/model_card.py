@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import yaml
 
+from genkit.arguments import shorten
 from genkit.config import to_dict
+from genkit.registry import ArgumentError
 
 
 def _duration(seconds: float) -> str:
@@ -13,12 +15,34 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} minutes" if seconds < 7200 else f"{seconds / 3600:.1f} hours"
 
 
+def check_report(report) -> dict:
+    """`report` if it is a `genkit eval` report a card can show: a `metrics` mapping of names to
+    numbers (null where JSON had no word for a value) and, optionally, a `real_data_floor` mapping
+    of the same kind; else `ArgumentError` named `metrics`."""
+    if not isinstance(report, dict) or not isinstance(report.get("metrics"), dict):
+        raise ArgumentError("metrics", "not a report of genkit eval (no 'metrics' mapping)")
+    for part in ("metrics", "real_data_floor"):
+        values = report.get(part)
+        if values is None and part == "real_data_floor":
+            continue
+        if not isinstance(values, dict):
+            raise ArgumentError("metrics", f"'{part}' is {shorten(values)}, not a mapping of names to numbers")
+        for key, value in values.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ArgumentError("metrics", f"'{part}.{key}' is {shorten(value)}, not a number")
+    return report
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
 def _metrics_table(report: dict) -> str:
-    """A `genkit eval` report as a table: each metric beside the same metric on real data."""
-    scores, floor = report.get("metrics", {}), report.get("real_data_floor", {})
+    """A `genkit eval` report (`check_report`) as a table: each metric beside the same metric on
+    real data."""
+    scores, floor = report["metrics"], report.get("real_data_floor") or {}
     how = ", ".join(f"{k} {report[k]}" for k in ("num", "sampler", "steps", "nfe", "guidance", "seed") if k in report)
-    rows = "\n".join(f"| {key} | {value:.4g} | {floor[key]:.4g} |" if key in floor else f"| {key} | {value:.4g} | - |"
-                     for key, value in scores.items() if isinstance(value, (int, float)))
+    rows = "\n".join(f"| {key} | {_number(value)} | {_number(floor.get(key))} |" for key, value in scores.items())
     return (f"Scored by `genkit eval` ({how}) in the feature space of genkit's MNIST classifier; the real-data "
             f"column is the same metric for as many real training images (the floor).\n\n"
             f"| metric | model | real data |\n|---|---|---|\n{rows}\n")

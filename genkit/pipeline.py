@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from genkit.arguments import check_draw, check_images, class_labels
 from genkit.config import Config
 from genkit.methods import METHODS, build_path
 from genkit.nets import input_shape
@@ -125,29 +126,16 @@ class TrainedModel:
         return torch.arange(n) % self.num_classes if self.num_classes > 0 else None
 
     def labels_for(self, labels, n: int) -> torch.Tensor | None:
-        """`labels` (None, an int or a sequence) as [n] class ids, checked against the model."""
-        if labels is None:
-            return self.default_labels(n)
-        if self.num_classes == 0:
-            raise ArgumentError("labels", "this model is unconditional (model.num_classes = 0)")
-        try:
-            labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-        except (TypeError, ValueError, OverflowError, RuntimeError):  # not integers, or beyond int64
-            raise ArgumentError("labels", f"must be class ids in 0..{self.num_classes - 1}, got {labels!r}") from None
-        if labels.numel() == 1:
-            labels = labels.expand(n)
-        if labels.numel() != n:
-            raise ArgumentError("labels", f"got {labels.numel()} labels for {n} samples")
-        if labels.min() < 0 or labels.max() >= self.num_classes:
-            raise ArgumentError("labels", f"must lie in 0..{self.num_classes - 1}")
-        return labels.clone()
+        """`labels` (None, an int or a sequence) as [n] class ids, checked against the model
+        (`genkit.arguments.class_labels`)."""
+        return class_labels(labels, n, self.num_classes)
 
     def preview(self, data, n: int = 64) -> torch.Tensor:
         """What the trainer's grids show: n samples [n, C, H, W] in [0, 1], seed 0 (`data`, the
         training set, is for models that show reconstructions instead)."""
         return self.sample(n, seed=0, progress=False).images
 
-    def _sampler(self, name: str):
+    def registered_sampler(self, name: str):
         """The registered sampler `name` of this model's family, checked against its config."""
         try:
             component = SAMPLERS.lookup(name, "sampler", self.family)
@@ -256,14 +244,9 @@ class GenerativeModel(TrainedModel):
         guidance = sc.guidance if guidance is None else guidance
         if sampler is None:
             sampler, options = sc.sampler, {**sc.options, **options}
-        if not isinstance(steps, int) or steps <= 0:
-            raise ArgumentError("steps", f"must be a positive integer, got {steps!r}")
-        if not 0 <= guidance < float("inf"):
-            raise ArgumentError("guidance", f"must be a finite number >= 0, got {guidance}")
+        check_draw(n, seed, batch_size, steps, guidance)
         if guidance != 1 and self.num_classes == 0:
             raise ArgumentError("guidance", "this model is unconditional (model.num_classes = 0): nothing to guide")
-        if not 0 <= seed < 2**63:
-            raise ArgumentError("seed", f"must lie in 0..2**63-1, got {seed}")
         if hasattr(sampler, "set_timesteps"):  # a diffusers scheduler
             fn = DiffusersSampler(sampler, seed)
         elif sampler == FITTED:
@@ -272,7 +255,7 @@ class GenerativeModel(TrainedModel):
                 raise ArgumentError(next(iter(options)),
                                     f"{FITTED} chooses its sampler's options; name a sampler to set them")
         else:
-            fn = sampler if callable(sampler) else self._sampler(sampler)
+            fn = sampler if callable(sampler) else self.registered_sampler(sampler)
             check_options(fn, options, sampler if isinstance(sampler, str) else "this sampler")
         half_dtype(precision, self.device)  # checked before any work
         labels = self.labels_for(labels, n)
@@ -328,6 +311,7 @@ class GenerativeModel(TrainedModel):
 
         if self.codec is not None:
             raise ArgumentError("images", "a latent model's density is over latents, not pixels: no bits/dim")
+        check_images(images, batch_size)
         with torch.no_grad():
             return dataset_bits_per_dim(lambda: self.denoiser(precision=precision), images.to(self.device), batch_size, seed,
                                         progress, **options)
@@ -350,8 +334,9 @@ class AutoregressiveModel(TrainedModel):
                progress: bool = True, precision: str = "no", start_index: int = 0) -> Samples:
         """Draw `n` images [n, 1, H, W] in [0, 1] in raster order; `sampler` is `cached` (PixelCNN
         only) or `naive`, which draw the same images. Sample i depends only on (seed, start_index + i)."""
+        check_draw(n, seed, batch_size)
         how = sampler or self.cfg.sample.sampler
-        draw = self._sampler(how)
+        draw = self.registered_sampler(how)
         half = half_dtype(precision, self.device)
         labels = self.labels_for(labels, n)
         size, out = self.cfg.data.image_size, []
@@ -387,6 +372,7 @@ class AutoregressiveModel(TrainedModel):
         None), and classifies each image by argmax_y log p(x, y) against `labels`."""
         from genkit.methods.autoregressive import discretize
 
+        check_images(images, batch_size)
         pixels = discretize(images, self.levels, seed)
         dims, n = pixels[0].numel(), len(pixels)
         report = {"images": n, "levels": self.levels}
@@ -445,7 +431,8 @@ class AutoencoderModel(TrainedModel):
                progress: bool = True, precision: str = "no", start_index: int = 0) -> Samples:
         """Decode n draws z ~ N(0, I) (sampler `prior`); sample i depends only on (seed, start_index + i).
         With a small KL weight the posteriors need not cover the prior: latents are for a latent model."""
-        draw = self._sampler(sampler or self.cfg.sample.sampler)
+        check_draw(n, seed, batch_size)
+        draw = self.registered_sampler(sampler or self.cfg.sample.sampler)
         self.labels_for(labels, n)  # an autoencoder is unconditional: refuses labels
         half, out = half_dtype(precision, self.device), []
         for start in tqdm(range(0, n, batch_size), desc="sampling", disable=not progress or n <= batch_size):
@@ -466,6 +453,7 @@ class AutoencoderModel(TrainedModel):
         FID (rFID: reconstructions against the test split, in its feature space)."""
         from genkit.evaluation.metrics import psnr, ssim
 
+        check_images(images, batch_size)
         originals = images.float() / 255
         recon = self.reconstruct(originals, batch_size, precision)
         report = {"images": len(images), "psnr": float(psnr(recon, originals).mean()),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from genkit.files import atomic_path
@@ -28,18 +29,23 @@ def _save(fig, out: str | Path) -> Path:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """A run's logged records, one per step (a resumed run's later record for a step wins)."""
+    """A run's logged records, one per step (a resumed run's later record for a step wins). Lines
+    that are not records (cut short by a killed run, or damaged) are skipped with one warning."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise ArgumentError("runs", f"{run_dir} has no metrics.jsonl (is it a training output directory?)")
-    by_step = {}
-    for line in path.read_text().splitlines():
+    by_step, skipped = {}, 0
+    for line in path.read_bytes().splitlines():
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a killed run
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and not isinstance(record["step"], bool):
             by_step[record["step"]] = record
+        elif line.strip():
+            skipped += 1
+    if skipped:
+        logging.getLogger("genkit").warning(f"{path}: skipped {skipped} line(s) that are not records")
     if not by_step:
         raise ArgumentError("runs", f"{path} holds no records yet")
     return [by_step[s] for s in sorted(by_step)]
@@ -50,7 +56,8 @@ def plot_loss(run_dirs: list[str | Path], out: str | Path, log_scale: bool = Tru
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for run in run_dirs:
-        records = [r for r in read_metrics(run) if isinstance(r.get("loss"), (int, float))]  # None: no step applied
+        records = [r for r in read_metrics(run)  # a loss of None: no step applied
+                   if isinstance(r.get("loss"), (int, float)) and not isinstance(r["loss"], bool)]
         ax.plot([r["step"] for r in records], [r["loss"] for r in records], label=Path(run).name)
     ax.set(xlabel="step", ylabel="training loss", yscale="log" if log_scale else "linear")
     ax.grid(alpha=0.3)

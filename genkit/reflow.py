@@ -16,9 +16,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from genkit.arguments import MAX_NUM, check_draw, integer
 from genkit.files import atomic_path, write_text
 from genkit.registry import ArgumentError, ConfigError
-from genkit.samplers import euler
+from genkit.samplers import FITTED, euler
 
 META_FILE = "pairs.json"
 
@@ -36,11 +37,18 @@ def generate_pairs(model, out_dir: str | Path, num: int, steps: int = 20, sample
         raise ArgumentError("model", f"reflow needs a flow model, this one is '{model.cfg.method.name}'")
     if model.codec is not None:
         raise ArgumentError("model", "reflow pairs are drawn in pixel space; this flow is a latent model")
+    check_draw(num, seed, batch_size, steps)
+    integer(shard_size, "shard_size", 1, MAX_NUM)
+    if isinstance(sampler, str) and sampler != FITTED:  # refused before anything is written: a corrected rerun runs
+        model.registered_sampler(sampler)
     out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir()) and not is_pairs_dir(out)):
+        raise ArgumentError("out_dir", f"{out} exists and holds no reflow pairs; name a new or empty directory "
+                                       f"(training on it would read only the pairs)")
     out.mkdir(parents=True, exist_ok=True)
     meta = {"num": num, "steps": steps, "sampler": sampler, "seed": seed, "shard_size": shard_size,
             "checkpoint": str(model.directory), "num_classes": model.num_classes}
-    if is_pairs_dir(out):
+    if is_pairs_dir(out) and any(out.glob("pairs-*.safetensors")):  # settings without pairs may change
         old = _read_meta(out)
         if old != meta:
             raise ArgumentError("out_dir", f"{out} holds pairs drawn with other settings ({old}); choose a new directory")

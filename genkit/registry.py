@@ -74,8 +74,15 @@ class Registry(dict):
         return self[name]
 
 
-def require(section, prefix: str, positive=(), non_negative=(), unit=()) -> None:
-    """Range checks on fields of a config section: > 0, >= 0, in [0, 1)."""
+MAX_LAYERS = 1000  # a stack deeper than this is a typo: building it would fill memory block by block
+
+
+def require(section, prefix: str, positive=(), non_negative=(), unit=(), layers=()) -> None:
+    """Range checks on fields of a config section: > 0, >= 0, in [0, 1), and layer counts in
+    1..`MAX_LAYERS`."""
+    for name in layers:
+        if not 0 < getattr(section, name) <= MAX_LAYERS:
+            raise ConfigError(f"{prefix}.{name}: must lie in 1..{MAX_LAYERS}, got {getattr(section, name)}")
     for name in positive:
         if not getattr(section, name) > 0:
             raise ConfigError(f"{prefix}.{name}: must be positive, got {getattr(section, name)}")

@@ -11,16 +11,17 @@ from pathlib import Path
 from genkit.config import Config, ConfigError, flat_dict
 
 LOCK_FILE = ".lock"
-RUN_FILES = ("checkpoints", "metrics.jsonl", "samples", "logs")  # what a run writes into output_dir
+RUN_FILES = ("checkpoints", "metrics.jsonl", "samples", "logs", "abandoned")  # what a run writes into output_dir
 # Keys a resumed run may change: they set how long it runs and how it reports, not its trajectory.
 MAY_CHANGE = ("output_dir", "train.max_steps", "train.max_minutes", "train.checkpoint_every", "train.sample_every",
-              "train.checkpoints_keep", "train.log_every", "train.resume", "train.cpu_threads", "train.max_bad_steps",
-              "train.overwrite", "train.allow_config_changes", "train.compile", "sample.")
+              "train.checkpoints_keep", "train.log_every", "train.report_to", "train.resume", "train.cpu_threads",
+              "train.max_bad_steps", "train.overwrite", "train.allow_config_changes", "train.compile", "sample.")
 
 
 class RunLock:
-    """`output_dir/.lock` holding the owner's pid and host, created exclusively. A lock whose
-    process has died on this host is stale and taken over."""
+    """`output_dir/.lock` holding the owner's pid, host and process start time, created
+    exclusively. A lock whose process has died on this host, or whose pid now belongs to another
+    process (started at another time), is stale and taken over."""
 
     def __init__(self, output_dir: str | Path):
         self.path = Path(output_dir) / LOCK_FILE
@@ -36,18 +37,20 @@ class RunLock:
             raise ConfigError(f"output_dir: cannot create {directory} ({err.strerror})") from None
         if not os.access(directory, os.W_OK):
             raise ConfigError(f"output_dir: {directory} is not writable")
+        me = (os.getpid(), socket.gethostname(), _started(os.getpid()))
         for _ in range(3):  # a stale lock is removed and the exclusive create tried again
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 owner = self._owner()
-                if owner is None or not self._alive(*owner) or owner == (os.getpid(), socket.gethostname()):
+                if owner is None or not self._alive(*owner) or owner[:2] == me[:2]:
                     self.path.unlink(missing_ok=True)
                     continue
                 raise ConfigError(f"output_dir: {directory} is in use by another run (process {owner[0]} on "
-                                  f"{owner[1]}); wait for it to finish or choose another output_dir") from None
+                                  f"{owner[1]}); wait for it to finish or choose another output_dir (if no genkit "
+                                  f"run uses it, delete {self.path})") from None
             with os.fdopen(fd, "w") as handle:
-                handle.write(f"{os.getpid()} {socket.gethostname()}\n")
+                handle.write(" ".join(map(str, me)) + "\n")
             self.held = True
             return
         raise ConfigError(f"output_dir: cannot take the lock {self.path}")
@@ -57,24 +60,34 @@ class RunLock:
             self.path.unlink(missing_ok=True)
             self.held = False
 
-    def _owner(self) -> tuple[int, str] | None:
+    def _owner(self) -> tuple[int, str, str] | None:
         try:
-            pid, host = self.path.read_text().split()
-            return int(pid), host
-        except (OSError, ValueError):
+            pid, host, *started = self.path.read_text().split()
+            return int(pid), host, started[0] if started else ""
+        except (OSError, ValueError, UnicodeDecodeError):
             return None  # unreadable or half-written: treated as stale
 
     @staticmethod
-    def _alive(pid: int, host: str) -> bool:
+    def _alive(pid: int, host: str, started: str = "") -> bool:
         if host != socket.gethostname():
             return True  # another machine's process cannot be checked: assume it runs
         try:
             os.kill(pid, 0)
-        except ProcessLookupError:
+        except (ProcessLookupError, OverflowError):
             return False
         except PermissionError:
-            return True
-        return True
+            pass
+        now = _started(pid)
+        return not (started and now and started != now)  # the pid reused by a later process: stale
+
+
+def _started(pid: int) -> str:
+    """When process `pid` started (clock ticks since boot, from /proc), or "" where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]  # field 22; the command name before it may hold spaces
+    except (OSError, IndexError):
+        return ""
 
 
 def claim(cfg: Config, resuming: bool) -> None:

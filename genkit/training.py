@@ -1,6 +1,7 @@
 """The training loop on `accelerate.Accelerator`: generic over the method (its `loss`)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from genkit import checkpoint as ckpt
@@ -91,12 +93,43 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
 
 
+# The packages each accelerate tracker needs (any one of them).
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
+                    "comet_ml": ("comet_ml",), "aim": ("aim",), "clearml": ("clearml",), "dvclive": ("dvclive",)}
+
+
+def check_tracker(name: str) -> None:
+    """Refuse, before a run starts, a tracker whose package is not installed: accelerate would
+    warn once and train the whole run without it."""
+    packages = TRACKER_PACKAGES.get(name, ())
+    if packages and not any(importlib.util.find_spec(p) for p in packages):
+        raise ConfigError(f"train.report_to: {name} is not installed (pip install {packages[0]}); install it, or "
+                          f"choose train.report_to=none or another tracker")
+
+
+# What a write to a full or lost disk raises: the OS's error from Python, safetensors' own error
+# (the weights and accelerate's model state), torch.save's RuntimeError (optimizer, RNG states).
+WRITE_ERRORS = (OSError, SafetensorError, RuntimeError)
+
+
+def write_error(err: BaseException) -> str:
+    """The cause of a failed write in a few words: 'No space left on device', not a Rust debug dump."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    text = str(err)
+    for errno_, words in ((28, "No space left on device"), (122, "Disk quota exceeded"), (5, "Input/output error")):
+        if f"code: {errno_}," in text or words in text:
+            return words
+    return f"{type(err).__name__}: {text.splitlines()[0][:200] if text else 'unwritable'}"
+
+
 class Trainer:
     """Trains `cfg`'s net with `cfg`'s method; checkpoints, EMA, logs and sample grids."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
         tc = cfg.train
+        check_tracker(tc.report_to)
         self.out = Path(cfg.output_dir)
         # Without CUDA, accelerate sets up gloo for several processes only when told it is on CPU.
         multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -309,11 +342,14 @@ class Trainer:
 
                     self.codec.save(tmp / AUTOENCODER_DIR)
                 ckpt.publish(tmp, final, self.cfg.train.checkpoints_keep)
-        except OSError as err:  # a full disk, a lost mount: leave no half-written copy to fill it further
+        except WRITE_ERRORS as err:  # a full disk, a lost mount: leave no half-written copy to fill it further
             shutil.rmtree(tmp, ignore_errors=True)
-            raise CheckpointNotWritten(f"cannot write checkpoint {final} ({err.strerror or err}); the checkpoints "
+            raise CheckpointNotWritten(f"cannot write checkpoint {final} ({write_error(err)}); the checkpoints "
                                        f"already in {final.parent} are intact: free space, then continue with "
                                        f"train.resume=latest") from None
+        except BaseException:  # anything else (a second Ctrl-C): no unpublished copy stays behind either
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         acc.wait_for_everyone()
         return final
 
@@ -328,7 +364,9 @@ class Trainer:
         self.seconds_before = state.get("train_seconds", 0.0)  # absent in checkpoints of earlier versions
 
     def resume(self) -> Path | None:
-        """Load the newest loadable checkpoint among the candidates, warning about each one skipped."""
+        """Load the newest loadable checkpoint among the candidates, warning about each one skipped.
+        Checkpoints of this run beyond the step resumed (a branch abandoned, or ones that did not
+        load) are moved aside (`checkpoint.set_aside_later`), so that the newest is this branch's."""
         for path in self.resume_candidates:
             self._check_resume_config(path)
             try:
@@ -338,6 +376,12 @@ class Trainer:
                 log.warning(f"skipping checkpoint {path}: it does not load ({type(err).__name__}: "
                             f"{str(err).splitlines()[0] if str(err) else 'unreadable'})")
                 continue
+            if self.accelerator.is_main_process:
+                aside = ckpt.set_aside_later(self.out, self.step)
+                if aside is not None:
+                    tqdm.write(f"genkit: resuming from step {self.step} starts a new branch; the run's later "
+                               f"checkpoints were moved to {aside}")
+            self.accelerator.wait_for_everyone()
             return path
         if self.resume_candidates:
             raise ConfigError(f"train.resume: no checkpoint of {self.out} loads")

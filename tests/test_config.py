@@ -77,7 +77,7 @@ def test_geometry_constraints():
     assert "32 is not divisible by 12" in error_of("model.unet.patch_size=3")
     assert "must be positive" in error_of("model.unet.patch_size=0")
     assert "one count or one per level" in error_of("model.unet.num_res_blocks=[1,2]")
-    assert "needs positive entries" in error_of("model.unet.num_res_blocks=[1,0,2]")
+    assert "needs entries in 1..1000" in error_of("model.unet.num_res_blocks=[1,0,2]")
 
 
 def test_bad_files(tmp_path):

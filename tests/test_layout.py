@@ -8,6 +8,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "genkit"
 MAY_IMPORT = {  # room -> the genkit modules it may import (its own room always)
     "genkit.registry": set(),
+    "genkit.arguments": {"genkit.registry"},
     "genkit.assets": set(),
     "genkit.paths": set(),
     "genkit.nets": {"genkit.registry"},

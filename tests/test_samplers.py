@@ -278,7 +278,7 @@ def test_bad_arguments_are_named_by_their_parameter(tiny_cfg):
                             (dict(sampler="cached"), "sampler: unknown sampler 'cached'"),
                             (dict(schedule="magic"), "schedule: unknown schedule"),
                             (dict(labels=7), "labels: must lie in 0..3"),
-                            (dict(steps=0), "steps: must be a positive integer"),
+                            (dict(steps=0), "steps: must lie in 1..100000"),
                             (dict(sampler="ddim", snr=0.1), "snr: not an option of ddim"),
                             (dict(sampler="ddim", eta="high"), "eta: expected a float")]:
         with pytest.raises(ArgumentError, match=message):

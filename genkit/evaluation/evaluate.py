@@ -75,8 +75,10 @@ class Evaluator:
         return out
 
     def floor(self, n: int, seed: int = 0) -> dict[str, float]:
-        """The same metrics for n real training images (drawn with `seed`): the real-data floor."""
+        """The same metrics for n real training images (drawn with `seed`): the real-data floor.
+        A split with fewer than n images gives the floor of all it holds; `images` says how many."""
         train = load_images(self.data_cfg, split="train", progress=self.progress)
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
-        return self.score(train.images[pick].float() / 255, train.labels[pick] if train.labels is not None else None,
-                          seed=seed)
+        scores = self.score(train.images[pick].float() / 255, train.labels[pick] if train.labels is not None else None,
+                            seed=seed)
+        return {**scores, "images": len(pick)}

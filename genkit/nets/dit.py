@@ -35,7 +35,7 @@ def check(cfg) -> None:
 
     dit, size = cfg.model.dit, input_shape(cfg)[1]
     size_key = "data.latent_size" if cfg.data.autoencoder else "data.image_size"
-    require(dit, "model.dit", positive=["patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio"])
+    require(dit, "model.dit", positive=["patch_size", "hidden_size", "num_heads", "mlp_ratio"], layers=["depth"])
     if size % dit.patch_size:
         raise ConfigError(f"model.dit.patch_size: {dit.patch_size} does not divide {size_key} {size}")
     if dit.hidden_size % dit.num_heads:

@@ -33,7 +33,7 @@ class PixelCNNConfig:
 
 def check(cfg) -> None:
     p = cfg.model.pixelcnn
-    require(p, "model.pixelcnn", positive=["channels", "num_layers", "head_channels"])
+    require(p, "model.pixelcnn", positive=["channels", "head_channels"], layers=["num_layers"])
     for key, k in [("kernel_size", p.kernel_size), ("input_kernel_size", p.input_kernel_size)]:
         if k < 1 or k % 2 == 0:
             raise ConfigError(f"model.pixelcnn.{key}: must be a positive odd number, got {k}")

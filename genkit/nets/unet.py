@@ -26,7 +26,7 @@ from torch import nn
 from dataclasses import dataclass
 
 from genkit.nets.layers import Attention, ConditionEmbedding, GroupNorm, InputSkip, zero_module
-from genkit.registry import ConfigError, require
+from genkit.registry import MAX_LAYERS, ConfigError, require
 
 
 @dataclass
@@ -58,8 +58,8 @@ def check(cfg) -> None:
     if not unet.channel_mult or min(unet.channel_mult) <= 0:
         raise ConfigError(f"model.unet.channel_mult: needs positive entries, got {list(unet.channel_mult)}")
     blocks = unet.blocks_per_level()
-    if not blocks or min(blocks) <= 0:
-        raise ConfigError(f"model.unet.num_res_blocks: needs positive entries, got {list(blocks)}")
+    if not blocks or min(blocks) <= 0 or max(blocks) > MAX_LAYERS:
+        raise ConfigError(f"model.unet.num_res_blocks: needs entries in 1..{MAX_LAYERS}, got {list(blocks)}")
     if len(blocks) != len(unet.channel_mult):
         raise ConfigError(f"model.unet.num_res_blocks: give one count or one per level of model.unet.channel_mult "
                           f"({len(unet.channel_mult)}), got {list(blocks)}")

@@ -34,7 +34,7 @@ class AutoencoderConfig:
 
 def check(cfg) -> None:
     vae, size = cfg.model.vae, cfg.data.image_size
-    require(vae, "model.vae", positive=["latent_channels", "layers_per_block", "norm_num_groups"])
+    require(vae, "model.vae", positive=["latent_channels", "norm_num_groups"], layers=["layers_per_block"])
     if not vae.block_out_channels or min(vae.block_out_channels) <= 0:
         raise ConfigError(f"model.vae.block_out_channels: needs positive widths, got {list(vae.block_out_channels)}")
     if any(width % vae.norm_num_groups for width in vae.block_out_channels):

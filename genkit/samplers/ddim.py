@@ -27,8 +27,9 @@ def ddim_step(x0: torch.Tensor, eps: torch.Tensor, a_t: float, s_t: float, a_s: 
 def ddim(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: NoiseSource | None = None,
          callback: Callback | None = None, progress: bool = False, eta: float = 0.0) -> torch.Tensor:
     """Step x from ts[0] down to ts[-1] with `ddim_step`; eta = 0 is deterministic."""
-    if not 0 <= eta < float("inf"):
-        raise ArgumentError("eta", f"must be a finite number >= 0, got {eta}")
+    if not 0 <= eta <= 1:  # beyond 1 the added noise would exceed sigma_s, and is clipped to it
+        raise ArgumentError("eta", f"must lie in [0, 1] (0: deterministic DDIM, 1: DDPM's ancestral sampler), "
+                                   f"got {eta}")
     alpha, sigma = denoiser.path.alpha(ts).tolist(), denoiser.path.sigma(ts).tolist()
     for i, (t, s) in enumerate(time_pairs(ts, progress)):
         x0, eps = denoiser(x, t)

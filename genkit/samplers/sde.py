@@ -76,9 +76,10 @@ def pc(denoiser: DenoiserLike, x: torch.Tensor, ts: torch.Tensor, noise: NoiseSo
     """
     if predictor not in ("reverse_diffusion", "ancestral"):
         raise ArgumentError("predictor", f"must be reverse_diffusion or ancestral, got {predictor!r}")
-    for name, value in (("n_corrector", n_corrector), ("snr", snr)):
-        if not 0 <= value < float("inf"):
-            raise ArgumentError(name, f"must be a finite number >= 0, got {value}")
+    if not 0 <= n_corrector <= 100:  # each corrector step costs a network evaluation per time
+        raise ArgumentError("n_corrector", f"must lie in 0..100, got {n_corrector}")
+    if not 0 <= snr <= 1:  # Song et al. use 0.16; a Langevin step with snr near 1 already overshoots
+        raise ArgumentError("snr", f"must lie in [0, 1], got {snr}")
     alpha, sigma = denoiser.path.alpha(ts).tolist(), denoiser.path.sigma(ts).tolist()
     for i, (t, s) in enumerate(time_pairs(ts, progress)):
         a_t, s_t, a_s, s_s = alpha[i], sigma[i], alpha[i + 1], sigma[i + 1]
