@@ -37,16 +37,14 @@ def number(value, name: str, low: float = 0.0) -> float:
     return float(value)
 
 
-def check_draw(n, seed, batch_size, steps=None, guidance=None) -> None:
-    """The arguments of a draw of `n` samples; `steps` and `guidance` where the model takes them
-    (None: the model's defaults)."""
-    integer(n, "n", 1, MAX_NUM)
-    integer(seed, "seed", 0, MAX_SEED)
-    integer(batch_size, "batch_size", 1, MAX_NUM)
-    if steps is not None:
-        integer(steps, "steps", 1, MAX_STEPS)
-    if guidance is not None:
-        number(guidance, "guidance")
+def check_draw(n, seed, batch_size, steps=None, guidance=None) -> tuple:
+    """The arguments of a draw of `n` samples, checked and made plain Python numbers: (n, seed,
+    batch_size, steps, guidance); `steps` and `guidance` where the model takes them (None: the
+    model's defaults, passed through)."""
+    return (integer(n, "n", 1, MAX_NUM), integer(seed, "seed", 0, MAX_SEED),
+            integer(batch_size, "batch_size", 1, MAX_NUM),
+            None if steps is None else integer(steps, "steps", 1, MAX_STEPS),
+            None if guidance is None else number(guidance, "guidance"))
 
 
 def check_images(images, batch_size) -> None:

@@ -244,7 +244,7 @@ class GenerativeModel(TrainedModel):
         guidance = sc.guidance if guidance is None else guidance
         if sampler is None:
             sampler, options = sc.sampler, {**sc.options, **options}
-        check_draw(n, seed, batch_size, steps, guidance)
+        n, seed, batch_size, steps, guidance = check_draw(n, seed, batch_size, steps, guidance)
         if guidance != 1 and self.num_classes == 0:
             raise ArgumentError("guidance", "this model is unconditional (model.num_classes = 0): nothing to guide")
         if hasattr(sampler, "set_timesteps"):  # a diffusers scheduler
@@ -306,7 +306,7 @@ class GenerativeModel(TrainedModel):
         """Bits/dim of uint8 images [N, C, H, W] under the model's probability-flow ODE (the
         unconditional density p(x): the null class of a conditional model), with uniform
         dequantization: (mean, standard error, network evaluations per batch). `options` go to
-        `genkit.likelihood.log_likelihood` (estimator, probe, method, rtol, atol, t_min)."""
+        `genkit.likelihood.estimate_log_likelihood` (estimator, probes, probe, method, rtol, atol, t_min)."""
         from genkit.likelihood import dataset_bits_per_dim
 
         if self.codec is not None:
@@ -334,7 +334,7 @@ class AutoregressiveModel(TrainedModel):
                progress: bool = True, precision: str = "no", start_index: int = 0) -> Samples:
         """Draw `n` images [n, 1, H, W] in [0, 1] in raster order; `sampler` is `cached` (PixelCNN
         only) or `naive`, which draw the same images. Sample i depends only on (seed, start_index + i)."""
-        check_draw(n, seed, batch_size)
+        n, seed, batch_size, _, _ = check_draw(n, seed, batch_size)
         how = sampler or self.cfg.sample.sampler
         draw = self.registered_sampler(how)
         half = half_dtype(precision, self.device)
@@ -431,7 +431,7 @@ class AutoencoderModel(TrainedModel):
                progress: bool = True, precision: str = "no", start_index: int = 0) -> Samples:
         """Decode n draws z ~ N(0, I) (sampler `prior`); sample i depends only on (seed, start_index + i).
         With a small KL weight the posteriors need not cover the prior: latents are for a latent model."""
-        check_draw(n, seed, batch_size)
+        n, seed, batch_size, _, _ = check_draw(n, seed, batch_size)
         draw = self.registered_sampler(sampler or self.cfg.sample.sampler)
         self.labels_for(labels, n)  # an autoencoder is unconditional: refuses labels
         half, out = half_dtype(precision, self.device), []

@@ -53,12 +53,13 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 def plot_loss(run_dirs: list[str | Path], out: str | Path, log_scale: bool = True) -> Path:
     """Loss against step for one or more runs, on one set of axes."""
+    runs = [(Path(run).name, [r for r in read_metrics(run)  # a loss of None: no step applied
+                              if isinstance(r.get("loss"), (int, float)) and not isinstance(r["loss"], bool)])
+            for run in run_dirs]  # every run read before a figure is opened
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for run in run_dirs:
-        records = [r for r in read_metrics(run)  # a loss of None: no step applied
-                   if isinstance(r.get("loss"), (int, float)) and not isinstance(r["loss"], bool)]
-        ax.plot([r["step"] for r in records], [r["loss"] for r in records], label=Path(run).name)
+    for name, records in runs:
+        ax.plot([r["step"] for r in records], [r["loss"] for r in records], label=name)
     ax.set(xlabel="step", ylabel="training loss", yscale="log" if log_scale else "linear")
     ax.grid(alpha=0.3)
     ax.legend()

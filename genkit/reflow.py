@@ -37,8 +37,8 @@ def generate_pairs(model, out_dir: str | Path, num: int, steps: int = 20, sample
         raise ArgumentError("model", f"reflow needs a flow model, this one is '{model.cfg.method.name}'")
     if model.codec is not None:
         raise ArgumentError("model", "reflow pairs are drawn in pixel space; this flow is a latent model")
-    check_draw(num, seed, batch_size, steps)
-    integer(shard_size, "shard_size", 1, MAX_NUM)
+    num, seed, batch_size, steps, _ = check_draw(num, seed, batch_size, steps)
+    shard_size = integer(shard_size, "shard_size", 1, MAX_NUM)
     if isinstance(sampler, str) and sampler != FITTED:  # refused before anything is written: a corrected rerun runs
         model.registered_sampler(sampler)
     out = Path(out_dir)

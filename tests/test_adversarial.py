@@ -2,6 +2,7 @@
 feeds bad input, and nothing published is lost or left incomplete, no traceback is printed, bad
 input exits with status 2, and the message names what to fix."""
 import json
+import numbers
 import shutil
 import signal
 import subprocess
@@ -701,7 +702,7 @@ def test_model_sample_draws_or_raises_argument_error(two_checkpoints, data):
     except genkit.ArgumentError:
         return
     n, labels = args["n"], args["labels"]
-    assert isinstance(n, int) and drawn.images.shape[0] == n
+    assert isinstance(n, numbers.Integral) and drawn.images.shape[0] == n
     wanted = torch.arange(n) % 10 if labels is None else torch.as_tensor(labels).reshape(-1).expand(n) if \
         torch.as_tensor(labels).numel() == 1 else torch.as_tensor(labels)
     assert torch.equal(wanted.double(), wanted.double().round()) and torch.equal(drawn.labels, wanted.long())
