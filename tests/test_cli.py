@@ -79,8 +79,9 @@ def test_eval_bits_per_dim_and_bad_options(trained_run, tmp_path):
     assert result.returncode == 2 and "--option snr: not an option of ddim" in result.stderr
 
 
-@pytest.mark.parametrize("recipe, net", [("ddpm_unet_mnist", "unet with 1.65M"),
-                                         pytest.param("ddpm_dit_mnist", "dit with 7.38M", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("recipe, net", [  # full MNIST and the default sampler's pilot: about a minute each
+    pytest.param("ddpm_unet_mnist", "unet with 1.65M", marks=pytest.mark.slow),
+    pytest.param("ddpm_dit_mnist", "dit with 7.38M", marks=pytest.mark.slow)])
 def test_unet_and_dit_recipes_train_and_sample_a_class_from_the_cli(recipe, net, tmp_path):
     result = run("train.py", "--config", f"configs/{recipe}.yaml", "train.max_steps=2", "train.batch_size=8",
                  "train.sample_every=0", f"output_dir={tmp_path / 'run'}")

@@ -118,7 +118,7 @@ def trained_vae(imagefolder, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("net", ["dit", "unet"])
+@pytest.mark.parametrize("net", ["dit", pytest.param("unet", marks=pytest.mark.slow)])  # the UNet in the slow set
 def test_latent_model_trains_samples_resumes_and_loads_without_its_autoencoder_run(imagefolder, trained_vae,
                                                                                    tmp_path, net):
     vae = tmp_path / "vae"
