@@ -13,7 +13,9 @@ MAY_IMPORT = {  # room -> the genkit modules it may import (its own room always)
     "genkit.paths": set(),
     "genkit.nets": {"genkit.registry"},
     "genkit.methods": {"genkit.paths", "genkit.registry"},
-    "genkit.samplers": {"genkit.paths", "genkit.registry", "genkit.methods.autoregressive", "genkit.nets"},
+    "genkit.oracles": {"genkit.paths"},
+    "genkit.samplers": {"genkit.paths", "genkit.registry", "genkit.methods.autoregressive", "genkit.nets",
+                        "genkit.oracles"},
 }
 
 
