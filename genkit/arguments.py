@@ -21,6 +21,12 @@ def shorten(value, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def reason(err: BaseException) -> str:
+    """An exception in one line: its type and the first line of its message, cut to 200 characters."""
+    text = str(err)
+    return f"{type(err).__name__}: {text.splitlines()[0][:200] if text.strip() else 'unreadable'}"
+
+
 def integer(value, name: str, low: int, high: int) -> int:
     """`value` as an int in low..high (a Python or numpy integer; not a bool, a float or a string)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

@@ -29,7 +29,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from genkit.arguments import shorten
+from genkit.arguments import reason, shorten
 from genkit.config import Config, load_config, save_config
 from genkit.nets import build_net
 from genkit.registry import ArgumentError
@@ -133,8 +133,9 @@ def damage(directory: Path) -> str | None:
         if state.get("config_sha256", _sha256(directory / CONFIG_FILE)) != _sha256(directory / CONFIG_FILE):
             return f"{CONFIG_FILE} is not the one written with these weights (checksum)"
         cfg = load_config(directory / CONFIG_FILE)
+        net = _meta_net(cfg)
         for name in (NET_FILE, EMA_FILE):
-            problem = _weights_problem(directory / name, cfg)
+            problem = _weights_problem(directory / name, net)
             if problem:
                 return f"{name}: {problem}"
         if cfg.data.autoencoder:
@@ -142,12 +143,8 @@ def damage(directory: Path) -> str | None:
             if problem:
                 return f"{AUTOENCODER_DIR}/{problem}"
     except Exception as err:  # any unreadable file: the reason is reported, not raised
-        return _reason(err)
+        return reason(err)
     return None
-
-
-def _reason(err: BaseException) -> str:
-    return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else 'unreadable'}"
 
 
 def _state_problem(state, directory: Path) -> str | None:
@@ -167,15 +164,15 @@ def _state_problem(state, directory: Path) -> str | None:
     return None
 
 
-def _weights_problem(path: Path, cfg: Config) -> str | None:
-    """Whether a safetensors file holds exactly the tensors, by name and shape, of `cfg`'s net
-    (the net is built on the meta device: no memory, no weights read)."""
-    expected = {k: tuple(v.shape) for k, v in _shapes_of(cfg).items()}
+def _weights_problem(path: Path, net: torch.nn.Module) -> str | None:
+    """Whether a safetensors file holds exactly the tensors, by name and shape, of `net` (no
+    weights are read)."""
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     try:
         with safe_open(str(path), "pt") as f:
             found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as err:  # truncated, overwritten: safetensors' own error
-        return f"unreadable ({_reason(err)})"
+        return f"unreadable ({reason(err)})"
     missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     if missing or extra:
         first = f"missing {missing[0]}" if missing else f"extra {extra[0]}"
@@ -186,14 +183,14 @@ def _weights_problem(path: Path, cfg: Config) -> str | None:
     return None
 
 
-def _shapes_of(cfg: Config) -> dict:
-    """The state of `cfg`'s net, built on the meta device (no memory), or for a net whose
-    constructor needs real tensors (one a user registered, say) on the CPU."""
+def _meta_net(cfg: Config) -> torch.nn.Module:
+    """`cfg`'s net built on the meta device (shapes, no memory), or on the CPU for a net whose
+    constructor needs real tensors (one a user registered, say: meta tensors raise there)."""
     try:
         with torch.device("meta"):
-            return build_net(cfg).state_dict()
+            return build_net(cfg)
     except (RuntimeError, NotImplementedError, TypeError, ValueError):
-        return build_net(cfg).state_dict()
+        return build_net(cfg)
 
 
 def _autoencoder_problem(directory: Path, cfg: Config) -> str | None:
@@ -205,21 +202,21 @@ def _autoencoder_problem(directory: Path, cfg: Config) -> str | None:
     try:
         ae_cfg = load_config(directory / CONFIG_FILE)
     except Exception as err:
-        return f"{CONFIG_FILE}: unreadable ({_reason(err)})"
-    problem = _weights_problem(directory / EMA_FILE, ae_cfg)
+        return f"{CONFIG_FILE}: unreadable ({reason(err)})"
+    autoencoder = _meta_net(ae_cfg)
+    problem = _weights_problem(directory / EMA_FILE, autoencoder)
     if problem:
         return f"{EMA_FILE}: {problem}"
     try:
         stats = json.loads((directory / STATS_FILE).read_text())
     except (OSError, ValueError) as err:
-        return f"{STATS_FILE}: unreadable ({_reason(err)})"
+        return f"{STATS_FILE}: unreadable ({reason(err)})"
     shift, scale = (stats.get("shift"), stats.get("scale")) if isinstance(stats, dict) else (None, None)
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (shift, scale)) \
             or scale <= 0:
         return f"{STATS_FILE}: shift {shorten(shift)} and scale {shorten(scale)} are not a finite shift and a " \
                f"positive scale"
-    with torch.device("meta"):
-        made = tuple(build_net(ae_cfg).latent_shape(ae_cfg.data.image_size))  # the built-in autoencoder
+    made = tuple(autoencoder.latent_shape(ae_cfg.data.image_size))
     taken = (cfg.data.latent_channels, cfg.data.latent_size, cfg.data.latent_size)
     if made != taken:
         return f"it makes latents of {' x '.join(map(str, made))}, the denoiser takes {' x '.join(map(str, taken))}"

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from genkit.arguments import shorten
+from genkit.arguments import reason, shorten
 from genkit.assets import locate
 from genkit.config import ConfigError, DataConfig
 
@@ -92,7 +92,7 @@ def _decode(value, index: int, cfg: DataConfig) -> Image.Image:
         return image
     except Exception as err:  # PIL raises many kinds for a bad file
         raise ConfigError(f"data.path: image {name or f'#{index}'} of {cfg.path} cannot be decoded "
-                          f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'})") from None
+                          f"({reason(err)})") from None
 
 
 def _from_pixels(value, index: int, cfg: DataConfig) -> Image.Image:

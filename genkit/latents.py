@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from genkit.arguments import reason
 from genkit.checkpoint import AUTOENCODER_DIR, CONFIG_FILE, EMA_FILE, STATS_FILE, load_export
 from genkit.config import Config, ConfigError, load_config, save_config
 from genkit.data import ImageData
@@ -103,7 +104,7 @@ class LatentCodec:
             return cls(cfg, net, stats["shift"], stats["scale"], stats.get("source", ""))
         except (OSError, ValueError, KeyError, RuntimeError) as err:
             raise ConfigError(f"data.autoencoder: the autoencoder saved in {directory} does not load "
-                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'})") from None
+                              f"({reason(err)})") from None
 
 
 class LatentData(ImageData):

@@ -123,7 +123,7 @@ class TrainedModel:
 
     def default_labels(self, n: int) -> torch.Tensor | None:
         """Class i mod num_classes for sample i (every class appears in a grid), or None."""
-        return torch.arange(n) % self.num_classes if self.num_classes > 0 else None
+        return class_labels(None, n, self.num_classes)
 
     def labels_for(self, labels, n: int) -> torch.Tensor | None:
         """`labels` (None, an int or a sequence) as [n] class ids, checked against the model

@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from genkit import checkpoint as ckpt
+from genkit.arguments import reason
 from genkit.config import Config, ConfigError, flat_dict, load_config, validate
 from genkit.data import batch_indices, load_images, resolve_data_path
 from genkit.ema import EMA
@@ -120,7 +121,7 @@ def write_error(err: BaseException) -> str:
     for errno_, words in ((28, "No space left on device"), (122, "Disk quota exceeded"), (5, "Input/output error")):
         if f"code: {errno_}," in text or words in text:
             return words
-    return f"{type(err).__name__}: {text.splitlines()[0][:200] if text else 'unwritable'}"
+    return reason(err)
 
 
 class Trainer:
@@ -373,8 +374,7 @@ class Trainer:
                 self.load(path)
                 self._apply_learning_rate()
             except Exception as err:  # a damaged optimizer, RNG or scheduler state: try the one before
-                log.warning(f"skipping checkpoint {path}: it does not load ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0] if str(err) else 'unreadable'})")
+                log.warning(f"skipping checkpoint {path}: it does not load ({reason(err)})")
                 continue
             if self.accelerator.is_main_process:
                 aside = ckpt.set_aside_later(self.out, self.step)
