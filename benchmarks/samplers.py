@@ -41,8 +41,7 @@ from harness import benchmark_parser, steps_for, write_results
 from genkit.methods import make_betas
 from genkit.oracles import GaussianMixture, SlicedW2
 from genkit.paths import DiscreteVPPath, FlowPath, GaussianPath
-from genkit.samplers import (ADAPTIVE, FITTED, FITTED_CONTENDERS, SAMPLERS, SCHEDULES, AdaptiveGrid, BatchNoise, Denoiser, default_sampler,
-                             default_schedule)
+from genkit.samplers import ADAPTIVE, DEFAULT_SAMPLER, SAMPLERS, SCHEDULES, AdaptiveGrid, BatchNoise, Denoiser, fit
 from genkit.samplers.adaptive import pilot_draws
 
 T = 1000
@@ -77,7 +76,7 @@ FLOW_SHIFTS = (1.0, 0.7, 0.5, 0.35)  # diffusers' flow_shift: below 1 its flow s
 
 def genkit_rows(path: GaussianPath) -> dict:
     """label -> (sampler, schedule, evaluations per step, last step costs one, options)."""
-    rows = {f"{FITTED}[{ADAPTIVE}]": (FITTED, ADAPTIVE, 1, False, {})}
+    rows = {f"{DEFAULT_SAMPLER}[{ADAPTIVE}]": (DEFAULT_SAMPLER, ADAPTIVE, 1, False, {})}
     for sampler, schedules in [("dpmpp_2m_pc", (ADAPTIVE, "auto", "flow", "log_snr", "uniform", "karras")),
                                ("dpmpp_2m", (ADAPTIVE, "auto", "flow", "log_snr")), ("euler", ("flow", "uniform")),
                                ("em", ("uniform",))]:
@@ -96,10 +95,9 @@ def run_genkit(mixture, path, prediction, spec, nfe, start, adaptive):
     sampler, schedule, per_step, last_is_one, options = spec
     denoiser = Denoiser(mixture.as_net(path, prediction), path, prediction)
     steps = steps_for(nfe, per_step, last_is_one)
-    if sampler == FITTED:
-        fn, ts, options = adaptive.best([(SAMPLERS[name].build, opts) for name, opts in FITTED_CONTENDERS], steps)
-    elif schedule == ADAPTIVE:
-        fn, (ts, options) = SAMPLERS[sampler].build, adaptive.fitted(SAMPLERS[sampler].build, steps, **options)
+    if schedule == ADAPTIVE:  # fitted once, as a model's stored grid (`genkit.samplers.fit`)
+        grid = fit(SAMPLERS, sampler, steps, 1.0, options, adaptive)
+        fn, ts, options = SAMPLERS[grid.runs].build, torch.tensor(grid.times, dtype=torch.float64), grid.run_options
     else:
         fn, ts = SAMPLERS[sampler].build, SCHEDULES[schedule](path, steps)
     out = fn(denoiser, start.clone() * path.prior_std(float(ts[0])), ts, BatchNoise(0), **options)
@@ -302,7 +300,7 @@ def main() -> None:
                 DiffusersTimePath(DiscreteVPPath(make_betas(beta_schedule.replace("squaredcos_cap_v2", "cosine"), T)).alphas_cumprod)
             g_rows = genkit_rows(path)
             g_rows["default"] = next((s for label, s in g_rows.items()
-                                      if s[:2] == (default_sampler(path), default_schedule(default_sampler(path), path))),
+                                      if s[:2] == (DEFAULT_SAMPLER, ADAPTIVE)),
                                      None)
             jobs = [("genkit", label, s, run_genkit, path) for label, s in g_rows.items()] + \
                    [("diffusers", label, s, run_diffusers, oracle_path)

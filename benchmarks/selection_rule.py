@@ -1,6 +1,6 @@
 """How `fitted` chooses between its contenders, against what the choice should have been.
 
-`fitted` solves a model's pilot draws with each contender (`FITTED_CONTENDERS`, each on its own
+`fitted` solves a model's pilot draws with each contender (its registered `contenders`, each on its own
 fitted grid) and keeps the one whose end points lie nearest the pilot's reference by per-sample
 RMS. On data with well-separated modes that distance is dominated by the few draws that end in
 another mode, and says little about the distribution drawn. This benchmark measures, on
@@ -24,7 +24,7 @@ from harness import benchmark_parser, write_results
 from genkit.methods import make_betas
 from genkit.oracles import GaussianMixture, sliced_wasserstein
 from genkit.paths import DiscreteVPPath
-from genkit.samplers import FITTED_CONTENDERS, SAMPLERS, AdaptiveGrid, Denoiser
+from genkit.samplers import SAMPLERS, AdaptiveGrid, Denoiser
 from genkit.samplers.adaptive import pilot_draws
 from genkit.samplers.schedules import log_snr
 
@@ -43,7 +43,7 @@ def cell(mixture: GaussianMixture, schedule: str, prediction: str) -> list[dict]
     exact = SAMPLERS["dpmpp_2m_pc"].build(denoiser, fresh * path.prior_std(float(fine[0])), fine)
     rows = []
     for steps in STEPS:
-        for name, options in FITTED_CONTENDERS:
+        for name, options in SAMPLERS["fitted"].extra["contenders"]:
             sampler = SAMPLERS[name].build
             ts, chosen = grid.fitted(sampler, steps, **options)
             on_pilot = sampler(denoiser, pilot * path.prior_std(float(ts[0])), ts, None, **chosen)

@@ -7,6 +7,7 @@
         net_ema.safetensors  EMA weights
         trainer_state.json   step and counters
         autoencoder/         a latent model's autoencoder (see `genkit.latents`)
+        grids.json           the time grids fitted to the model, once fitted (`genkit.samplers.plan`)
 
 A checkpoint is written under a temporary name and renamed into place; re-saving a step moves
 the old copy aside first and pruning renames before it deletes, so a directory named `step-*` is
@@ -31,8 +32,10 @@ from safetensors.torch import load_file, save_file
 
 from genkit.arguments import reason, shorten
 from genkit.config import Config, load_config, save_config
+from genkit.files import write_text
 from genkit.nets import build_net
 from genkit.registry import ArgumentError
+from genkit.samplers import GRIDS_FILE, SAMPLERS, GridBook
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 NET_FILE, EMA_FILE, CONFIG_FILE, STATE_FILE = "net.safetensors", "net_ema.safetensors", "config.yaml", "trainer_state.json"
@@ -252,6 +255,16 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not found:
         raise ArgumentError("path", f"every checkpoint in {path} is damaged")
     return found[-1]
+
+
+def read_grids(directory: str | Path) -> GridBook:
+    """The time grids fitted to the model in `directory` (empty where none were; a damaged file warns)."""
+    return GridBook.read(directory, SAMPLERS)
+
+
+def write_grids(directory: str | Path, book: GridBook) -> Path:
+    """Store `book` with the model in `directory` (atomically: a crash leaves the old file or the new)."""
+    return write_text(Path(directory) / GRIDS_FILE, book.to_json())
 
 
 def read_trainer_state(directory: Path) -> dict:

@@ -86,20 +86,19 @@ def _precision_flags(p: Parser) -> None:
 
 def _sampling_flags(p: Parser) -> None:
     """Flags shared by `sample` and `eval`: which checkpoint, and how to draw from it."""
-    from genkit.samplers import FITTED, SAMPLER_NAMES, SAMPLERS, SCHEDULE_NAMES
+    from genkit.samplers import DEFAULT_SAMPLER, SAMPLERS, SCHEDULE_NAMES
 
     p.add_argument("--checkpoint", required=True, help="run directory (newest checkpoint), checkpoint directory, "
                                                       "export, or Hub repository owner/name")
     p.add_argument("--seed", type=int, default=0, help="seed; sample i depends only on (seed, i)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the run's sample.steps)")
     denoising, autoregressive = SAMPLERS.names("denoiser"), SAMPLERS.names("autoregressive")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, metavar="NAME",
-                   help=f"one of: {FITTED} (the most accurate of two on this model, by a pilot solve), "
-                        f"{', '.join(denoising)}; autoregressive models: "
-                        f"{' or '.join(autoregressive)} (default: the run's sample.sampler)")
+    p.add_argument("--sampler", choices=list(SAMPLERS), metavar="NAME",
+                   help=f"one of: {', '.join(denoising)}; autoregressive models: {' or '.join(autoregressive)} "
+                        f"(default: the run's sample.sampler; {DEFAULT_SAMPLER} unless the recipe names one)")
     p.add_argument("--schedule", choices=sorted(SCHEDULE_NAMES), metavar="NAME",
-                   help=f"time grid, one of: {', '.join(sorted(SCHEDULE_NAMES))} (adaptive: fitted to the model "
-                        f"by a pilot solve; default: the sampler's own)")
+                   help=f"time grid, one of: {', '.join(sorted(SCHEDULE_NAMES))} (default: the grid stored by "
+                        f"genkit fit-grid, else the sampler's own; adaptive: fitted now, by a pilot solve)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight (1 = none)")
     p.add_argument("--class-label", type=int, help="draw only this class (default: classes in turn)")
     p.add_argument("--batch-size", type=int, default=256, help="images per network call (default: 256)")
@@ -159,7 +158,7 @@ def reflow_parser(prog: str = "genkit reflow") -> Parser:
     p.add_argument("--out", required=True, help="directory for the pair shards")
     p.add_argument("--num", type=int, default=50000, help="number of pairs (default: 50000)")
     p.add_argument("--steps", type=int, default=20, help="sampling steps per pair (default: 20)")
-    p.add_argument("--sampler", default="euler", help="sampler (default: euler)")
+    p.add_argument("--sampler", help="sampler (default: the run's sample.sampler, on its stored grid)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
     _precision_flags(p)
@@ -179,6 +178,19 @@ def export_parser(prog: str = "genkit export") -> Parser:
     p.add_argument("--grid", type=int, default=64, help="samples in the card's grid (default: 64; 0 for none)")
     p.add_argument("--raw-weights", action="store_true", help="export the raw weights instead of the EMA")
     p.add_argument("--device", default="auto", help="where to draw the grid: auto, cpu, cuda, cuda:N or mps")
+    return p
+
+
+def fit_grid_parser(prog: str = "genkit fit-grid") -> Parser:
+    p = Parser(prog=prog, description="Fit, once, the time grid a model samples on by default (a pilot solve, then "
+                                      "a choice among candidate grids), and store it with the model (grids.json), "
+                                      "where sample, eval, export and genkit.load read it.")
+    p.add_argument("checkpoint", metavar="RUN", help="run directory (its newest checkpoint), checkpoint directory "
+                                                     "or export")
+    p.add_argument("--steps", type=int, nargs="+", help="step counts to fit (default: the run's sample.steps)")
+    p.add_argument("--sampler", help="the sampler whose grid to fit (default: the run's sample.sampler)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance weight (default: the run's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     return p
 
 
@@ -460,6 +472,24 @@ def _export(args) -> None:
         print(f"pushed {model.push_to_hub(args.push, private=args.private, metrics=metrics, grid=args.grid)}")
 
 
+def _fit_grid(args) -> None:
+    from pathlib import Path
+
+    import genkit
+    from genkit.checkpoint import write_grids
+
+    if not Path(args.checkpoint).is_dir():
+        raise ConfigError(f"RUN: {args.checkpoint} is not a directory here; the grid is stored beside the weights")
+    model = genkit.load(args.checkpoint, device=args.device)
+    if model.family != "denoiser":
+        raise ConfigError(f"RUN: a {model.family} model samples on no time grid")
+    for steps in args.steps or [None]:
+        grid = model.fit_grid(steps, args.guidance, args.sampler)
+        print(f"{grid.sampler} at {grid.steps} steps, guidance {grid.guidance:g}: {grid.runs} on the {grid.grid} "
+              f"grid (sliced W2 {grid.distance:.4g} to the pilot's reference, {grid.pilot_draws} draws)")
+    print(f"wrote {write_grids(model.directory, model.grids)}")
+
+
 def _plot_loss(args) -> None:
     from genkit.plots import plot_loss
 
@@ -487,6 +517,7 @@ COMMANDS = {
     "eval": (eval_parser, _eval, "score a trained MNIST model (FID, precision/recall, coverage; NLL)"),
     "reflow": (reflow_parser, _reflow, "draw (noise, sample) pairs from a flow for reflow training"),
     "export": (export_parser, _export, "export a model with its card for diffusers and the Hub; push it"),
+    "fit-grid": (fit_grid_parser, _fit_grid, "fit a model's default time grid once and store it with the model"),
     "plot-loss": (plot_loss_parser, _plot_loss, "plot training losses into a PNG"),
 }
 

@@ -24,7 +24,7 @@ from genkit.assets import find_recipe, recipe_names
 from genkit.methods import METHODS
 from genkit.nets import NETS
 from genkit.registry import ArgumentError, ConfigError, one_of, require
-from genkit.samplers import FITTED, SAMPLERS, check_options
+from genkit.samplers import DEFAULT_SAMPLER, SAMPLERS, check_options
 
 
 @dataclass
@@ -85,12 +85,13 @@ assemble()
 class SampleConfig:
     """`sample`: how the run's grids (and `genkit sample` by default) are drawn."""
 
-    sampler: str = "fitted"  # `genkit.samplers.FITTED` (chosen per model by a pilot) or a `SAMPLERS` name;
-    # cached | naive for autoregressive models
+    sampler: str = DEFAULT_SAMPLER  # a `genkit.samplers.SAMPLERS` name; cached | naive for autoregressive models
     steps: int = 50
     guidance: float = 1.0  # classifier-free guidance weight; 1 = plain conditional model
     num: int = 64
     options: dict = field(default_factory=dict)  # the sampler's keyword options, e.g. {eta: 0.5} for ddim
+    fit_grid: bool = True  # once training ends, fit the sampler's grid (if it takes a fitted one) at these steps
+    # and guidance, and store it with the final checkpoint (`genkit fit-grid` fits others later)
 
 
 @dataclass
@@ -271,16 +272,11 @@ def validate(cfg: Config) -> None:
                           f"({', '.join(METHODS.names('denoiser'))}), not method.name={cfg.method.name}")
     if cfg.data.autoencoder and cfg.data.hflip:
         raise ConfigError("data.hflip: latents are encoded once, unflipped; set data.hflip=false with data.autoencoder")
-    if cfg.sample.sampler == FITTED and method.family == "denoiser":
-        sampler = None
-        if cfg.sample.options:
-            raise ConfigError(f"sample.options: {FITTED} chooses its sampler's options; name a sampler to set them")
-    else:
-        sampler = SAMPLERS.lookup(cfg.sample.sampler, "sample.sampler", method.family)
+    sampler = SAMPLERS.lookup(cfg.sample.sampler, "sample.sampler", method.family)
     for component in (net, method, sampler):
-        if component is not None and component.check is not None:
+        if component.check is not None:
             component.check(cfg)
-    if sampler is not None:
+    if not sampler.extra.get("contenders"):
         try:
             check_options(sampler.build, cfg.sample.options, sampler.name)
         except ArgumentError as err:

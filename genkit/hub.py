@@ -9,6 +9,7 @@ from the Hugging Face Hub (through its cache, honouring HF_HUB_OFFLINE); `push_t
         model/diffusion_pytorch_model.safetensors
         scheduler/scheduler_config.json  the diffusers scheduler matching the path (absent if none does)
         genkit.json                      training steps and time, metrics with their floor
+        grids.json                       the time grids fitted to the model, when fitted
         README.md, samples.png           the model card and its sample grid
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from genkit.checkpoint import read_grids, write_grids
 from genkit.files import write_json
 from genkit.registry import ArgumentError
 
@@ -77,6 +79,8 @@ def save_pretrained(model, directory: str | Path, metrics: dict | None = None, g
         (tmp / SHIM_FILE).write_text(SHIM)
         card = {"training": model.training, "metrics": metrics or model.metrics}
         write_json(tmp / CARD_DATA_FILE, card)
+        if len(getattr(model, "grids", ())):
+            write_grids(tmp, model.grids)
         if grid:
             save_grid(model.sample(grid, seed=0, progress=False).images, tmp / GRID_FILE)
         (tmp / "README.md").write_text(model_card(model, card, grid, repo_id or str(out)))
@@ -103,6 +107,8 @@ def load_pretrained(directory: Path, device="cpu"):
     card = _read_card(directory / CARD_DATA_FILE) if (directory / CARD_DATA_FILE).is_file() else {}
     model.training, model.metrics = card.get("training") or {}, card.get("metrics")
     model.directory = directory
+    if model.family == "denoiser":
+        model.grids = read_grids(directory)
     return model
 
 

@@ -14,8 +14,8 @@ from genkit.config import Config
 from genkit.methods import METHODS, build_path
 from genkit.nets import input_shape
 from genkit.registry import ArgumentError, ConfigError
-from genkit.samplers import (ADAPTIVE, FITTED, FITTED_CONTENDERS, SAMPLERS, SCHEDULE_NAMES, SCHEDULES, AdaptiveGrid,
-                             Callback, Denoiser, DiffusersSampler, SampleNoise, check_options, default_schedule)
+from genkit.samplers import (SAMPLERS, AdaptiveGrid, Callback, Denoiser, FittedGrid, GridBook, SampleNoise, fit,
+                             plan)
 from genkit.samplers.adaptive import PILOT_SEED, pilot_draws
 from genkit.samplers.diffusers import scheduler_for
 
@@ -159,6 +159,7 @@ class GenerativeModel(TrainedModel):
         self.prediction = cfg.method.resolved_prediction
         self._inference_nets: dict[tuple[torch.dtype | None, bool], torch.nn.Module] = {}
         self._adaptive_grids: dict[tuple, AdaptiveGrid] = {}
+        self.grids = GridBook()  # the grids fitted to this model (`fit_grid`), read from its directory by `load`
 
     def to(self, device: str | torch.device) -> "GenerativeModel":
         super().to(device)
@@ -210,6 +211,23 @@ class GenerativeModel(TrainedModel):
             self._adaptive_grids[key] = AdaptiveGrid.calibrate(denoiser, noise)
         return self._adaptive_grids[key]
 
+    @torch.no_grad()
+    def fit_grid(self, steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
+                 progress: bool = True, **options) -> FittedGrid:
+        """Fit the time grid of `sampler` (default: the config's, with its options) at `steps` and
+        `guidance` (default: the config's) to this model by a pilot solve, and keep it in `grids`, where
+        `sample` reads it; returns it. Pays once for what `schedule="adaptive"` pays at every call
+        (`genkit.samplers.plan`); `genkit.checkpoint.write_grids` stores the book with the model."""
+        sc = self.cfg.sample
+        if sampler is None:
+            sampler, options = sc.sampler, {**sc.options, **options}
+        _, _, _, steps, guidance = check_draw(1, 0, 1, sc.steps if steps is None else steps,
+                                              sc.guidance if guidance is None else guidance)
+        self.registered_sampler(sampler)
+        grid = fit(SAMPLERS, sampler, steps, guidance, options, self.adaptive_grid(guidance), progress)
+        self.grids.add(grid)
+        return grid
+
     def make_scheduler(self, scheduler_class, **overrides):
         """The diffusers scheduler of `scheduler_class` that matches this model's path (DDPM's
         betas and prediction type, or a flow's shift), ready for `sample(sampler=...)`."""
@@ -222,12 +240,13 @@ class GenerativeModel(TrainedModel):
                compile: bool = False, **options) -> Samples:
         """Draw `n` images; returns `Samples` (images in [0, 1], starting noise, labels, NFE).
 
-        `sampler`: `fitted` (of `genkit.samplers.FITTED_CONTENDERS`, the one a pilot solve finds most
-        accurate on this model: `AdaptiveGrid.best`), a name in `genkit.samplers.SAMPLERS`, a
-        function with the sampler signature, or a diffusers scheduler instance (default: the
-        config's `sample.sampler`, with its `sample.options`). `schedule`: a name in
-        `genkit.samplers.SCHEDULES`, `adaptive` (fitted to this model and sampler: `adaptive_grid`),
-        or a function (path, steps) -> times (default: the sampler's own on this path). `labels`: an
+        `sampler`: a name in `genkit.samplers.SAMPLERS`, a function with the sampler signature, or a
+        diffusers scheduler instance (default: the config's `sample.sampler`, with its
+        `sample.options`). `schedule`: a name in `genkit.samplers.SCHEDULES`, `adaptive` (fitted to
+        this model and sampler now, by a pilot solve: `adaptive_grid`), or a function (path, steps)
+        -> times (default: the sampler's own on this path; for `fitted`, `dpmpp_2m` and
+        `dpmpp_2m_pc` the grid stored in `grids` by `fit_grid`, else their fixed one:
+        `genkit.samplers.plan`). `labels`: an
         int, a sequence of class ids, or None (class i mod K for sample i). `precision`: no, bf16, fp16
         or auto (`hardware_precision`). `clip_x0` clamps every x0 estimate to [-1, 1];
         `callback(step, t, x, x0_hat)` sees every step of every batch; `options` go to the
@@ -247,30 +266,14 @@ class GenerativeModel(TrainedModel):
         n, seed, batch_size, steps, guidance = check_draw(n, seed, batch_size, steps, guidance)
         if guidance != 1 and self.num_classes == 0:
             raise ArgumentError("guidance", "this model is unconditional (model.num_classes = 0): nothing to guide")
-        if hasattr(sampler, "set_timesteps"):  # a diffusers scheduler
-            fn = DiffusersSampler(sampler, seed)
-        elif sampler == FITTED:
-            fn = None  # chosen below, with its options
-            if options:
-                raise ArgumentError(next(iter(options)),
-                                    f"{FITTED} chooses its sampler's options; name a sampler to set them")
-        else:
-            fn = sampler if callable(sampler) else self.registered_sampler(sampler)
-            check_options(fn, options, sampler if isinstance(sampler, str) else "this sampler")
+        if isinstance(sampler, str):
+            self.registered_sampler(sampler)
         half_dtype(precision, self.device)  # checked before any work
         labels = self.labels_for(labels, n)
         clip_x0 = clip_x0 and self.codec is None  # normalised latents are not bounded by 1
-        schedule = schedule or default_schedule(sampler, self.path)
-        ts = None if schedule == ADAPTIVE else self._grid(schedule, steps)
-        if fn is None:  # fitted: the contender, on its fitted grid (or the one given), nearest the pilot's reference
-            contenders = [(SAMPLERS[name].build, opts) for name, opts in FITTED_CONTENDERS]
-            fn, ts, options = self.adaptive_grid(guidance, clip_x0, precision).best(contenders, steps, progress, ts)
-        elif ts is None:  # fitted to this model and sampler (a diffusers scheduler: the equidistributed grid)
-            fitted = self.adaptive_grid(guidance, clip_x0, precision)
-            if isinstance(fn, DiffusersSampler):
-                ts = self._grid(fitted, steps)
-            else:
-                ts, options = fitted.fitted(fn, steps, progress, **options)
+        chosen = plan(SAMPLERS, sampler, options, schedule, self.path, steps, guidance, self.grids,
+                      lambda: self.adaptive_grid(guidance, clip_x0, precision), seed, progress)
+        fn, ts, options = chosen.sampler, chosen.times, chosen.options
         channels, size = input_shape(self.cfg)
         shape = (channels, size, size)
         prior_std = float((self.path.alpha(ts[:1]) ** 2 + self.path.sigma(ts[:1]) ** 2).sqrt())
@@ -290,16 +293,6 @@ class GenerativeModel(TrainedModel):
                 x = self.codec.decode(x)  # [B, c, h, w] -> [B, C, H, W]
             images.append(((x.clamp(-1, 1) + 1) / 2).cpu())
         return Samples(torch.cat(images), torch.cat(starts), labels, nfe)
-
-    def _grid(self, schedule, steps: int) -> torch.Tensor:
-        if isinstance(schedule, str):
-            if schedule not in SCHEDULES:
-                raise ArgumentError("schedule", f"unknown schedule '{schedule}'; choose from {', '.join(SCHEDULE_NAMES)}")
-            schedule = SCHEDULES[schedule]
-        try:
-            return schedule(self.path, steps)
-        except ValueError as err:
-            raise ArgumentError("schedule", str(err)) from None
 
     def bits_per_dim(self, images: torch.Tensor, batch_size: int = 50, seed: int = 0, progress: bool = True,
                      precision: str = "no", **options) -> tuple[float, float, int]:
@@ -347,7 +340,7 @@ class AutoregressiveModel(TrainedModel):
             with torch.autocast(self.device.type, dtype=half or torch.bfloat16, enabled=half is not None):
                 pixels = draw(self.net, uniforms, y, self.levels, progress=progress and n <= batch_size)
             out.append(pixels.float().cpu() / (self.levels - 1))
-        nfe = 1 if how == "cached" else size * size  # cached: one pass spread over the pixels
+        nfe = SAMPLERS[how].extra.get("passes", size * size)
         return Samples(torch.cat(out), None, labels, nfe)
 
     @torch.no_grad()
@@ -480,7 +473,7 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
     checkpoint directory, a `save_pretrained` export, or a Hub repository `owner/name` holding
     one (at `revision`; through the Hugging Face cache, offline with HF_HUB_OFFLINE=1), onto
     `device` (`auto`, `cpu`, `cuda[:N]`, `mps`). `ema=False` takes a checkpoint's raw weights."""
-    from genkit.checkpoint import load_export, read_trainer_state
+    from genkit.checkpoint import load_export, read_grids, read_trainer_state
     from genkit.hub import is_pretrained, load_pretrained, resolve
 
     local = resolve(path, revision)
@@ -496,6 +489,8 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
         codec = LatentCodec.load(directory / AUTOENCODER_DIR)
     model = build_model(cfg, net, device, codec)
     model.directory = directory
+    if model.family == GenerativeModel.family:
+        model.grids = read_grids(directory)
     state = read_trainer_state(directory)
     model.training = {k: state[k] for k in ("step", "train_seconds") if k in state}
     return model

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from genkit.arguments import MAX_NUM, check_draw, integer
 from genkit.files import atomic_path, write_text
 from genkit.registry import ArgumentError, ConfigError
-from genkit.samplers import FITTED, euler
+from genkit.samplers import euler
 
 META_FILE = "pairs.json"
 
@@ -28,18 +28,20 @@ def is_pairs_dir(path: str | Path) -> bool:
     return (Path(path) / META_FILE).is_file()
 
 
-def generate_pairs(model, out_dir: str | Path, num: int, steps: int = 20, sampler: str = "euler", seed: int = 0,
+def generate_pairs(model, out_dir: str | Path, num: int, steps: int = 20, sampler: str | None = None, seed: int = 0,
                    shard_size: int = 1000, batch_size: int = 256, precision: str = "no", progress: bool = True) -> Path:
     """Draw `num` (noise, sample) pairs from a trained flow (`genkit.load(...)`), resumably.
 
-    Sample i uses the noise stream (seed, i) and, for a conditional model, class i mod K."""
+    Sample i uses the noise stream (seed, i) and, for a conditional model, class i mod K; `sampler`
+    defaults to the model's `sample.sampler`, on the grid stored with it (`genkit fit-grid`)."""
     if model.cfg.method.name != "flow":
         raise ArgumentError("model", f"reflow needs a flow model, this one is '{model.cfg.method.name}'")
     if model.codec is not None:
         raise ArgumentError("model", "reflow pairs are drawn in pixel space; this flow is a latent model")
     num, seed, batch_size, steps, _ = check_draw(num, seed, batch_size, steps)
     shard_size = integer(shard_size, "shard_size", 1, MAX_NUM)
-    if isinstance(sampler, str) and sampler != FITTED:  # refused before anything is written: a corrected rerun runs
+    sampler = model.cfg.sample.sampler if sampler is None else sampler
+    if isinstance(sampler, str):  # refused before anything is written: a corrected rerun runs
         model.registered_sampler(sampler)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir()) and not is_pairs_dir(out)):

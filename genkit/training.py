@@ -10,7 +10,9 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from contextlib import nullcontext
+from operator import attrgetter
 from pathlib import Path
 
 import torch
@@ -24,11 +26,12 @@ from genkit.arguments import reason
 from genkit.config import Config, ConfigError, flat_dict, load_config, validate
 from genkit.data import batch_indices, load_images, resolve_data_path
 from genkit.ema import EMA
-from genkit.methods import build_method
+from genkit.methods import METHODS, build_method
 from genkit.nets import build_net, input_shape
 from genkit.reflow import is_pairs_dir, load_pairs
 from genkit.registry import ArgumentError
 from genkit.run_dir import RunLock, claim, config_changes
+from genkit.samplers import UnfittedGrid, takes_fitted_grid
 
 
 METRICS_FILE = "metrics.jsonl"  # one JSON line per log step, for `genkit plot-loss`
@@ -129,6 +132,7 @@ class Trainer:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        self.grids = None  # the grids fitted to the final weights (`fit_grid`)
         tc = cfg.train
         check_tracker(tc.report_to)
         self.out = Path(cfg.output_dir)
@@ -166,7 +170,8 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         self.resume_candidates = self._find_resume()
         set_seed(tc.seed)  # same initial weights on every process
-        parts = {"teacher": self._teacher()} if cfg.method.name == "consistency" else {}  # before data: fail fast
+        teacher = METHODS[cfg.method.name].extra.get("teacher")  # the config key naming it
+        parts = {"teacher": self._teacher(teacher)} if teacher else {}  # before the data: fail fast
         self.data = self._load_data()
         self.method = build_method(cfg, **parts)
         net = build_net(cfg)
@@ -198,10 +203,10 @@ class Trainer:
             raise ConfigError(f"train.init_from: the weights in {source} do not fit this run's net "
                               f"({str(err).splitlines()[0]})") from None
 
-    def _teacher(self):
-        """With `method.consistency.teacher`: the trained model a consistency model is distilled
-        from, on this run's device and checked against its data; else None."""
-        source = self.cfg.method.consistency.teacher
+    def _teacher(self, key: str):
+        """The trained model the method learns from, named by config `key` (`method.consistency.teacher`),
+        on this run's device and checked against its data; None where the key is empty."""
+        source = attrgetter(key)(self.cfg)
         if not source:
             return None
         from genkit.pipeline import GenerativeModel, load
@@ -209,13 +214,14 @@ class Trainer:
         try:
             teacher = load(source, device=self.accelerator.device)
         except ArgumentError as err:
-            raise ConfigError(f"method.consistency.teacher: {err.problem}") from None
+            raise ConfigError(f"{key}: {err.problem}") from None
         if not isinstance(teacher, GenerativeModel):
-            raise ConfigError(f"method.consistency.teacher: {source} holds a {teacher.cfg.method.name} model; "
-                              "distillation needs one on a Gaussian path (ddpm, sde, flow)")
+            paths = ", ".join(name for name, method in METHODS.items() if "path" in method.extra)
+            raise ConfigError(f"{key}: {source} holds a {teacher.cfg.method.name} model; distillation needs one on "
+                              f"a Gaussian path ({paths})")
         ours, theirs = input_shape(self.cfg), input_shape(teacher.cfg)
         if ours != theirs:
-            raise ConfigError(f"method.consistency.teacher: the teacher models {theirs[0]} x {theirs[1]} x {theirs[1]} "
+            raise ConfigError(f"{key}: the teacher models {theirs[0]} x {theirs[1]} x {theirs[1]} "
                               f"inputs, this run's data are {ours[0]} x {ours[1]} x {ours[1]}")
         teacher.net.requires_grad_(False)
         return teacher
@@ -247,16 +253,17 @@ class Trainer:
         `data.autoencoder` the images' latents (encoded once into `<output_dir>/latents`, then
         normalised: `genkit.latents`)."""
         path = resolve_data_path(self.cfg.data.path)
-        if is_pairs_dir(path):
-            if self.cfg.method.name != "flow":
-                raise ConfigError(f"data.path: {path} holds reflow pairs, which train method.name=flow only")
+        pairs, check_pairs = is_pairs_dir(path), METHODS[self.cfg.method.name].extra.get("pairs")
+        if pairs and check_pairs is None:
+            takers = " or ".join(name for name, method in METHODS.items() if "pairs" in method.extra)
+            raise ConfigError(f"data.path: {path} holds reflow pairs, which train method.name={takers} only")
+        if check_pairs is not None:
+            check_pairs(self.cfg.method, path, pairs)
+        if pairs:
             if self.codec is not None:
                 raise ConfigError(f"data.path: {path} holds reflow pairs, which are pixels; leave data.autoencoder empty")
             data = load_pairs(path)
         else:
-            if self.cfg.method.name == "flow" and self.cfg.method.flow.time_density == "noise_end":
-                raise ConfigError("method.flow.time_density: noise_end (one-step distillation) trains on reflow "
-                                  f"pairs, and {path} holds images; draw pairs with `genkit reflow` first")
             data = load_images(self.cfg.data, progress=self.accelerator.is_main_process)
         if data.images.shape[1] != self.cfg.data.channels:
             raise ConfigError(f"data.channels: the model takes {self.cfg.data.channels} channels, "
@@ -389,16 +396,39 @@ class Trainer:
 
     # ------------------------------------------------------------------ samples
 
-    def sample_grid(self) -> Path:
-        """An 8x8 grid from the EMA weights (`preview`: samples with the config's sampler and seed 0,
-        or an autoencoder's reconstructions)."""
-        from genkit.images import make_grid, save_grid, to_uint8
+    def ema_model(self):
+        """The EMA weights as a model for inference (`genkit.pipeline`), where the run trains, with the
+        grids fitted to it so far (none until the run ends: `fit_grid`)."""
         from genkit.pipeline import build_model
 
         net = build_net(self.cfg)
         net.load_state_dict(self.ema.shadow)
-        model = build_model(self.cfg, net.eval(), self.accelerator.device, self.codec)  # drawn where the run trains
-        images = model.preview(self.data, 64)
+        model = build_model(self.cfg, net.eval(), self.accelerator.device, self.codec)
+        if self.grids is not None:
+            model.grids = self.grids
+        return model
+
+    def fit_grid(self, checkpoint: Path) -> None:
+        """Fit the grid the config's sampler samples on by default to the EMA weights (`sample.fit_grid`;
+        only for samplers that take a fitted grid) and store it in `checkpoint` (`genkit.checkpoint.write_grids`)."""
+        sc = self.cfg.sample
+        if not (sc.fit_grid and takes_fitted_grid(sc.sampler)):
+            return
+        model = self.ema_model()
+        tqdm.write(f"genkit: fitting the {sc.sampler} grid at {sc.steps} steps (once; `genkit fit-grid` fits others)")
+        model.fit_grid(progress=True)
+        ckpt.write_grids(checkpoint, model.grids)
+        self.grids = model.grids
+
+    def sample_grid(self) -> Path:
+        """An 8x8 grid from the EMA weights (`preview`: samples with the config's sampler and seed 0,
+        or an autoencoder's reconstructions)."""
+        from genkit.images import make_grid, save_grid, to_uint8
+
+        model = self.ema_model()
+        with warnings.catch_warnings():  # a preview before the grid is fitted runs on the fixed one, as meant
+            warnings.simplefilter("ignore", UnfittedGrid)
+            images = model.preview(self.data, 64)
         path = save_grid(images, self.out / "samples" / f"step-{self.step:06d}.png", nrow=8)
         grid = make_grid(to_uint8(images), nrow=8)  # [C, H, W] uint8
         for tracker in self.accelerator.trackers:  # the grid goes to the tracker too
@@ -532,6 +562,8 @@ class Trainer:
         finally:
             bar.close()
         last_saved = self.save()
+        if main and not self.stop_signal and self.step >= tc.max_steps:
+            self.fit_grid(last_saved)
         if main and tc.sample_every and not self.stop_signal:
             self.sample_grid()
         acc.end_training()

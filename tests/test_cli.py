@@ -9,10 +9,29 @@ from tests.conftest import digit_overrides, tiny_overrides
 @pytest.fixture(scope="module")
 def trained_run(digits, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
-    result = run("train.py", *digit_overrides(digits, out), "train.max_steps=2")
+    result = run("train.py", *digit_overrides(digits, out), "train.max_steps=2", "sample.fit_grid=true")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "done: final checkpoint" in result.stdout
     return out
+
+
+def test_the_default_grid_is_fitted_once_and_read_by_sample(trained_run, tmp_path):
+    """Training ends by fitting the default sampler's grid at the run's steps into the final checkpoint;
+    `sample.py` reads it (no pilot, no warning); `genkit fit-grid` adds other step counts; a step count
+    with none stored samples on the fixed grid and says how to fit one."""
+    final = sorted((trained_run / "checkpoints").glob("step-*"))[-1]
+    assert (final / "grids.json").is_file()
+    drawn = run("sample.py", "--checkpoint", str(trained_run), "--out", str(tmp_path / "a.png"), "--num", "4")
+    assert drawn.returncode == 0 and "no grid fitted" not in drawn.stderr, drawn.stderr[-2000:]
+    unfitted = run("sample.py", "--checkpoint", str(trained_run), "--out", str(tmp_path / "b.png"), "--num", "4",
+                   "--steps", "2")
+    assert unfitted.returncode == 0 and "genkit fit-grid RUN --steps 2" in unfitted.stderr
+    fitted = run("-m", "genkit", "fit-grid", str(trained_run), "--steps", "2")
+    assert fitted.returncode == 0 and "fitted at 2 steps" in fitted.stdout and str(final) in fitted.stdout
+    again = run("sample.py", "--checkpoint", str(trained_run), "--out", str(tmp_path / "c.png"), "--num", "4",
+                "--steps", "2")
+    assert again.returncode == 0 and "no grid fitted" not in again.stderr
+    assert (tmp_path / "b.png").read_bytes() != (tmp_path / "c.png").read_bytes()
 
 
 def test_sample_cli_writes_grid_and_is_deterministic(trained_run, tmp_path):

@@ -120,12 +120,12 @@ def test_an_unknown_argument_holding_a_line_separator_is_reported_on_one_line(se
 
 def test_the_sampler_and_its_options_are_checked_when_the_config_loads():
     """Regression: `sample.sampler=dpmpp2m` used to train until the first sample grid, then die."""
-    assert "sample.sampler: unknown sampler 'dpmpp2m'; choose from ddpm, ddim" in error_of("sample.sampler=dpmpp2m")
+    assert "sample.sampler: unknown sampler 'dpmpp2m'; choose from fitted, ddpm, ddim" in error_of("sample.sampler=dpmpp2m")
     assert "sample.options.snr: not an option of ddim" in error_of("sample.sampler=ddim", "sample.options={snr: 1}")
     assert "sample.options.eta: expected a float" in error_of("sample.sampler=ddim", "sample.options={eta: x}")
     assert load_config(None, ["sample.sampler=pc", "sample.options={snr: 0.1, n_corrector: 2}"]).sample.options == \
         {"snr": 0.1, "n_corrector": 2}
-    assert load_config(None, []).sample.sampler == "fitted"  # the default: chosen per model by a pilot
+    assert load_config(None, []).sample.sampler == "fitted"  # the default: its grid fitted once per model
     assert "sample.options: fitted chooses its sampler's options" in error_of("sample.options={order: 3}")
 
 

@@ -8,7 +8,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteS
 from genkit.methods import make_betas
 from genkit.oracles import GaussianMixture, sliced_wasserstein
 from genkit.paths import DiscreteVPPath
-from genkit.samplers import SAMPLERS, SCHEDULES, BatchNoise, Denoiser, DiffusersSampler, default_schedule
+from genkit.samplers import SAMPLERS, SCHEDULES, BatchNoise, Denoiser, DiffusersSampler
 from genkit.samplers.base import FIRST_STEP_RULES
 from tests.conftest import default_grid
 
@@ -164,22 +164,23 @@ def test_auto_grid_switches_to_capped_log_snr_at_ten_steps():
 
 
 def test_default_sampler_is_the_configs_and_runs_on_every_path():
-    """The default, `fitted`, on its fitted grid samples the mixture to the floor in 10 evaluations
-    on every path."""
+    """The default, `fitted`, takes a fitted grid on every path; fitted once (`fit`), it samples the
+    mixture to the floor in 10 evaluations on every path."""
     from genkit.config import SampleConfig
     from genkit.paths import FlowPath, VPPath
-    from genkit.samplers import ADAPTIVE, FITTED, FITTED_CONTENDERS, AdaptiveGrid, default_sampler
+    from genkit.samplers import ADAPTIVE, DEFAULT_SAMPLER, AdaptiveGrid, fit
 
     for path, kind in [(PATH, "eps"), (DiscreteVPPath(make_betas("cosine", 1000)), "v"), (VPPath(), "eps"),
                        (FlowPath(), "velocity")]:
-        name = default_sampler(path)
-        assert name == FITTED == SampleConfig().sampler and default_schedule(name, path) == ADAPTIVE
+        name = SampleConfig().sampler
+        assert name == DEFAULT_SAMPLER and path.default_schedule(SAMPLERS[name].extra["schedule"]) == ADAPTIVE
         draws = torch.randn(32, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-        grid = AdaptiveGrid.calibrate(Denoiser(GMM.as_net(path, kind), path, kind), draws)
-        fn, ts, options = grid.best([(SAMPLERS[n].build, o) for n, o in FITTED_CONTENDERS], 10)
+        grid = fit(SAMPLERS, name, 10, 1.0, {}, AdaptiveGrid.calibrate(Denoiser(GMM.as_net(path, kind), path, kind), draws))
+        assert grid.runs in {runs for runs, _ in SAMPLERS[name].extra["contenders"]} and len(grid.times) == 11
         denoiser = Denoiser(GMM.as_net(path, kind), path, kind)
+        ts = torch.tensor(grid.times, dtype=torch.float64)
         x = torch.randn(N, 2, generator=torch.Generator().manual_seed(2)) * path.prior_std(float(ts[0]))
-        out = fn(denoiser, x, ts, BatchNoise(3), **options)
+        out = SAMPLERS[grid.runs](denoiser, x, ts, BatchNoise(3), **grid.run_options)
         assert denoiser.nfe == 10 and sliced_wasserstein(out, DATA) < 2 * FLOOR, path  # 10 evaluations
 
 
@@ -268,7 +269,7 @@ def test_fitted_picks_the_contender_that_is_better_on_fresh_draws_of_a_multimoda
     0.150), whose samples lie 2.5x farther from the exact ODE's on fresh draws (sliced W2 0.055
     against 0.020 on 3000 draws, `benchmarks/selection_rule.py`); the sliced W2 on the same pilot
     chooses DPM-Solver++(2M) with its corrector."""
-    from genkit.samplers import FITTED_CONTENDERS, AdaptiveGrid
+    from genkit.samplers import AdaptiveGrid
     from genkit.samplers.adaptive import pilot_draws
     from genkit.samplers.schedules import log_snr
 
@@ -277,7 +278,7 @@ def test_fitted_picks_the_contender_that_is_better_on_fresh_draws_of_a_multimoda
     denoiser = Denoiser(mixture.as_net(path, "eps"), path, "eps")
     pilot = torch.randn(pilot_draws(64), 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     grid = AdaptiveGrid.calibrate(denoiser, pilot)
-    contenders = [(SAMPLERS[name].build, options) for name, options in FITTED_CONTENDERS]
+    contenders = [(SAMPLERS[name].build, options) for name, options in SAMPLERS["fitted"].extra["contenders"]]
     chosen, ts, options = grid.best(contenders, 5)
     fresh = torch.randn(1000, 64, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     fine = log_snr(path, 200)

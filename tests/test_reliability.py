@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from genkit.checkpoint import list_checkpoints, load_export, read_trainer_state
 from genkit.cli import sample_main, train_main
 from genkit.config import key_types, load_config
-from genkit.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
+from genkit.samplers import SAMPLERS, SCHEDULE_NAMES
 from genkit.training import train
 from tests.conftest import ROOT, assert_ran_or_one_line, call, reset_accelerate_state, tiny_overrides
 
@@ -30,7 +30,7 @@ def tiny_run(imagefolder, tmp_path_factory):
 SAMPLE_FLAGS = st.one_of(
     st.tuples(st.just("--num"), st.integers(-2, 4).map(str)),
     st.tuples(st.just("--steps"), st.integers(-2, 4).map(str)),
-    st.tuples(st.just("--sampler"), st.sampled_from([*SAMPLER_NAMES, "magic", ""])),
+    st.tuples(st.just("--sampler"), st.sampled_from([*SAMPLERS, "magic", ""])),
     st.tuples(st.just("--schedule"), st.sampled_from([*SCHEDULE_NAMES, "x"])),
     st.tuples(st.just("--guidance"), st.sampled_from(["-1", "0", "1", "2.5", "nan", "inf", "abc"])),
     st.tuples(st.just("--class-label"), st.integers(-2, 12).map(str)),

@@ -4,6 +4,8 @@ diffusers keeps its tables in float32, where 1 - abar_t / abar_{t-1} loses about
 at 1000 steps; genkit computes in float64. So that the comparison isolates the update rules and
 the timestep logic, diffusers is handed the same betas in float64.
 """
+import warnings
+
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
@@ -211,32 +213,71 @@ def test_samples_do_not_depend_on_batch_size(tiny_cfg, sampler, net):
     assert a.shape == (5, 1, 16, 16) and a.min() >= 0 and a.max() <= 1
 
 
-def test_the_default_sampler_and_grid_are_fitted_once_per_model_and_guidance(tiny_cfg):
-    """`fitted` (the default) draws with the contender whose fitted grid solves the pilot's draws
-    most accurately: naming that sampler, its grid and options reproduces the images. Fits are kept
-    per model and guidance, and the pilot's evaluations are not counted in the samples' NFE."""
-    from genkit.samplers import FITTED_CONTENDERS, AdaptiveGrid
+def test_the_default_sampler_runs_on_its_fixed_grid_until_a_grid_is_fitted(tiny_cfg):
+    """With no grid stored, `fitted` (the default) runs UniPC-3 on the fixed flow grid, says so, and
+    starts no pilot; `fit_grid` fits one once (the pilot's evaluations not counted in the samples'
+    NFE), after which `sample` draws with the chosen contender on that grid, without a new pilot, the
+    same images as `schedule="adaptive"` (which fits at every call) and as naming the contender and
+    grid by hand. Grids are kept per steps and guidance."""
+    from genkit.samplers import UnfittedGrid
     from genkit.samplers.adaptive import pilot_draws
+    from genkit.samplers.schedules import flow
 
     model = tiny_model(tiny_cfg, "sample.sampler=fitted")  # the config default (the tiny runs name ddim)
-    first = model.sample(3, steps=4, progress=False)
-    again = model.sample(3, steps=6, batch_size=2, progress=False)
-    assert len(model._adaptive_grids) == 1 and first.nfe == 4 and again.nfe == 6  # the pilot is not counted
-    grid = model.adaptive_grid()
-    assert isinstance(grid, AdaptiveGrid) and grid.pilot_nfe > 0 and len(grid.draws) == pilot_draws(1 * 16 * 16) == 32
-    assert len(grid.choices) == 2 * len(FITTED_CONTENDERS)  # each contender at 4 and at 6 steps
-    fits = {fn.__name__: fit for (fn, steps, *_), fit in grid.choices.items() if steps == 4}
-    assert set(fits) == {name for name, _ in FITTED_CONTENDERS}
-    name = min(fits, key=lambda n: fits[n][3][fits[n][0]])  # the least error of each contender's best grid
-    _, ts, options, _ = fits[name]
-    chosen = model.sample(3, steps=4, sampler=name, schedule=lambda path, steps: ts, progress=False, **options)
-    assert torch.equal(chosen.images, first.images)
-    assert torch.equal(model.sample(3, steps=4, sampler="fitted", progress=False).images, first.images)
-    assert len(grid.choices) == 2 * len(FITTED_CONTENDERS)  # kept, not fitted again
-    model.sample(3, steps=4, guidance=2.0, progress=False)
-    assert len(model._adaptive_grids) == 2
+    with pytest.warns(UnfittedGrid, match="genkit fit-grid"):
+        fixed = model.sample(3, steps=4, progress=False)
+    assert not model._adaptive_grids and fixed.nfe == 4  # no pilot
+    by_hand = model.sample(3, steps=4, sampler="unipc", order=3, schedule=lambda path, steps: flow(path, steps),
+                           progress=False)
+    assert torch.equal(fixed.images, by_hand.images)
+
+    grid = model.fit_grid(steps=4, progress=False)
+    assert model.adaptive_grid().pilot_nfe > 0 and len(model.adaptive_grid().draws) == pilot_draws(16 * 16) == 32
+    assert grid.sampler == "fitted" and grid.runs in ("dpmpp_2m_pc", "unipc") and len(grid.times) == 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnfittedGrid)
+        stored = model.sample(3, steps=4, progress=False)
+    assert stored.nfe == 4 and not torch.equal(stored.images, fixed.images)
+    ts = torch.tensor(grid.times, dtype=torch.float64)
+    named = model.sample(3, steps=4, sampler=grid.runs, schedule=lambda path, steps: ts, progress=False,
+                         **grid.run_options)
+    assert torch.equal(named.images, stored.images)
+    fresh = tiny_model(tiny_cfg, "sample.sampler=fitted")  # fits at the call: the same choice
+    assert torch.equal(fresh.sample(3, steps=4, schedule="adaptive", progress=False).images, stored.images)
+    with pytest.warns(UnfittedGrid):  # another step count or guidance has no grid yet
+        model.sample(3, steps=6, progress=False)
+    with pytest.warns(UnfittedGrid):
+        model.sample(3, steps=4, guidance=2.0, progress=False)
     with pytest.raises(ArgumentError, match="order"):
         model.sample(3, steps=4, sampler="fitted", order=2, progress=False)
+
+
+def test_stored_grids_travel_with_the_checkpoint_and_a_damaged_file_falls_back(tiny_cfg, tmp_path):
+    """`write_grids` stores the book beside the weights; `genkit.load` reads it back, so the loaded
+    model draws what the fitted one drew; a damaged `grids.json` warns and samples on the fixed grid."""
+    import genkit
+    from genkit.checkpoint import read_grids, write_export, write_grids
+    from genkit.samplers import GRIDS_FILE, UnfittedGrid
+
+    model = tiny_model(tiny_cfg, "sample.sampler=fitted")
+    model.fit_grid(steps=3, progress=False)
+    directory = tmp_path / "step-000004"
+    directory.mkdir()
+    weights = model.net.state_dict()
+    write_export(directory, model.cfg, weights, weights, {"step": 4, "bad_steps_total": 0})
+    write_grids(directory, model.grids)
+    assert len(read_grids(directory)) == 1
+    loaded = genkit.load(directory)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnfittedGrid)
+        assert torch.equal(loaded.sample(2, steps=3, progress=False).images,
+                           model.sample(2, steps=3, progress=False).images)
+    for damage in ["{", '{"format": 1, "grids": [{"sampler": "nope"}]}',
+                   (directory / GRIDS_FILE).read_text().replace('"steps": 3', '"steps": 2')]:
+        (directory / GRIDS_FILE).write_text(damage)
+        with pytest.warns(UnfittedGrid, match="damaged"):
+            again = genkit.load(directory)
+        assert len(again.grids) == 0
 
 
 def test_guidance_and_nfe(tiny_cfg):

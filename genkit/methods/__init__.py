@@ -2,7 +2,9 @@
 trainer sets `method.progress` (the share of training done) before each step, for curricula.
 
 `METHODS` maps `method.name` to each method's class, config section (`method.<name>`), checks,
-path builder and default prediction.
+path builder and default prediction, and the hooks the trainer calls without naming a method:
+`pairs(method_cfg, path, pairs)` for a method that may train on reflow pairs (the others are refused
+them), and `teacher`, the dotted config key naming a trained model the method learns from.
 """
 from __future__ import annotations
 
@@ -19,9 +21,10 @@ from genkit.registry import ConfigError, Registry
 METHODS = Registry("method")
 METHODS.register("ddpm", DDPM, ddpm.DDPMConfig, ddpm.check, path=ddpm.build_path, prediction="eps")
 METHODS.register("sde", ScoreSDE, sde.SDEConfig, sde.check, path=sde.build_path, prediction="eps")
-METHODS.register("flow", RectifiedFlow, flow.FlowConfig, flow.check, path=flow.build_path, prediction="velocity")
+METHODS.register("flow", RectifiedFlow, flow.FlowConfig, flow.check, path=flow.build_path, prediction="velocity",
+                 pairs=flow.check_data)
 METHODS.register("consistency", Consistency, consistency.ConsistencyConfig, consistency.check,
-                 path=consistency.build_path, prediction="velocity")
+                 path=consistency.build_path, prediction="velocity", teacher="method.consistency.teacher")
 METHODS.register("meanflow", MeanFlow, meanflow.MeanFlowConfig, meanflow.check, path=meanflow.build_path,
                  prediction="velocity")
 METHODS.register("autoregressive", Autoregressive, autoregressive.AutoregressiveConfig, autoregressive.check,

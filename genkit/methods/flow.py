@@ -38,6 +38,13 @@ def check(cfg) -> None:
         raise ConfigError("method.prediction: eps cannot be inverted at t = 1 of a flow; use velocity, x0 or v")
 
 
+def check_data(cfg, path, pairs: bool) -> None:
+    """A flow trains on images or on reflow pairs; `noise_end` (one-step distillation) on pairs only."""
+    if not pairs and cfg.flow.time_density == "noise_end":
+        raise ConfigError("method.flow.time_density: noise_end (one-step distillation) trains on reflow "
+                          f"pairs, and {path} holds images; draw pairs with `genkit reflow` first")
+
+
 def build_path(method_cfg) -> FlowPath:
     return FlowPath(method_cfg.flow.shift)
 

@@ -33,8 +33,9 @@ class GaussianPath:
         """The time at fraction u of a uniform sampling clock (identity; flows apply SD3's shift)."""
         return u
 
-    def default_schedule(self, sampler: str, registered: str) -> str:
-        """The time grid `sampler` gets on this path unless the caller names one: the sampler's own."""
+    def default_schedule(self, registered: str) -> str:
+        """The time grid a sampler registered with the grid `registered` gets on this path unless the
+        caller names one: its own."""
         return registered
 
     def net_input(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -41,11 +41,10 @@ class FlowPath(GaussianPath):
         """SD3's shift, applied to training times and sampling grids alike."""
         return shift_time(u, self.shift)
 
-    def default_schedule(self, sampler: str, registered: str) -> str:
-        """Euler, Heun, DDIM and UniPC step evenly in the shifted time t, the grid SD3 samples on
-        (and diffusers' UniPC with `flow_shift`); with shift 1 that is the `flow` grid they get on
-        other paths."""
-        return "uniform" if sampler in ("euler", "heun", "ddim", "unipc") else registered
+    def default_schedule(self, registered: str) -> str:
+        """Samplers registered with the `flow` grid step evenly in the shifted time t here, the grid
+        SD3 samples on (and diffusers' UniPC with `flow_shift`); with shift 1 that is the `flow` grid."""
+        return "uniform" if registered == "flow" else registered
 
     def warped_density(self, pdf, t: torch.Tensor) -> torch.Tensor:
         """The density at t of time_warp(u) for u ~ `pdf`: pdf(u) |du/dt|, u = unshift(t)."""

@@ -9,10 +9,10 @@ decodes draws from its prior.
 """
 from __future__ import annotations
 
-import inspect
 from functools import partial
 
-from genkit.registry import ArgumentError, ConfigError, Registry
+from genkit.nets import NETS
+from genkit.registry import ConfigError, Registry
 from genkit.samplers import autoregressive
 from genkit.samplers.adaptive import AdaptiveGrid
 from genkit.samplers.autoencoder import prior
@@ -22,17 +22,14 @@ from genkit.samplers.diffusers import DiffusersSampler
 from genkit.samplers.consistency import consistency
 from genkit.samplers.meanflow import meanflow
 from genkit.samplers.ode import dpmpp_2m, dpmpp_2m_pc, euler, heun, ode
+from genkit.samplers.plan import (ADAPTIVE, GRIDS_FILE, SCHEDULE_NAMES, FittedGrid, GridBook, Plan, UnfittedGrid,
+                                  check_options, fit, make_grid, plan)
 from genkit.samplers.schedules import SCHEDULES
 from genkit.samplers.sde import em, pc
 from genkit.samplers.unipc import unipc
 
-ADAPTIVE = "adaptive"  # a grid fitted to the model and sampler by a pilot solve (`AdaptiveGrid`), not a function of the path alone
-SCHEDULE_NAMES = (*SCHEDULES, ADAPTIVE)
-
 
 def _needs_cache(cfg) -> None:
-    from genkit.nets import NETS
-
     if not NETS[cfg.model.name].extra.get("cache"):
         raise ConfigError(f"sample.sampler: cached sampling needs a net with a cache (pixelcnn); "
                           f"{cfg.model.name} samples naive")
@@ -44,74 +41,50 @@ def _needs_interval(cfg) -> None:
                           "second time (model.interval=true) predicting velocity, as method.name=meanflow trains")
 
 
+def fitted(denoiser: DenoiserLike, x, ts, noise: NoiseSource | None = None, callback: Callback | None = None,
+           progress: bool = False):
+    """The default sampler: of DPM-Solver++(2M) with its corrector and UniPC-3 (`contenders`), the one
+    whose fitted grid solves the model's pilot more accurately (`genkit.samplers.plan.fit`), as stored
+    with the model. Called on a grid of the caller's, it is UniPC-3 (the better of the two on the
+    fixed flow grid in benchmarks/samplers.py)."""
+    return unipc(denoiser, x, ts, noise, callback, progress, order=3)
+
+
+def _takes_no_options(cfg) -> None:
+    if cfg.sample.options:
+        raise ConfigError("sample.options: fitted chooses its sampler's options; name a sampler to set them")
+
+
 SAMPLERS = Registry("sampler")
+SAMPLERS.register("fitted", fitted, check=_takes_no_options, schedule=ADAPTIVE, fixed="flow",
+                  contenders=(("dpmpp_2m_pc", {}), ("unipc", {"order": 3})))  # second order wins at few steps, third at many
 SAMPLERS.register("ddpm", ddpm, schedule="uniform")
 SAMPLERS.register("ddim", ddim, schedule="flow")
 SAMPLERS.register("euler", euler, schedule="flow")
 SAMPLERS.register("heun", heun, schedule="flow")
-SAMPLERS.register("dpmpp_2m", dpmpp_2m, schedule=ADAPTIVE)
-SAMPLERS.register("dpmpp_2m_pc", dpmpp_2m_pc, schedule=ADAPTIVE)
+SAMPLERS.register("dpmpp_2m", dpmpp_2m, schedule=ADAPTIVE, fixed="flow")
+SAMPLERS.register("dpmpp_2m_pc", dpmpp_2m_pc, schedule=ADAPTIVE, fixed="flow")
 SAMPLERS.register("unipc", unipc, schedule="flow")
 SAMPLERS.register("ode", ode, schedule="log_snr")
 SAMPLERS.register("em", em, schedule="uniform")
 SAMPLERS.register("pc", pc, schedule="uniform")
 SAMPLERS.register("meanflow", meanflow, check=_needs_interval, schedule="uniform")
 SAMPLERS.register("consistency", consistency, schedule="uniform")
-SAMPLERS.register("cached", partial(autoregressive.sample, how="cached"), check=_needs_cache, family="autoregressive")
+SAMPLERS.register("cached", partial(autoregressive.sample, how="cached"), check=_needs_cache, family="autoregressive",
+                  passes=1)  # network passes per image (spread over the pixels); naive makes one per pixel
 SAMPLERS.register("naive", partial(autoregressive.sample, how="naive"), family="autoregressive")
 SAMPLERS.register("prior", prior, family="autoencoder")
 
-SIGNATURE = ("denoiser", "x", "ts", "noise", "callback", "progress")  # what every sampler takes; the rest are options
-
-FITTED = "fitted"  # the contender a pilot solve finds most accurate for the model and step count (`AdaptiveGrid.best`)
-FITTED_CONTENDERS = (("dpmpp_2m_pc", {}), ("unipc", {"order": 3}))  # second order wins at few steps, third at many
-SAMPLER_NAMES = (FITTED, *SAMPLERS)
+DEFAULT_SAMPLER = "fitted"  # what `model.sample()` uses unless the config or the caller names a sampler
 
 
-def default_sampler(path) -> str:
-    """The sampler `model.sample()` uses unless the config or the caller names one: `fitted`, on every
-    Gaussian path: DPM-Solver++(2M) with its free corrector or UniPC-3, each on its fitted grid,
-    whichever solves the model's pilot more accurately (`benchmarks/samplers.py` measures it
-    against genkit's other rows)."""
-    return FITTED
+def takes_fitted_grid(name: str) -> bool:
+    """Whether sampler `name` samples by default on a grid fitted to the model (`genkit.samplers.plan`)."""
+    return name in SAMPLERS and SAMPLERS[name].extra.get("schedule") == ADAPTIVE
 
 
-def default_schedule(sampler, path) -> str:
-    """The time grid `sampler` (a name, or a function: `uniform`) gets on `path` unless the caller
-    names one: the sampler's registered grid, unless the path has its own for it. A name in
-    `SCHEDULES`, or `ADAPTIVE`: fitted to the model and sampler (`AdaptiveGrid.fitted`)."""
-    if sampler == FITTED:
-        return ADAPTIVE
-    if not isinstance(sampler, str) or sampler not in SAMPLERS:
-        return "uniform"
-    return path.default_schedule(sampler, SAMPLERS[sampler].extra.get("schedule", "uniform"))
-
-
-def check_options(sampler, options: dict, name: str = "this sampler") -> None:
-    """Raise `ArgumentError` (named by the option) unless `sampler` (a function) takes every one
-    of `options` as a keyword of a fitting type."""
-    try:
-        params = inspect.signature(sampler).parameters
-    except (TypeError, ValueError):  # a builtin or a C callable: nothing to check against
-        return
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return
-    known = {k: p for k, p in params.items() if k not in SIGNATURE and p.kind != p.VAR_POSITIONAL}
-    for key, value in options.items():
-        if key not in known:
-            takes = ", ".join(known) or "none"
-            raise ArgumentError(key, f"not an option of {name} (its options: {takes})")
-        default = known[key].default
-        if default is inspect.Parameter.empty or default is None:
-            continue
-        kind = type(default)
-        fits = isinstance(value, kind) and not (kind is int and isinstance(value, bool)) or \
-            (kind is float and isinstance(value, int) and not isinstance(value, bool))
-        if not fits:
-            raise ArgumentError(key, f"expected a {kind.__name__}, got {value!r}")
-
-
-__all__ = ["ADAPTIVE", "FITTED", "FITTED_CONTENDERS", "SAMPLERS", "SAMPLER_NAMES", "SCHEDULES", "SCHEDULE_NAMES",
-           "AdaptiveGrid", "BatchNoise", "Callback", "Denoiser", "DenoiserLike", "DiffusersSampler",
-           "NoiseSource", "SampleNoise", "check_options", "ddim", "ddpm", "default_sampler", "default_schedule",
-           "dpmpp_2m", "dpmpp_2m_pc", "em", "euler", "heun", "ode", "pc", "unipc"]
+__all__ = ["ADAPTIVE", "DEFAULT_SAMPLER", "GRIDS_FILE", "SAMPLERS", "SCHEDULES", "SCHEDULE_NAMES", "AdaptiveGrid",
+           "BatchNoise", "Callback", "Denoiser", "DenoiserLike", "DiffusersSampler", "FittedGrid", "GridBook",
+           "NoiseSource", "Plan", "SampleNoise", "UnfittedGrid", "check_options", "ddim", "ddpm", "dpmpp_2m",
+           "dpmpp_2m_pc", "em", "euler", "fit", "fitted", "heun", "make_grid", "ode", "pc", "plan", "takes_fitted_grid",
+           "unipc"]

@@ -1,0 +1,73 @@
+"""The evaluation report of a trained model (what `genkit eval` writes to eval.json), for any model kind:
+
+- a Gaussian-path model: `num` samples scored by the `Evaluator` (FID, precision/recall, class
+  coverage) beside the real-data floor, and optionally bits/dim of the first `bpd` test images;
+- an autoregressive model: its exact test NLL (and generative classification), nothing sampled;
+- an autoencoder: PSNR, SSIM and reconstruction FID of the first `num` test images.
+"""
+from __future__ import annotations
+
+from genkit.arguments import check_draw, integer, number
+from genkit.data import label_frequencies, load_images
+from genkit.evaluation.evaluate import Evaluator
+from genkit.registry import ArgumentError
+
+SAMPLING = ("sampler", "steps", "guidance", "labels", "schedule")  # what only a sampled model's report takes
+MAX_PROBES = 1000
+
+
+def evaluation_report(model, num: int = 10_000, seed: int = 0, batch_size: int = 256, precision: str = "no",
+                      progress: bool = True, sampler=None, steps: int | None = None, guidance: float | None = None,
+                      labels=None, schedule=None, compile: bool = False, bpd: int = 0, bpd_estimator: str = "auto",
+                      bpd_probes: int = 4, bpd_tol: float = 1e-5, **options) -> dict:
+    """The report of `model` (`genkit.load(...)`), as a JSON-ready dict; see the module. Sampling
+    arguments go to `model.sample`; `bpd` test images are scored through the probability-flow ODE with
+    `bpd_estimator` (`genkit.likelihood`), `bpd_probes` Hutchinson probes and dopri5 at rtol = atol
+    = `bpd_tol`. `ArgumentError` names an argument that does not apply to the model's kind."""
+    num, seed, batch_size, _, _ = check_draw(num, seed, batch_size)
+    bpd = integer(bpd, "bpd", 0, 10**6)
+    bpd_probes = integer(bpd_probes, "bpd_probes", 1, MAX_PROBES)
+    bpd_tol = number(bpd_tol, "bpd_tol")
+    if not 0 < bpd_tol < 1:
+        raise ArgumentError("bpd_tol", f"must lie in (0, 1), got {bpd_tol}")
+    given = {"sampler": sampler, "steps": steps, "guidance": guidance, "labels": labels, "schedule": schedule}
+    if model.family != "denoiser":
+        why = {"autoregressive": "an autoregressive model, whose likelihood is exact and needs no sampling",
+               "autoencoder": "an autoencoder, which is scored on its reconstructions of the test split"}[model.family]
+        refused = [name for name, value in given.items() if value is not None] + [*options] + \
+            (["bpd"] if bpd else []) + (["compile"] if compile else [])
+        if refused:
+            raise ArgumentError(refused[0], f"does not apply to {why}")
+    head = {"checkpoint": str(model.directory), "seed": seed}
+    if model.family == "autoregressive":
+        test = load_images(model.cfg.data, split="test", limit=num)
+        prior = label_frequencies(model.cfg.data, model.num_classes) if model.num_classes else None
+        scores = model.evaluate(test.images, test.labels, prior, seed=seed, batch_size=batch_size, precision=precision,
+                                progress=progress)
+        return {**head, "precision": precision, **scores}
+    if num < Evaluator.min_images:
+        raise ArgumentError("n", f"evaluation needs at least {Evaluator.min_images} images, got {num}")
+    evaluator = Evaluator(model.cfg.data)  # refuses data it cannot score before anything is drawn
+    if model.family == "autoencoder":
+        test = load_images(model.cfg.data, split="test", limit=num)
+        scores = model.evaluate(test.images, batch_size=batch_size, precision=precision, evaluator=evaluator)
+        floor = evaluator.floor(len(test), seed=seed)
+        return {**head, "precision": precision, **scores,
+                "real_data_floor": {"fid": floor["fid"], "images": floor["images"]}}
+    if bpd and model.codec is not None:
+        raise ArgumentError("bpd", "a latent model's density is over latents, not pixels: it has no bits/dim")
+    drawn = model.sample(num, seed=seed, sampler=sampler, steps=steps, guidance=guidance, labels=labels,
+                         schedule=schedule, batch_size=batch_size, precision=precision, progress=progress,
+                         compile=compile, **options)
+    scores = evaluator.score(drawn.images, drawn.labels, seed=seed)
+    sc = model.cfg.sample
+    report = {**head, "num": num, "sampler": sampler if isinstance(sampler, str) else sc.sampler,
+              "steps": steps or sc.steps, "guidance": sc.guidance if guidance is None else guidance,
+              "nfe": drawn.nfe, "metrics": scores, "real_data_floor": evaluator.floor(num, seed=seed)}
+    if bpd:
+        test = load_images(model.cfg.data, split="test", limit=bpd)
+        mean, stderr, nfe = model.bits_per_dim(test.images, seed=seed, estimator=bpd_estimator, probes=bpd_probes,
+                                               precision=precision, rtol=bpd_tol, atol=bpd_tol, progress=progress)
+        report["bits_per_dim"] = {"images": len(test), "mean": mean, "stderr": stderr, "nfe_per_batch": nfe,
+                                  "estimator": bpd_estimator, "probes": bpd_probes}
+    return report

@@ -1,0 +1,236 @@
+"""Sampling plans: which sampler runs, on which time grid, with which options.
+
+A sampler registered with the `adaptive` grid (`fitted`, `dpmpp_2m`, `dpmpp_2m_pc`) samples best on
+a grid fitted to the model by a pilot solve (`AdaptiveGrid`), which costs many draws' worth of
+network evaluations. So that cost is paid once: `fit` makes a `FittedGrid` for a (sampler, steps,
+guidance, options), a model keeps its fitted grids in a `GridBook` (`grids.json` beside its
+weights), and `plan` reads the book. Where the book has no grid for the call, the sampler runs on
+its registered `fixed` grid (the flow clock: the best fixed grid of genkit's samplers in
+benchmarks/samplers.py) and `plan` says once how to fit one. A pilot runs at draw time only when the
+caller asks for `schedule="adaptive"`.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from genkit.registry import ArgumentError, Registry
+from genkit.samplers.adaptive import AdaptiveGrid
+from genkit.samplers.diffusers import DiffusersSampler
+from genkit.samplers.schedules import SCHEDULES
+
+ADAPTIVE = "adaptive"  # a grid fitted to the model and sampler by a pilot solve (`AdaptiveGrid`), not a function of the path alone
+SCHEDULE_NAMES = (*SCHEDULES, ADAPTIVE)
+GRIDS_FILE = "grids.json"
+FORMAT = 1  # grids.json's layout version
+
+
+class UnfittedGrid(UserWarning):
+    """A sampler that samples best on a fitted grid found none stored for the call: it ran on its fixed grid."""
+
+
+@dataclass(frozen=True)
+class FittedGrid:
+    """A grid fitted to one model for `sampler` (the name asked for) at `steps` steps, guidance
+    `guidance` and the caller's `options`: `runs` (a registered sampler: the contender chosen) runs
+    on `times` with `run_options`; `grid` names the candidate, `distance` is its sliced W2 to the
+    pilot's reference over `pilot_draws` draws."""
+
+    sampler: str
+    steps: int
+    guidance: float
+    options: dict
+    runs: str
+    run_options: dict
+    times: list
+    grid: str
+    distance: float
+    pilot_draws: int
+
+    @property
+    def key(self) -> tuple:
+        return grid_key(self.sampler, self.steps, self.guidance, self.options)
+
+
+def grid_key(sampler: str, steps: int, guidance: float, options: dict) -> tuple:
+    return sampler, int(steps), round(float(guidance), 6), json.dumps(options, sort_keys=True)
+
+
+@dataclass
+class GridBook:
+    """The grids fitted to one model, by (sampler, steps, guidance, options); saved as JSON."""
+
+    grids: dict = field(default_factory=dict)  # grid_key -> FittedGrid
+
+    def __len__(self) -> int:
+        return len(self.grids)
+
+    def find(self, sampler: str, steps: int, guidance: float, options: dict) -> FittedGrid | None:
+        return self.grids.get(grid_key(sampler, steps, guidance, options))
+
+    def add(self, grid: FittedGrid) -> None:
+        self.grids[grid.key] = grid
+
+    def to_json(self) -> str:
+        return json.dumps({"format": FORMAT, "grids": [asdict(g) for g in self.grids.values()]}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str, samplers: Registry) -> "GridBook":
+        """The book in `text`; `ValueError` naming what is wrong (an unknown sampler, a grid that
+        does not descend to 0 in `steps` steps, a field of the wrong kind)."""
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("grids"), list):
+            raise ValueError(f"not a grid book of format {FORMAT}")
+        book = cls()
+        for entry in data["grids"]:
+            try:
+                grid = FittedGrid(**entry)
+            except TypeError as err:
+                raise ValueError(f"a grid with other fields ({err})") from None
+            _check(grid, samplers)
+            book.add(grid)
+        return book
+
+    @classmethod
+    def read(cls, directory: str | Path, samplers: Registry) -> "GridBook":
+        """The book stored in `directory` (empty if there is none). A damaged one is set aside with
+        a warning: sampling then runs on the fixed grids, as with no book."""
+        path = Path(directory) / GRIDS_FILE
+        if not path.is_file():
+            return cls()
+        try:
+            return cls.from_json(path.read_text(), samplers)
+        except (OSError, ValueError) as err:  # JSON's and UTF-8's errors are ValueErrors
+            warnings.warn(f"{path} is damaged ({str(err).splitlines()[0][:200]}); sampling on the fixed grids "
+                          f"until `genkit fit-grid` writes it again", UnfittedGrid, stacklevel=2)
+            return cls()
+
+
+def _check(grid: FittedGrid, samplers: Registry) -> None:
+    if grid.sampler not in samplers or grid.runs not in samplers:
+        raise ValueError(f"unknown sampler {grid.sampler!r} or {grid.runs!r}")
+    if not (isinstance(grid.steps, int) and not isinstance(grid.steps, bool) and 0 < grid.steps < 100_000):
+        raise ValueError(f"steps {grid.steps!r} is not a positive count")
+    times = grid.times
+    if not (isinstance(times, list) and len(times) == grid.steps + 1
+            and all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in times)):
+        raise ValueError(f"the {grid.sampler} grid of {grid.steps} steps does not hold {grid.steps + 1} finite times")
+    if times[-1] != 0 or any(a <= b for a, b in zip(times, times[1:])) or times[0] > 1:
+        raise ValueError(f"the {grid.sampler} grid of {grid.steps} steps does not descend from at most 1 to 0")
+    if not all(isinstance(o, dict) for o in (grid.options, grid.run_options)):
+        raise ValueError("options are not mappings")
+
+
+def make_grid(schedule, path, steps: int) -> torch.Tensor:
+    """[steps + 1] descending times of `schedule` (a `SCHEDULES` name or a function (path, steps))."""
+    if isinstance(schedule, str):
+        if schedule not in SCHEDULES:
+            raise ArgumentError("schedule", f"unknown schedule '{schedule}'; choose from {', '.join(SCHEDULE_NAMES)}")
+        schedule = SCHEDULES[schedule]
+    try:
+        return schedule(path, steps)
+    except ValueError as err:
+        raise ArgumentError("schedule", str(err)) from None
+
+
+def fit(samplers: Registry, name: str, steps: int, guidance: float, options: dict, adaptive: AdaptiveGrid,
+        progress: bool = False) -> FittedGrid:
+    """The grid on which sampler `name` (with `options`) solves `adaptive`'s pilot nearest its reference:
+    for a sampler with `contenders`, the nearest of theirs, each on its own best grid."""
+    contenders = samplers[name].extra.get("contenders") or ((name, options),)
+    best = None
+    for runs, run_options in contenders:
+        sampler = samplers[runs].build
+        adaptive.fitted(sampler, steps, progress, **run_options)
+        chosen, times, chosen_options, errors = adaptive.choices[(sampler, steps, repr(sorted(run_options.items())))]
+        if best is None or errors[chosen] < best.distance:
+            best = FittedGrid(name, steps, float(guidance), dict(options), runs, dict(chosen_options),
+                              [float(t) for t in times.tolist()], chosen, float(errors[chosen]), len(adaptive.draws))
+    return best
+
+
+@dataclass
+class Plan:
+    """What a call samples with: `sampler` (a function of the sampler signature) on `times` with `options`."""
+
+    sampler: Callable
+    times: torch.Tensor
+    options: dict
+
+
+def plan(samplers: Registry, sampler, options: dict, schedule, path, steps: int, guidance: float,
+         book: GridBook, pilot: Callable[[], AdaptiveGrid], seed: int = 0, progress: bool = False) -> Plan:
+    """The plan for sampling `path` in `steps` steps with `sampler` (a `samplers` name, a function, or a
+    diffusers scheduler) and `options`, on `schedule` (a `SCHEDULES` name, `adaptive`, a function,
+    or None: the grid fitted for the call in `book`, else the sampler's own). A sampler whose own grid
+    is `adaptive` and finds none in `book` runs on its `fixed` grid (an `UnfittedGrid` warning says
+    so); `pilot()` is asked for only when the caller names `adaptive`."""
+    name = sampler if isinstance(sampler, str) else None
+    if hasattr(sampler, "set_timesteps"):
+        fn = DiffusersSampler(sampler, seed)
+    else:
+        fn = samplers[name].build if name else sampler
+        from_registry = samplers[name].extra if name else {}
+        if not from_registry.get("contenders"):
+            check_options(fn, options, name or "this sampler")
+        elif options:
+            raise ArgumentError(next(iter(options)), f"{name} chooses its sampler's options; name a sampler to set them")
+    if schedule is None and name is not None:
+        stored = book.find(name, steps, guidance, options)
+        if stored is not None:
+            return Plan(samplers[stored.runs].build, torch.tensor(stored.times, dtype=torch.float64),
+                        dict(stored.run_options))
+    extra = samplers[name].extra if name else {}
+    own = path.default_schedule(extra.get("schedule", "uniform"))
+    if schedule is None and own == ADAPTIVE:
+        fixed = path.default_schedule(extra["fixed"])
+        warnings.warn(f"no grid fitted for {name} at {steps} steps, guidance {guidance:g}: it runs on the fixed "
+                      f"'{fixed}' grid; fit one once with `genkit fit-grid RUN --steps {steps}` (or "
+                      f"`model.fit_grid`), or pass schedule='adaptive' to fit at every call", UnfittedGrid,
+                      stacklevel=3)
+        return Plan(fn, make_grid(fixed, path, steps), options)
+    schedule = schedule or own
+    if schedule != ADAPTIVE:
+        return Plan(fn, make_grid(schedule, path, steps), options)
+    adaptive = pilot()
+    if isinstance(fn, DiffusersSampler):  # its own steps: the equidistributed grid
+        return Plan(fn, make_grid(adaptive, path, steps), options)
+    if name is None:
+        ts, options = adaptive.fitted(fn, steps, progress, **options)
+        return Plan(fn, ts, options)
+    grid = fit(samplers, name, steps, guidance, options, adaptive, progress)
+    return Plan(samplers[grid.runs].build, torch.tensor(grid.times, dtype=torch.float64), dict(grid.run_options))
+
+
+def check_options(sampler, options: dict, name: str = "this sampler") -> None:
+    """Raise `ArgumentError` (named by the option) unless `sampler` (a function) takes every one
+    of `options` as a keyword of a fitting type."""
+    try:
+        params = inspect.signature(sampler).parameters
+    except (TypeError, ValueError):  # a builtin or a C callable: nothing to check against
+        return
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    known = {k: p for k, p in params.items() if k not in SIGNATURE and p.kind != p.VAR_POSITIONAL}
+    for key, value in options.items():
+        if key not in known:
+            takes = ", ".join(known) or "none"
+            raise ArgumentError(key, f"not an option of {name} (its options: {takes})")
+        default = known[key].default
+        if default is inspect.Parameter.empty or default is None:
+            continue
+        kind = type(default)
+        fits = isinstance(value, kind) and not (kind is int and isinstance(value, bool)) or \
+            (kind is float and isinstance(value, int) and not isinstance(value, bool))
+        if not fits:
+            raise ArgumentError(key, f"expected a {kind.__name__}, got {value!r}")
+
+
+SIGNATURE = ("denoiser", "x", "ts", "noise", "callback", "progress")  # what every sampler takes; the rest are options
