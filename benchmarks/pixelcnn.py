@@ -20,7 +20,7 @@ import genkit
 from genkit.config import load_config
 from genkit.data import label_frequencies, load_images
 from genkit.nets import build_net
-from genkit.pipeline import AutoregressiveModel
+from genkit.inference import AutoregressiveModel
 
 
 def timed_sample(model: AutoregressiveModel, num: int, how: str) -> tuple[torch.Tensor, float]:

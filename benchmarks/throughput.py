@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from genkit.config import load_config
 from genkit.nets import build_net
-from genkit.pipeline import build_model
+from genkit.inference import build_model
 
 BATCH, SIZE = 64, 32
 

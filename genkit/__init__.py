@@ -1,8 +1,10 @@
 """genkit: diffusion, score-SDE, rectified-flow, latent and autoregressive generative models."""
 from genkit.config import Config, load_config
-from genkit.pipeline import AutoencoderModel, AutoregressiveModel, GenerativeModel, Samples, load
+from genkit.export import push_to_hub, save_pretrained
+from genkit.inference import AutoencoderModel, AutoregressiveModel, GenerativeModel, Samples
+from genkit.loading import load
 from genkit.registry import ArgumentError, ConfigError
 
 __version__ = "0.1.0"
-__all__ = ["ArgumentError", "AutoencoderModel", "AutoregressiveModel", "Config", "ConfigError", "GenerativeModel", "Samples", "load",
-           "load_config"]
+__all__ = ["ArgumentError", "AutoencoderModel", "AutoregressiveModel", "Config", "ConfigError", "GenerativeModel",
+           "Samples", "load", "load_config", "push_to_hub", "save_pretrained"]

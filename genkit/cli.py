@@ -5,7 +5,22 @@ import argparse
 import os
 import sys
 
+from genkit import __version__
+import genkit
+from genkit.arguments import MAX_NUM, check_draw
+from genkit.assets import RECIPES, recipe_names
+from genkit.checkpoint import EMA_FILE, STATE_FILE, intact_checkpoints, write_grids
+from genkit.config import load_config, parse_scalar, to_dict
+from genkit.evaluation.report import evaluation_report
+from genkit.export.model_card import check_report
+from genkit.files import write_json
+from genkit.images import check_new_dir, check_npz_name, image_format, save_grid, save_images, save_npz
+from genkit.inference import PRECISIONS
+from genkit.plots import plot_loss
+from genkit.reflow import generate_pairs
 from genkit.registry import ArgumentError, ConfigError
+from genkit.samplers import DEFAULT_SAMPLER, SAMPLERS, SCHEDULE_NAMES
+from genkit.training import CheckpointNotWritten, TrainingDiverged, TrainingInterrupted, train
 
 # The library names a bad argument by its parameter (`genkit.registry.ArgumentError`); here is the
 # flag each parameter comes from. Any other name is a sampler option, given with --option.
@@ -14,7 +29,8 @@ FLAGS = {"n": "--num", "labels": "--class-label", "steps": "--steps", "seed": "-
          "batch_size": "--batch-size",
          "path": "--checkpoint", "model": "--checkpoint", "out": "--out", "out_dir": "--out", "runs": "RUN",
          "ema": "--raw-weights", "directory": "--out", "repo_id": "--push", "npz": "--npz",
-         "outdir": "--outdir", "compile": "--compile"}
+         "outdir": "--outdir", "compile": "--compile", "bpd": "--bpd", "bpd_probes": "--bpd-probes",
+         "bpd_tol": "--bpd-tol", "bpd_estimator": "--bpd-estimator"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -76,8 +92,6 @@ def train_parser(prog: str = "train.py") -> Parser:
 
 
 def _precision_flags(p: Parser) -> None:
-    from genkit.pipeline import PRECISIONS
-
     p.add_argument("--precision", choices=PRECISIONS, default="no",
                    help="the net's precision: no (fp32), bf16, fp16, or auto (bf16 where the device has it: recent "
                         "GPUs, CPUs with AMX; else fp16 on a GPU) (default: no)")
@@ -86,8 +100,6 @@ def _precision_flags(p: Parser) -> None:
 
 def _sampling_flags(p: Parser) -> None:
     """Flags shared by `sample` and `eval`: which checkpoint, and how to draw from it."""
-    from genkit.samplers import DEFAULT_SAMPLER, SAMPLERS, SCHEDULE_NAMES
-
     p.add_argument("--checkpoint", required=True, help="run directory (newest checkpoint), checkpoint directory, "
                                                       "export, or Hub repository owner/name")
     p.add_argument("--seed", type=int, default=0, help="seed; sample i depends only on (seed, i)")
@@ -203,8 +215,6 @@ def plot_loss_parser(prog: str = "genkit plot-loss") -> Parser:
 
 
 def _train(args) -> None:
-    from genkit.config import load_config, to_dict
-
     if args.list_recipes:
         return _list_recipes()
     cfg = load_config(args.config, args.overrides)
@@ -212,8 +222,6 @@ def _train(args) -> None:
         import yaml
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return
-    from genkit.training import CheckpointNotWritten, TrainingDiverged, TrainingInterrupted, train
-
     main_process = int(os.environ.get("RANK", "0")) == 0  # under a launcher, speak once
     try:
         final = train(cfg)
@@ -227,8 +235,6 @@ def _train(args) -> None:
         raise SystemExit(128 + err.signum)
     except KeyboardInterrupt:  # before the loop took over the signals, or a second signal during it
         if main_process:
-            from genkit.checkpoint import intact_checkpoints
-
             saved = intact_checkpoints(cfg.output_dir)
             where = f"the newest checkpoint is {saved[-1]} (continue with train.resume=latest)" if saved else \
                 "no checkpoint of this run was saved yet"
@@ -240,24 +246,18 @@ def _train(args) -> None:
 
 def _list_recipes() -> None:
     """Each bundled recipe with the first line of its header comment."""
-    from genkit.assets import RECIPES, recipe_names
-
     for name in recipe_names():
         first = (RECIPES / f"{name}.yaml").read_text().splitlines()[0]
         print(f"{name:<24}{first.lstrip('# ') if first.startswith('#') else ''}")
 
 
 def _check_sampling_flags(args) -> None:
-    from genkit.arguments import check_draw
-
     check_draw(args.num, args.seed, args.batch_size, args.steps, args.guidance)
     if getattr(args, "nrow", None) is not None and not 0 < args.nrow <= args.num:
         raise ConfigError(f"--nrow: must lie in 1..--num ({args.num}), got {args.nrow}")
 
 
 def _sampler_options(items: list[str]) -> dict:
-    from genkit.config import parse_scalar
-
     options = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -276,37 +276,25 @@ def _sampler_options(items: list[str]) -> dict:
     return options
 
 
-def _draw(args, model=None):
-    """Load the checkpoint (unless given) and draw `args.num` images: (model, `Samples`).
+def _draw(args):
+    """Load the checkpoint and draw `args.num` images: (model, `Samples`). Flags a model's kind does
+    not take, and sampler options, are refused by `sample` itself, before anything is drawn."""
+    model = genkit.load(args.checkpoint, ema=not args.raw_weights, device=args.device)
+    drawn = model.sample(args.num, seed=args.seed, labels=args.class_label, batch_size=args.batch_size,
+                         precision=args.precision, **_sampling_arguments(args))
+    return model, drawn
 
-    Flags the model's `sample` does not take (steps, guidance, ... for autoregressive models)
-    are refused before anything is drawn; sampler options are checked by `sample` itself."""
-    import inspect
 
-    import genkit
-
-    options = _sampler_options(args.option)
-    model = model or genkit.load(args.checkpoint, ema=not args.raw_weights, device=args.device)
+def _sampling_arguments(args) -> dict:
+    """The sampling flags given, as `model.sample`'s keyword arguments (sampler options among them)."""
     given = {name: getattr(args, name) for name in ("sampler", "steps", "guidance", "schedule")
              if getattr(args, name) is not None}
-    if args.compile:
-        given["compile"] = True
-    takes = inspect.signature(model.sample).parameters
-    for name in [*given, *(["options"] if options else [])]:
-        if name not in takes and not (name == "options" and any(p.kind == p.VAR_KEYWORD for p in takes.values())):
-            flag = FLAGS.get(name, "--option")
-            raise ConfigError(f"{flag}: does not apply to {model.family} models")
-    drawn = model.sample(args.num, seed=args.seed, labels=args.class_label, batch_size=args.batch_size,
-                         precision=args.precision, **given, **options)
-    return model, drawn
+    return {**given, **({"compile": True} if args.compile else {}), **_sampler_options(args.option)}
 
 
 def _check_out(path: str) -> None:
     """Refuse, before any work, an output file the run cannot write or must not overwrite."""
     from pathlib import Path
-
-    from genkit.checkpoint import EMA_FILE, STATE_FILE
-    from genkit.images import image_format
 
     out = Path(path)
     image_format(out)
@@ -317,8 +305,6 @@ def _check_out(path: str) -> None:
 
 
 def _sample(args) -> None:
-    from genkit.images import check_new_dir, check_npz_name, save_grid, save_images, save_npz
-
     _check_sampling_flags(args)
     if args.out is None and not (args.outdir or args.npz):
         args.out = "grid.png"
@@ -336,104 +322,35 @@ def _sample(args) -> None:
 
 
 def _eval(args) -> None:
-    import genkit
-    from genkit.evaluation import Evaluator
-    from genkit.files import write_json
-
     _check_sampling_flags(args)
-    if args.bpd < 0:
-        raise ConfigError(f"--bpd: must not be negative, got {args.bpd}")
-    if not 0 < args.bpd_tol < 1:
-        raise ConfigError(f"--bpd-tol: must lie in (0, 1), got {args.bpd_tol}")
-    if not 1 <= args.bpd_probes <= 1000:
-        raise ConfigError(f"--bpd-probes: must lie in 1..1000, got {args.bpd_probes}")
     model = genkit.load(args.checkpoint, ema=not args.raw_weights, device=args.device)
-    if model.family == "autoregressive":  # exact likelihoods: nothing to sample
-        return _eval_autoregressive(args, model)
-    if model.family == "autoencoder":  # reconstructions: nothing to sample
-        return _eval_autoencoder(args, model)
-    if args.num < Evaluator.min_images:
-        raise ConfigError(f"--num: evaluation needs at least {Evaluator.min_images} samples, got {args.num}")
-    if args.bpd and model.codec is not None:
-        raise ConfigError("--bpd: a latent model's density is over latents, not pixels: it has no bits/dim")
-    evaluator = Evaluator(model.cfg.data)  # refuses data it cannot score before anything is drawn
-    model, drawn = _draw(args, model)
-    scores, floor = evaluator.score(drawn.images, drawn.labels, seed=args.seed), evaluator.floor(args.num, seed=args.seed)
-    if floor["images"] < args.num:
-        print(f"note: the real-data floor scores all {floor['images']} training images the split holds, not "
-              f"{args.num}; FID depends on how many images it compares, so compare with care", file=sys.stderr)
-    sc = model.cfg.sample
-    report = {"checkpoint": str(model.directory), "num": args.num, "seed": args.seed,
-              "sampler": args.sampler or sc.sampler, "steps": args.steps or sc.steps,
-              "guidance": sc.guidance if args.guidance is None else args.guidance,
-              "nfe": drawn.nfe, "metrics": scores, "real_data_floor": floor}
-    if args.bpd:
-        from genkit.data import load_images
-
-        test = load_images(model.cfg.data, split="test", limit=args.bpd)
-        bpd, err, nfe = model.bits_per_dim(test.images, seed=args.seed, estimator=args.bpd_estimator,
-                                           probes=args.bpd_probes, precision=args.precision, rtol=args.bpd_tol,
-                                           atol=args.bpd_tol)
-        report["bits_per_dim"] = {"images": len(test), "mean": bpd, "stderr": err, "nfe_per_batch": nfe,
-                                  "estimator": args.bpd_estimator, "probes": args.bpd_probes}
-        scores = {**scores, "bits_per_dim": bpd}
-    print(f"{'metric':<20}{'model':>10}{'real data':>12}")
-    for key, value in scores.items():
-        print(f"{key:<20}{value:>10.4g}" + (f"{floor[key]:>12.4g}" if key in floor else f"{'-':>12}"))
+    report = evaluation_report(model, args.num, seed=args.seed, batch_size=args.batch_size, precision=args.precision,
+                               labels=args.class_label, bpd=args.bpd, bpd_estimator=args.bpd_estimator,
+                               bpd_probes=args.bpd_probes, bpd_tol=args.bpd_tol, **_sampling_arguments(args))
+    if "metrics" in report:  # a sampled model: its metrics beside the real data's
+        scores, floor = report["metrics"], report["real_data_floor"]
+        if floor["images"] < args.num:
+            print(f"note: the real-data floor scores all {floor['images']} training images the split holds, not "
+                  f"{args.num}; FID depends on how many images it compares, so compare with care", file=sys.stderr)
+        if "bits_per_dim" in report:
+            scores = {**scores, "bits_per_dim": report["bits_per_dim"]["mean"]}
+        print(f"{'metric':<20}{'model':>10}{'real data':>12}")
+        for key, value in scores.items():
+            print(f"{key:<20}{value:>10.4g}" + (f"{floor[key]:>12.4g}" if key in floor else f"{'-':>12}"))
+        what = f"{args.num} samples, {report['nfe']} network evaluations each"
+    else:  # scored on the test split: NLL, or reconstructions
+        for key, value in report.items():
+            if isinstance(value, float):
+                print(f"{key:<26}{value:>12.6g}")
+        if "real_data_floor" in report:
+            print(f"{'fid floor':<26}{report['real_data_floor']['fid']:>12.6g}  (real training images against the "
+                  f"test split)")
+        what = f"{report['images']} test images"
     write_json(args.json, report)
-    print(f"wrote {args.json} ({args.num} samples, {drawn.nfe} network evaluations each)")
-
-
-def _refuse_sampling_flags(args, why: str) -> None:
-    """For models `eval` scores without sampling: the first sampling flag given is an error."""
-    given = [f for f in ("steps", "sampler", "schedule", "guidance", "class_label") if getattr(args, f) is not None]
-    given += [f for f in ("option", "bpd") if getattr(args, f)]
-    if given:
-        raise ConfigError(f"--{given[0].replace('_', '-')}: does not apply to {why}")
-
-
-def _eval_autoregressive(args, model) -> None:
-    from genkit.data import label_frequencies, load_images
-
-    _refuse_sampling_flags(args, "an autoregressive model, whose likelihood is exact and needs no sampling")
-    test = load_images(model.cfg.data, split="test", limit=args.num)
-    prior = label_frequencies(model.cfg.data, model.num_classes) if model.num_classes else None
-    scores = model.evaluate(test.images, test.labels, prior, seed=args.seed, batch_size=args.batch_size,
-                            precision=args.precision)
-    from genkit.files import write_json
-
-    report = {"checkpoint": str(model.directory), "seed": args.seed, "precision": args.precision, **scores}
-    for key, value in scores.items():
-        print(f"{key:<26}{value:>12.6g}")
-    write_json(args.json, report)
-    print(f"wrote {args.json} ({len(test)} test images)")
-
-
-def _eval_autoencoder(args, model) -> None:
-    from genkit.data import load_images
-    from genkit.evaluation import Evaluator
-    from genkit.files import write_json
-
-    _refuse_sampling_flags(args, "an autoencoder, which is scored on its reconstructions of the test split")
-    if args.num < Evaluator.min_images:
-        raise ConfigError(f"--num: evaluation needs at least {Evaluator.min_images} images, got {args.num}")
-    test = load_images(model.cfg.data, split="test", limit=args.num)
-    evaluator = Evaluator(model.cfg.data)
-    scores = model.evaluate(test.images, batch_size=args.batch_size, precision=args.precision, evaluator=evaluator)
-    floor = evaluator.floor(len(test), seed=args.seed)["fid"]
-    report = {"checkpoint": str(model.directory), "seed": args.seed, "precision": args.precision, **scores,
-              "real_data_floor": {"fid": floor}}
-    for key, value in scores.items():
-        print(f"{key:<20}{value:>12.6g}")
-    print(f"{'fid floor':<20}{floor:>12.6g}  ({len(test)} real training images against the test split)")
-    write_json(args.json, report)
-    print(f"wrote {args.json} ({len(test)} test images reconstructed)")
+    print(f"wrote {args.json} ({what})")
 
 
 def _reflow(args) -> None:
-    import genkit
-    from genkit.reflow import generate_pairs
-
     args.guidance = None
     _check_sampling_flags(args)
     model = genkit.load(args.checkpoint, device=args.device)
@@ -445,19 +362,13 @@ def _reflow(args) -> None:
 def _export(args) -> None:
     import json
 
-    import genkit
-
     if not args.out and not args.push:
         raise ConfigError("--out or --push: say where the export goes")
-    from genkit.arguments import MAX_NUM
-
     if not 0 <= args.grid <= MAX_NUM:
         raise ConfigError(f"--grid: must lie in 0..{MAX_NUM}, got {args.grid}")
     metrics = None
     if args.metrics:
         from pathlib import Path
-
-        from genkit.model_card import check_report
 
         try:
             metrics = check_report(json.loads(Path(args.metrics).read_text()))
@@ -467,16 +378,13 @@ def _export(args) -> None:
             raise ConfigError(f"--metrics: {args.metrics}: {err.problem}") from None
     model = genkit.load(args.checkpoint, ema=not args.raw_weights, device=args.device)
     if args.out:
-        print(f"wrote {model.save_pretrained(args.out, metrics=metrics, grid=args.grid, repo_id=args.push)}")
+        print(f"wrote {genkit.save_pretrained(model, args.out, metrics=metrics, grid=args.grid, repo_id=args.push)}")
     if args.push:
-        print(f"pushed {model.push_to_hub(args.push, private=args.private, metrics=metrics, grid=args.grid)}")
+        print(f"pushed {genkit.push_to_hub(model, args.push, private=args.private, metrics=metrics, grid=args.grid)}")
 
 
 def _fit_grid(args) -> None:
     from pathlib import Path
-
-    import genkit
-    from genkit.checkpoint import write_grids
 
     if not Path(args.checkpoint).is_dir():
         raise ConfigError(f"RUN: {args.checkpoint} is not a directory here; the grid is stored beside the weights")
@@ -491,8 +399,6 @@ def _fit_grid(args) -> None:
 
 
 def _plot_loss(args) -> None:
-    from genkit.plots import plot_loss
-
     print(f"wrote {plot_loss(args.runs, args.out, log_scale=not args.linear)}")
 
 
@@ -525,8 +431,6 @@ COMMANDS = {
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--version":
-        from genkit import __version__
-
         print(f"genkit {__version__}")
         return 0
     if not argv or argv[0] not in COMMANDS:

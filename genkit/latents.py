@@ -26,6 +26,8 @@ from genkit.arguments import reason
 from genkit.checkpoint import AUTOENCODER_DIR, CONFIG_FILE, EMA_FILE, STATS_FILE, load_export
 from genkit.config import Config, ConfigError, load_config, save_config
 from genkit.data import ImageData
+from genkit.nets import build_net
+from genkit.registry import ArgumentError
 
 
 class LatentCodec:
@@ -40,8 +42,6 @@ class LatentCodec:
     def from_run(cls, path: str | Path) -> "LatentCodec":
         """The autoencoder of a run or checkpoint directory trained with `method.name: vae` (EMA
         weights), not yet normalised."""
-        from genkit.registry import ArgumentError
-
         try:
             cfg, net, directory = load_export(path)
         except ArgumentError as err:
@@ -94,8 +94,6 @@ class LatentCodec:
 
     @classmethod
     def load(cls, directory: Path) -> "LatentCodec":
-        from genkit.nets import build_net
-
         try:
             cfg = load_config(directory / CONFIG_FILE)
             net = build_net(cfg)

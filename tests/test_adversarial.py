@@ -728,9 +728,9 @@ def test_the_issues_api_calls_raise_argument_error(two_checkpoints, call_):
 
 
 def test_the_diffusers_pipeline_checks_its_arguments_like_sample(two_checkpoints, tmp_path):
-    from genkit.diffusers_pipeline import GenkitPipeline
+    from genkit.export.diffusers_pipeline import GenkitPipeline
 
-    export = _loaded(two_checkpoints).save_pretrained(tmp_path / "export", grid=0)
+    export = genkit.save_pretrained(_loaded(two_checkpoints), tmp_path / "export", grid=0)
     pipe = GenkitPipeline.from_pretrained(str(export))
     for kwargs, name in [({"batch_size": 0}, "batch_size"), ({"batch_size": -2}, "batch_size"),
                          ({"class_labels": [1.7]}, "labels"), ({"class_labels": 1.5}, "labels"),
@@ -742,7 +742,7 @@ def test_the_diffusers_pipeline_checks_its_arguments_like_sample(two_checkpoints
 
 def test_scoring_no_images_raises_argument_error(tiny_cfg):
     from genkit.nets import build_net
-    from genkit.pipeline import build_model
+    from genkit.inference import build_model
 
     cfg = tiny_cfg("model.name=pixelcnn", "method.name=autoregressive", "sample.sampler=cached")
     model = build_model(cfg, build_net(cfg))
@@ -852,7 +852,7 @@ def test_a_lock_whose_pid_now_names_another_process_is_stale(imagefolder, tmp_pa
     import os
     import socket
 
-    from genkit.run_dir import RunLock, _started
+    from genkit.training.run_dir import RunLock, _started
 
     run = tmp_path / "run"
     run.mkdir()

@@ -11,7 +11,7 @@ from genkit.config import load_config
 from genkit.nets.pixelcnn import PixelCNNConfig
 from genkit.methods.autoregressive import Autoregressive, binarize, discretize, log_likelihood, pixel_log_probs
 from genkit.nets import MADE, PixelCNN
-from genkit.pipeline import AutoregressiveModel
+from genkit.inference import AutoregressiveModel
 from genkit.samplers.autoregressive import conditionals, draw, sample
 from genkit.training import train
 from tests.conftest import run_script as run
@@ -237,7 +237,7 @@ def test_eval_cli_refuses_sampling_flags_for_autoregressive_models(pixelcnn_run)
 @pytest.mark.parametrize("args, needle", [
     (["--steps", "5"], "--steps: does not apply"),
     (["--sampler", "ddim"], "--sampler: unknown sampler 'ddim'; choose from cached, naive"),
-    (["--option", "eta=1"], "--option: does not apply to autoregressive models"),
+    (["--option", "eta=1"], "--option eta: does not apply to autoregressive models"),
     (["--compile"], "--compile: does not apply to autoregressive models"),
 ])
 def test_sample_cli_refuses_diffusion_flags_for_autoregressive_models(pixelcnn_run, args, needle):

@@ -5,7 +5,7 @@ import torch
 
 import genkit
 from genkit.cli import sample_main
-from genkit.pipeline import pick_device
+from genkit.inference import pick_device
 from genkit.registry import ArgumentError
 from genkit.training import train
 from tests.conftest import call

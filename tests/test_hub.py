@@ -14,7 +14,7 @@ from PIL import Image
 
 import genkit
 from genkit.config import load_config
-from genkit.diffusers_pipeline import GenkitPipeline
+from genkit.export.diffusers_pipeline import GenkitPipeline
 from genkit.registry import ArgumentError
 from genkit.training import train
 from tests.conftest import ROOT, call, tiny_overrides
@@ -41,7 +41,7 @@ def test_save_pretrained_round_trips_and_its_card_tells_the_truth(runs, tmp_path
     assert model.training["step"] == 2 and model.training["train_seconds"] > 0
     report = {"num": 100, "sampler": "heun", "steps": 10, "nfe": 19, "metrics": {"fid": 7.25, "precision": 0.5},
               "real_data_floor": {"fid": 2.5, "precision": 0.75}}
-    out = model.save_pretrained(tmp_path / "export", metrics=report, grid=4, repo_id="me/tiny-flow")
+    out = genkit.save_pretrained(model, tmp_path / "export", metrics=report, grid=4, repo_id="me/tiny-flow")
     assert {p.name for p in out.iterdir()} >= {"model_index.json", "model", "scheduler", "README.md", "samples.png",
                                                "genkit.json", "pipeline.py"}
     again = genkit.load(out)
@@ -52,10 +52,10 @@ def test_save_pretrained_round_trips_and_its_card_tells_the_truth(runs, tmp_path
     assert card.startswith("---\nlibrary_name: genkit\n")
     assert "| fid | 7.25 | 2.5 |" in card and "2 training steps in" in card and 'genkit.load("me/tiny-flow")' in card
     assert "![samples](samples.png)" in card and Image.open(out / "samples.png").size == (2 * 18 + 2, 2 * 18 + 2)
-    again.save_pretrained(out, grid=0)  # re-exporting over an export replaces it, card data kept
+    genkit.save_pretrained(again, out, grid=0)  # re-exporting over an export replaces it, card data kept
     assert "| fid | 7.25 |" in (out / "README.md").read_text() and not (out / "samples.png").exists()
     with pytest.raises(ArgumentError, match="exists and is not a genkit export"):
-        model.save_pretrained(runs["flow"])  # never over a run
+        genkit.save_pretrained(model, runs["flow"])  # never over a run
     with pytest.raises(ArgumentError, match="ema: .* one set of weights"):
         genkit.load(out, ema=False)
 
@@ -63,7 +63,7 @@ def test_save_pretrained_round_trips_and_its_card_tells_the_truth(runs, tmp_path
 @pytest.mark.parametrize("kind", ["flow", "ddpm", "sde", "pixelcnn", "flow-patch"])
 def test_pipeline_draws_what_model_sample_draws(runs, tmp_path, kind):
     model = genkit.load(runs[kind])
-    pipe = GenkitPipeline.from_pretrained(model.save_pretrained(tmp_path / "export", grid=0))
+    pipe = GenkitPipeline.from_pretrained(genkit.save_pretrained(model, tmp_path / "export", grid=0))
     pipe.set_progress_bar_config(disable=True)
     expected = {"flow": "FlowMatchEulerDiscreteScheduler", "ddpm": "DPMSolverMultistepScheduler"}.get(kind.split("-")[0])
     assert type(pipe.scheduler).__name__ == expected if expected else pipe.scheduler is None
@@ -83,7 +83,7 @@ def test_pipeline_draws_what_model_sample_draws(runs, tmp_path, kind):
 
 
 def test_pipeline_step_callback_and_bad_arguments(runs, tmp_path):
-    pipe = GenkitPipeline.from_pretrained(genkit.load(runs["flow"]).save_pretrained(tmp_path / "e", grid=0))
+    pipe = GenkitPipeline.from_pretrained(genkit.save_pretrained(genkit.load(runs["flow"]), tmp_path / "e", grid=0))
     pipe.set_progress_bar_config(disable=True)
     seen = []
 
@@ -106,7 +106,7 @@ def test_diffusion_pipeline_loads_an_export_by_its_pipeline_file(runs, tmp_path,
     from diffusers.utils import dynamic_modules_utils
 
     monkeypatch.setattr(dynamic_modules_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
-    out = genkit.load(runs["ddpm"]).save_pretrained(tmp_path / "export", grid=0)
+    out = genkit.save_pretrained(genkit.load(runs["ddpm"]), tmp_path / "export", grid=0)
     pipe = DiffusionPipeline.from_pretrained(out, custom_pipeline="pipeline", trust_remote_code=True)
     assert isinstance(pipe, GenkitPipeline)
     pipe.set_progress_bar_config(disable=True)
@@ -122,7 +122,7 @@ def fake_hub_cache(export, cache, repo_id="someone/tiny", commit="0" * 40):
 
 
 def test_hub_ids_load_from_the_cache_offline_and_fail_in_one_line(runs, tmp_path):
-    export = genkit.load(runs["flow"]).save_pretrained(tmp_path / "export", grid=0)
+    export = genkit.save_pretrained(genkit.load(runs["flow"]), tmp_path / "export", grid=0)
     fake_hub_cache(export, tmp_path / "cache")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "cache")}
 
@@ -152,13 +152,13 @@ def test_push_to_hub_uploads_the_export(runs, monkeypatch):
         return "https://huggingface.co/me/tiny/commit/abc"
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-    url = genkit.load(runs["ddpm"]).push_to_hub("me/tiny", private=True, grid=0)
+    url = genkit.push_to_hub(genkit.load(runs["ddpm"]), "me/tiny", private=True, grid=0)
     assert url.endswith("/commit/abc") and calls["create"] == ("me/tiny", True, True)
     assert {"model_index.json", "model/config.json", "model/diffusion_pytorch_model.safetensors",
             "scheduler/scheduler_config.json", "README.md", "genkit.json"} <= set(calls["files"])
     assert 'genkit.load("me/tiny")' in calls["card"]
     with pytest.raises(ArgumentError, match="repo_id: expected owner/name"):
-        genkit.load(runs["ddpm"]).push_to_hub("no-owner")
+        genkit.push_to_hub(genkit.load(runs["ddpm"]), "no-owner")
 
 
 def test_export_cli_writes_and_refuses_offline_pushes(runs, tmp_path):

@@ -177,4 +177,4 @@ def test_autoencoder_eval_reports_reconstruction_metrics(digits, tmp_path):
     model = genkit.load(out)
     assert model.sample(3, seed=0, progress=False).images.shape == (3, 1, 32, 32)  # decoded prior draws
     with pytest.raises(genkit.ArgumentError, match="exports hold pixel-space denoisers"):
-        model.save_pretrained(tmp_path / "export")
+        genkit.save_pretrained(model, tmp_path / "export")

@@ -12,7 +12,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 from genkit.methods import make_betas
 from genkit.paths import DiscreteVPPath
-from genkit.pipeline import GenerativeModel, half_dtype
+from genkit.inference import GenerativeModel, half_dtype
 from genkit.registry import ArgumentError
 from genkit.samplers import SAMPLERS, Denoiser, ddim
 from tests.conftest import perturb
@@ -437,7 +437,7 @@ def test_compiled_sampling_draws_the_eager_samples(tiny_cfg, precision):
 
 
 def test_precision_auto_follows_the_hardware(tiny_cfg, monkeypatch):
-    from genkit.pipeline import hardware_precision
+    from genkit.inference import hardware_precision
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # a V100 or T4
     assert hardware_precision(torch.device("cuda")) == "fp16" and hardware_precision(torch.device("mps")) == "fp16"

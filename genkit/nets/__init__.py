@@ -10,6 +10,7 @@ from torch import nn
 
 from genkit.nets import dit, made, pixelcnn, unet, vae
 from genkit.nets.dit import DiT
+from genkit.nets.layers import input_shape
 from genkit.nets.made import MADE
 from genkit.nets.pixelcnn import PixelCNN
 from genkit.nets.unet import UNet
@@ -24,18 +25,10 @@ NETS.register("made", made.build, made.MADEConfig, made.check, family="autoregre
 NETS.register("fvsbn", made.build_fvsbn, None, made.check, family="autoregressive")
 NETS.register("vae", vae.build, vae.AutoencoderConfig, vae.check, family="autoencoder")
 
-__all__ = ["DiT", "MADE", "NETS", "PixelCNN", "UNet", "build_net"]
+__all__ = ["DiT", "MADE", "NETS", "PixelCNN", "UNet", "build_net", "input_shape"]
 
 
 def build_net(cfg) -> nn.Module:
     """The net named by `cfg.model.name`, sized for `cfg.data` images (or their latents)."""
     return NETS[cfg.model.name].build(cfg)
 
-
-def input_shape(cfg) -> tuple[int, int]:
-    """(channels, size) of what a denoiser sees: `cfg.data`'s images, or with `data.autoencoder`
-    their latents (`data.latent_channels`, `data.latent_size`; 0 until the trainer reads them off
-    the autoencoder)."""
-    if cfg.data.autoencoder:
-        return cfg.data.latent_channels, cfg.data.latent_size
-    return cfg.data.channels, cfg.data.image_size

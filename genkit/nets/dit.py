@@ -14,7 +14,7 @@ from torch import nn
 
 from dataclasses import dataclass
 
-from genkit.nets.layers import Attention, ConditionEmbedding, InputSkip, zero_module
+from genkit.nets.layers import Attention, ConditionEmbedding, InputSkip, input_shape, zero_module
 from genkit.registry import ConfigError, require
 
 
@@ -31,8 +31,6 @@ class DiTConfig:
 
 def check(cfg) -> None:
     """Patches tile the image; heads split the width; the 2-D sin-cos embedding needs width % 4 == 0."""
-    from genkit.nets import input_shape
-
     dit, size = cfg.model.dit, input_shape(cfg)[1]
     size_key = "data.latent_size" if cfg.data.autoencoder else "data.image_size"
     require(dit, "model.dit", positive=["patch_size", "hidden_size", "num_heads", "mlp_ratio"], layers=["depth"])
@@ -45,8 +43,6 @@ def check(cfg) -> None:
 
 
 def build(cfg) -> "DiT":
-    from genkit.nets import input_shape
-
     return DiT(cfg.model.dit, *input_shape(cfg), cfg.model.num_classes, cfg.model.interval)
 
 

@@ -138,3 +138,12 @@ def zero_module(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         nn.init.zeros_(p)
     return module
+
+
+def input_shape(cfg) -> tuple[int, int]:
+    """(channels, size) of what a denoiser sees: `cfg.data`'s images, or with `data.autoencoder`
+    their latents (`data.latent_channels`, `data.latent_size`; 0 until the trainer reads them off
+    the autoencoder)."""
+    if cfg.data.autoencoder:
+        return cfg.data.latent_channels, cfg.data.latent_size
+    return cfg.data.channels, cfg.data.image_size

@@ -25,7 +25,7 @@ from torch import nn
 
 from dataclasses import dataclass
 
-from genkit.nets.layers import Attention, ConditionEmbedding, GroupNorm, InputSkip, zero_module
+from genkit.nets.layers import Attention, ConditionEmbedding, GroupNorm, InputSkip, input_shape, zero_module
 from genkit.registry import MAX_LAYERS, ConfigError, require
 
 
@@ -50,8 +50,6 @@ class UNetConfig:
 def check(cfg) -> None:
     """What a run config must satisfy for a UNet: GroupNorm's 32 groups, whole attention heads,
     and an image size that splits into patches and then halves at every level."""
-    from genkit.nets import input_shape
-
     unet, size = cfg.model.unet, input_shape(cfg)[1]
     size_key = "data.latent_size" if cfg.data.autoencoder else "data.image_size"
     require(unet, "model.unet", positive=["channels", "head_channels", "patch_size"], unit=["dropout"])
@@ -74,8 +72,6 @@ def check(cfg) -> None:
 
 
 def build(cfg) -> "UNet":
-    from genkit.nets import input_shape
-
     return UNet(cfg.model.unet, *input_shape(cfg), cfg.model.num_classes, cfg.model.interval)
 
 

@@ -99,7 +99,7 @@ images = model.sample(16, seed=0).pil()
 With diffusers:
 
 ```python
-from genkit.diffusers_pipeline import GenkitPipeline
+from genkit.export.diffusers_pipeline import GenkitPipeline
 
 pipe = GenkitPipeline.from_pretrained("{name}")
 images = pipe({labels}num_inference_steps=10).images

@@ -1,4 +1,5 @@
-"""A trained model for inference: `genkit.load("runs/x").sample(16, seed=0)`."""
+"""Trained models for inference: a Gaussian-path model (in pixels or latents), an autoregressive
+model and an autoencoder, each with `sample` and scores of its own; `genkit.load` makes them."""
 from __future__ import annotations
 
 import copy
@@ -11,7 +12,12 @@ from tqdm.auto import tqdm
 
 from genkit.arguments import check_draw, check_images, class_labels
 from genkit.config import Config
+from genkit.evaluation.metrics import psnr, ssim
+from genkit.images import to_pil
+from genkit.inference.devices import half_dtype, pick_device
+from genkit.likelihood import dataset_bits_per_dim
 from genkit.methods import METHODS, build_path
+from genkit.methods.autoregressive import discretize, log_likelihood
 from genkit.nets import input_shape
 from genkit.registry import ArgumentError, ConfigError
 from genkit.samplers import (SAMPLERS, AdaptiveGrid, Callback, Denoiser, FittedGrid, GridBook, SampleNoise, fit,
@@ -34,61 +40,14 @@ class Samples:
 
     def pil(self) -> list:
         """The images as a list of PIL images (mode L or RGB)."""
-        from genkit.images import to_pil
-
         return to_pil(self.images)
-
-
-def pick_device(name: str | torch.device = "auto") -> torch.device:
-    """`auto` (CUDA, else Apple's MPS, else the CPU), `cpu`, `cuda`, `cuda:N` or `mps`, checked
-    against what this machine has."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ArgumentError("device", f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ArgumentError("device", f"{name}: this machine has no CUDA device")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ArgumentError("device", f"{name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ArgumentError("device", f"{name}: MPS is not available on this machine")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ArgumentError("device", f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
-    return device
-
-
-PRECISIONS = ("no", "bf16", "fp16", "auto")
-
-
-def hardware_precision(device: torch.device) -> str:
-    """The half precision `device` computes fast: bf16 where it has it (recent GPUs, CPUs with
-    AMX), fp16 on other GPUs and on Apple's MPS, else none (`no`)."""
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "mps":
-        return "fp16"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
-
-
-def half_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision` (no, bf16, fp16, or auto: `hardware_precision`), or None."""
-    if precision not in PRECISIONS:
-        raise ArgumentError("precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "auto":
-        precision = hardware_precision(device)
-    return {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 class TrainedModel:
     """A trained net with its config, on a device; knows the model's classes."""
 
     family = "denoiser"  # which samplers in `genkit.samplers.SAMPLERS` apply
+    described = "models on a Gaussian path"  # for messages: "does not apply to ..."
 
     def __init__(self, cfg: Config, net: torch.nn.Module, device: str | torch.device = "cpu"):
         self.cfg, self.device = cfg, pick_device(device)
@@ -103,19 +62,12 @@ class TrainedModel:
         self.net = self.net.to(self.device)
         return self
 
-    def save_pretrained(self, directory: str | Path, metrics: dict | None = None, grid: int = 64,
-                        repo_id: str | None = None) -> Path:
-        """Export for `genkit.load` and diffusers' `GenkitPipeline`, with a model card (see `genkit.hub`)."""
-        from genkit.hub import save_pretrained
-
-        return save_pretrained(self, directory, metrics, grid, repo_id)
-
-    def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None,
-                    metrics: dict | None = None, grid: int = 64) -> str:
-        """Export and upload to the Hub repository `repo_id` (created if needed); returns the commit URL."""
-        from genkit.hub import push_to_hub
-
-        return push_to_hub(self, repo_id, private=private, token=token, metrics=metrics, grid=grid)
+    def refuse(self, **given) -> None:
+        """`ArgumentError` for the first of `given` (name -> value) that is set (not None or False):
+        arguments of the shared `sample` signature that this kind of model does not take."""
+        for name, value in given.items():
+            if value is not None and value is not False:
+                raise ArgumentError(name, f"does not apply to {self.described}")
 
     @property
     def num_classes(self) -> int:
@@ -300,8 +252,6 @@ class GenerativeModel(TrainedModel):
         unconditional density p(x): the null class of a conditional model), with uniform
         dequantization: (mean, standard error, network evaluations per batch). `options` go to
         `genkit.likelihood.estimate_log_likelihood` (estimator, probes, probe, method, rtol, atol, t_min)."""
-        from genkit.likelihood import dataset_bits_per_dim
-
         if self.codec is not None:
             raise ArgumentError("images", "a latent model's density is over latents, not pixels: no bits/dim")
         check_images(images, batch_size)
@@ -315,6 +265,7 @@ class AutoregressiveModel(TrainedModel):
     pixel by pixel, scores exact log-likelihoods, and classifies by Bayes' rule."""
 
     family = "autoregressive"
+    described = "autoregressive models"
 
     def __init__(self, cfg: Config, net: torch.nn.Module, device: str | torch.device = "cpu"):
         super().__init__(cfg, net, device)
@@ -323,10 +274,15 @@ class AutoregressiveModel(TrainedModel):
             self.net = self.net.to(memory_format=torch.channels_last)
 
     @torch.no_grad()
-    def sample(self, n: int, seed: int = 0, sampler: str | None = None, labels=None, batch_size: int = 256,
-               progress: bool = True, precision: str = "no", start_index: int = 0) -> Samples:
+    def sample(self, n: int, seed: int = 0, sampler: str | None = None, steps: int | None = None,
+               guidance: float | None = None, labels=None, schedule=None, batch_size: int = 256, progress: bool = True,
+               precision: str = "no", clip_x0: bool = True, start_index: int = 0, callback=None,
+               compile: bool = False, **options) -> Samples:
         """Draw `n` images [n, 1, H, W] in [0, 1] in raster order; `sampler` is `cached` (PixelCNN
-        only) or `naive`, which draw the same images. Sample i depends only on (seed, start_index + i)."""
+        only) or `naive`, which draw the same images. Sample i depends only on (seed, start_index + i).
+        The signature is every model's; `steps`, `guidance`, `schedule`, `callback`, `compile` and
+        sampler options do not apply here (`ArgumentError`)."""
+        self.refuse(steps=steps, guidance=guidance, schedule=schedule, callback=callback, compile=compile, **options)
         n, seed, batch_size, _, _ = check_draw(n, seed, batch_size)
         how = sampler or self.cfg.sample.sampler
         draw = self.registered_sampler(how)
@@ -347,8 +303,6 @@ class AutoregressiveModel(TrainedModel):
     def log_likelihood(self, pixels: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 256,
                        precision: str = "no") -> torch.Tensor:
         """Exact log p(x | y) in nats of integer pixels [N, 1, H, W] (y = None: the null class): [N]."""
-        from genkit.methods.autoregressive import log_likelihood
-
         half, out = half_dtype(precision, self.device), []
         for start in range(0, len(pixels), batch_size):
             x = pixels[start:start + batch_size].to(self.device)
@@ -363,8 +317,6 @@ class AutoregressiveModel(TrainedModel):
         per image and bits/dim. A conditional model scores log p(x | y) for every class y, which
         gives the marginal log p(x) = logsumexp_y log p(x | y) + log p(y) (`prior`, uniform if
         None), and classifies each image by argmax_y log p(x, y) against `labels`."""
-        from genkit.methods.autoregressive import discretize
-
         check_images(images, batch_size)
         pixels = discretize(images, self.levels, seed)
         dims, n = pixels[0].numel(), len(pixels)
@@ -392,6 +344,7 @@ class AutoencoderModel(TrainedModel):
     samples by decoding prior draws, and scores its reconstructions."""
 
     family = "autoencoder"
+    described = "an autoencoder"
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -420,10 +373,15 @@ class AutoencoderModel(TrainedModel):
         return torch.cat(out)
 
     @torch.no_grad()
-    def sample(self, n: int, seed: int = 0, sampler: str | None = None, labels=None, batch_size: int = 256,
-               progress: bool = True, precision: str = "no", start_index: int = 0) -> Samples:
+    def sample(self, n: int, seed: int = 0, sampler: str | None = None, steps: int | None = None,
+               guidance: float | None = None, labels=None, schedule=None, batch_size: int = 256, progress: bool = True,
+               precision: str = "no", clip_x0: bool = True, start_index: int = 0, callback=None,
+               compile: bool = False, **options) -> Samples:
         """Decode n draws z ~ N(0, I) (sampler `prior`); sample i depends only on (seed, start_index + i).
-        With a small KL weight the posteriors need not cover the prior: latents are for a latent model."""
+        With a small KL weight the posteriors need not cover the prior: latents are for a latent model.
+        The signature is every model's; `steps`, `guidance`, `labels`, `schedule`, `callback`, `compile`
+        and sampler options do not apply here (`ArgumentError`)."""
+        self.refuse(steps=steps, guidance=guidance, schedule=schedule, callback=callback, compile=compile, **options)
         n, seed, batch_size, _, _ = check_draw(n, seed, batch_size)
         draw = self.registered_sampler(sampler or self.cfg.sample.sampler)
         self.labels_for(labels, n)  # an autoencoder is unconditional: refuses labels
@@ -444,8 +402,6 @@ class AutoencoderModel(TrainedModel):
         """Reconstruction of uint8 images [N, C, H, W]: mean PSNR (dB) and SSIM per image, the mean
         squared error in [0, 1] units, and with a `genkit.evaluation.Evaluator` the reconstruction
         FID (rFID: reconstructions against the test split, in its feature space)."""
-        from genkit.evaluation.metrics import psnr, ssim
-
         check_images(images, batch_size)
         originals = images.float() / 255
         recon = self.reconstruct(originals, batch_size, precision)
@@ -465,32 +421,3 @@ def build_model(cfg: Config, net: torch.nn.Module, device: str | torch.device = 
         return GenerativeModel(cfg, net, device, codec)
     return {AutoregressiveModel.family: AutoregressiveModel, AutoencoderModel.family: AutoencoderModel}[family](
         cfg, net, device)
-
-
-def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
-         revision: str | None = None) -> TrainedModel:
-    """Load for sampling (safetensors, YAML and JSON only; no code runs) a run directory, a
-    checkpoint directory, a `save_pretrained` export, or a Hub repository `owner/name` holding
-    one (at `revision`; through the Hugging Face cache, offline with HF_HUB_OFFLINE=1), onto
-    `device` (`auto`, `cpu`, `cuda[:N]`, `mps`). `ema=False` takes a checkpoint's raw weights."""
-    from genkit.checkpoint import load_export, read_grids, read_trainer_state
-    from genkit.hub import is_pretrained, load_pretrained, resolve
-
-    local = resolve(path, revision)
-    if is_pretrained(local):
-        if not ema:
-            raise ArgumentError("ema", f"{path} is an export, which holds one set of weights (the EMA's)")
-        return load_pretrained(local, device)
-    cfg, net, directory = load_export(local, ema=ema)
-    codec = None
-    if cfg.data.autoencoder:
-        from genkit.latents import AUTOENCODER_DIR, LatentCodec
-
-        codec = LatentCodec.load(directory / AUTOENCODER_DIR)
-    model = build_model(cfg, net, device, codec)
-    model.directory = directory
-    if model.family == GenerativeModel.family:
-        model.grids = read_grids(directory)
-    state = read_trainer_state(directory)
-    model.training = {k: state[k] for k in ("step", "train_seconds") if k in state}
-    return model

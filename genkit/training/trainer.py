@@ -1,14 +1,12 @@
 """The training loop on `accelerate.Accelerator`: generic over the method (its `loss`)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
 import os
 import shutil
 import signal
-import threading
 import time
 import warnings
 from contextlib import nullcontext
@@ -18,113 +16,42 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
-from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from genkit import checkpoint as ckpt
 from genkit.arguments import reason
 from genkit.config import Config, ConfigError, flat_dict, load_config, validate
 from genkit.data import batch_indices, load_images, resolve_data_path
-from genkit.ema import EMA
+from genkit.images import make_grid, save_grid, to_uint8
+from genkit.inference import GenerativeModel, build_model
+from genkit.latents import AUTOENCODER_DIR, LatentCodec, LatentData, encode_dataset
+from genkit.loading import load
 from genkit.methods import METHODS, build_method
 from genkit.nets import build_net, input_shape
 from genkit.reflow import is_pairs_dir, load_pairs
 from genkit.registry import ArgumentError
-from genkit.run_dir import RunLock, claim, config_changes
 from genkit.samplers import UnfittedGrid, takes_fitted_grid
+from genkit.training.disk import WRITE_ERRORS, CheckpointNotWritten, write_error
+from genkit.training.ema import EMA
+from genkit.training.run_dir import RunLock, claim, config_changes
+from genkit.training.schedules import lr_schedule, mixed_precision
+from genkit.training.signals import StopRequests, TrainingInterrupted
+from genkit.training.trackers import Heard, check_tracker
 
 
 METRICS_FILE = "metrics.jsonl"  # one JSON line per log step, for `genkit plot-loss`
+
+
+log = logging.getLogger("genkit")
 
 
 class TrainingDiverged(RuntimeError):
     """Too many consecutive steps with a non-finite loss, gradient or update."""
 
 
-class CheckpointNotWritten(RuntimeError):
-    """The disk refused a checkpoint; the published ones are intact."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """SIGINT or SIGTERM stopped the run after its current step, with a checkpoint saved."""
-
-    def __init__(self, signum: int, step: int, checkpoint: Path):
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; saved {checkpoint}; "
-                         f"continue with train.resume=latest")
-
-
-log = logging.getLogger("genkit")
-
-
-def warmup_cosine(warmup: int, total: int):
-    """LR multiplier: linear warm-up over `warmup` steps, then a cosine decay to zero at `total`."""
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return factor
-
-
-def lr_schedule(optimizer: torch.optim.Optimizer, tc) -> torch.optim.lr_scheduler.LambdaLR:
-    """`train.lr_schedule` over `train.max_steps` with `train.warmup_steps` of warm-up: genkit's
-    warm-up + cosine, or any schedule of `diffusers.optimization.get_scheduler` by name."""
-    if tc.lr_schedule == "warmup_cosine":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(tc.warmup_steps, tc.max_steps))
-    from diffusers.optimization import get_scheduler
-
-    return get_scheduler(tc.lr_schedule, optimizer, num_warmup_steps=tc.warmup_steps, num_training_steps=tc.max_steps)
-
-
-def mixed_precision(choice: str) -> str | None:
-    """What to hand accelerate for `train.mixed_precision`. `auto` defers to a precision chosen with
-    `accelerate launch --mixed_precision` or `accelerate config` (None: accelerate reads it), and
-    otherwise takes bf16 where the hardware has it, fp16 (with accelerate's loss scaling) on a GPU
-    without, and full precision on a CPU without. The launcher's own default, `no`, does not count
-    as a choice: ask for full precision with `no` here."""
-    if choice != "auto":
-        return choice
-    if os.environ.get("ACCELERATE_MIXED_PRECISION", "no") != "no":
-        return None
-    from genkit.pipeline import hardware_precision
-
-    return hardware_precision(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     """Noise for one optimiser step on one process: a pure function of (seed, step, rank)."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
-
-
-# The packages each accelerate tracker needs (any one of them).
-TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
-                    "comet_ml": ("comet_ml",), "aim": ("aim",), "clearml": ("clearml",), "dvclive": ("dvclive",)}
-
-
-def check_tracker(name: str) -> None:
-    """Refuse, before a run starts, a tracker whose package is not installed: accelerate would
-    warn once and train the whole run without it."""
-    packages = TRACKER_PACKAGES.get(name, ())
-    if packages and not any(importlib.util.find_spec(p) for p in packages):
-        raise ConfigError(f"train.report_to: {name} is not installed (pip install {packages[0]}); install it, or "
-                          f"choose train.report_to=none or another tracker")
-
-
-# What a write to a full or lost disk raises: the OS's error from Python, safetensors' own error
-# (the weights and accelerate's model state), torch.save's RuntimeError (optimizer, RNG states).
-WRITE_ERRORS = (OSError, SafetensorError, RuntimeError)
-
-
-def write_error(err: BaseException) -> str:
-    """The cause of a failed write in a few words: 'No space left on device', not a Rust debug dump."""
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    text = str(err)
-    for errno_, words in ((28, "No space left on device"), (122, "Disk quota exceeded"), (5, "Input/output error")):
-        if f"code: {errno_}," in text or words in text:
-            return words
-    return reason(err)
 
 
 class Trainer:
@@ -209,8 +136,6 @@ class Trainer:
         source = attrgetter(key)(self.cfg)
         if not source:
             return None
-        from genkit.pipeline import GenerativeModel, load
-
         try:
             teacher = load(source, device=self.accelerator.device)
         except ArgumentError as err:
@@ -229,8 +154,6 @@ class Trainer:
     def _autoencoder(self):
         """With `data.autoencoder`: its `LatentCodec`, after filling `data.latent_channels` and
         `data.latent_size` in from it (or checking them against it); else None."""
-        from genkit.latents import LatentCodec
-
         data = self.cfg.data
         if not data.autoencoder:
             return None
@@ -278,8 +201,6 @@ class Trainer:
                               f"found {bad}")
         if self.codec is None:
             return data
-        from genkit.latents import LatentData, encode_dataset
-
         cache, acc = self.out / "latents", self.accelerator
         half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(acc.mixed_precision)  # the run's precision
         if acc.is_main_process:  # one process encodes; the others read its cache
@@ -346,8 +267,6 @@ class Trainer:
                 net_state = acc.unwrap_model(self.net).state_dict()
                 ckpt.write_export(tmp, self.cfg, net_state, self.ema.shadow, state)
                 if self.codec is not None:  # a latent model travels with its autoencoder
-                    from genkit.latents import AUTOENCODER_DIR
-
                     self.codec.save(tmp / AUTOENCODER_DIR)
                 ckpt.publish(tmp, final, self.cfg.train.checkpoints_keep)
         except WRITE_ERRORS as err:  # a full disk, a lost mount: leave no half-written copy to fill it further
@@ -362,7 +281,7 @@ class Trainer:
         return final
 
     def load(self, path: Path) -> None:
-        with _Heard("accelerate.checkpointing") as heard:
+        with Heard("accelerate.checkpointing") as heard:
             self.accelerator.load_state(str(path))
         # accelerate skips a random state it cannot read with only an info line; resume would not be exact
         if any("Could not load random states" in message for message in heard.messages):
@@ -397,10 +316,8 @@ class Trainer:
     # ------------------------------------------------------------------ samples
 
     def ema_model(self):
-        """The EMA weights as a model for inference (`genkit.pipeline`), where the run trains, with the
+        """The EMA weights as a model for inference (`genkit.inference`), where the run trains, with the
         grids fitted to it so far (none until the run ends: `fit_grid`)."""
-        from genkit.pipeline import build_model
-
         net = build_net(self.cfg)
         net.load_state_dict(self.ema.shadow)
         model = build_model(self.cfg, net.eval(), self.accelerator.device, self.codec)
@@ -423,8 +340,6 @@ class Trainer:
     def sample_grid(self) -> Path:
         """An 8x8 grid from the EMA weights (`preview`: samples with the config's sampler and seed 0,
         or an autoencoder's reconstructions)."""
-        from genkit.images import make_grid, save_grid, to_uint8
-
         model = self.ema_model()
         with warnings.catch_warnings():  # a preview before the grid is fitted runs on the fixed one, as meant
             warnings.simplefilter("ignore", UnfittedGrid)
@@ -496,7 +411,7 @@ class Trainer:
         checkpoint. SIGINT and SIGTERM finish the current step and save (a second one stops at once);
         then `TrainingInterrupted` is raised."""
         try:
-            with _StopRequests() as stop:
+            with StopRequests() as stop:
                 final = self._fit(stop)
         finally:
             self.lock.release()
@@ -504,7 +419,7 @@ class Trainer:
             raise TrainingInterrupted(self.stop_signal, self.step, final)
         return final
 
-    def _fit(self, stop: "_StopRequests") -> Path:
+    def _fit(self, stop: "StopRequests") -> Path:
         acc, tc = self.accelerator, self.cfg.train
         self.stop_signal = 0
         resumed = self.resume()
@@ -568,54 +483,6 @@ class Trainer:
             self.sample_grid()
         acc.end_training()
         return last_saved
-
-
-class _Heard(logging.Handler):
-    """Collect what a logger says at INFO and above while the block runs (the main process's, for
-    accelerate's loggers)."""
-
-    def __init__(self, name: str):
-        super().__init__(logging.INFO)
-        self.logger, self.messages = logging.getLogger(name), []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-    def __enter__(self) -> "_Heard":
-        self.level = self.logger.level
-        self.logger.setLevel(logging.INFO)
-        self.logger.addHandler(self)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.logger.removeHandler(self)
-        self.logger.setLevel(self.level)
-
-
-class _StopRequests:
-    """While active, the first SIGINT or SIGTERM is recorded (`signum`) for the loop to stop at the
-    end of its step; a second one raises KeyboardInterrupt at once. Handlers are installed only in
-    the main thread (elsewhere signals cannot be caught) and restored on exit."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signum, self.previous = None, {}
-
-    def __enter__(self) -> "_StopRequests":
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self._request) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-    def _request(self, signum, frame) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-        tqdm.write(f"genkit: {signal.Signals(signum).name}: finishing this step and saving (send it again to stop at once)")
 
 
 def train(cfg: Config) -> Path:

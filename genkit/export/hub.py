@@ -23,13 +23,18 @@ from pathlib import Path
 import torch
 
 from genkit.checkpoint import read_grids, write_grids
+from genkit.config import to_dict
+from genkit.export.diffusers_pipeline import GenkitNet, GenkitPipeline
+from genkit.export.model_card import check_report, model_card
 from genkit.files import write_json
+from genkit.images import save_grid
+from genkit.paths import FlowPath
 from genkit.registry import ArgumentError
 
 INDEX_FILE, CARD_DATA_FILE, GRID_FILE, SHIM_FILE = "model_index.json", "genkit.json", "samples.png", "pipeline.py"
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as the Hub spells repositories
 SHIM = '"""Lets `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` find genkit\'s pipeline."""\n' \
-       "from genkit.diffusers_pipeline import GenkitPipeline  # noqa: F401\n"
+       "from genkit.export.diffusers_pipeline import GenkitPipeline  # noqa: F401\n"
 
 
 def is_pretrained(directory: Path) -> bool:
@@ -40,8 +45,6 @@ def default_scheduler(model):
     """The diffusers scheduler a pipeline samples with: DPM-Solver++ (multistep) on DDPM's discrete
     paths, flow-matching Euler on rectified flows, none elsewhere (the model's genkit sampler)."""
     from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
-
-    from genkit.paths import FlowPath
 
     if model.family != "denoiser":
         return None
@@ -57,11 +60,6 @@ def save_pretrained(model, directory: str | Path, metrics: dict | None = None, g
     `grid` samples (0: none) are drawn with seed 0 for the card, whose examples load `repo_id`
     (default: the directory). Written beside and renamed into place: whenever the process dies,
     a whole export survives (the new one, or the old one under `.old-<name>` beside it)."""
-    from genkit.diffusers_pipeline import GenkitNet, GenkitPipeline
-    from genkit.config import to_dict
-    from genkit.images import save_grid
-    from genkit.model_card import check_report, model_card
-
     if metrics is not None:
         check_report(metrics)
     if model.family == "autoencoder" or getattr(model, "codec", None) is not None:
@@ -97,8 +95,6 @@ def save_pretrained(model, directory: str | Path, metrics: dict | None = None, g
 
 def load_pretrained(directory: Path, device="cpu"):
     """The genkit model in an export written by `save_pretrained`."""
-    from genkit.diffusers_pipeline import GenkitNet
-
     try:
         net = GenkitNet.from_pretrained(str(directory / "model"))
     except (OSError, ValueError, RuntimeError) as err:
@@ -114,8 +110,6 @@ def load_pretrained(directory: Path, device="cpu"):
 
 def _read_card(path: Path) -> dict:
     """An export's card data ({training, metrics}), checked: `ArgumentError` naming the file if it is damaged."""
-    from genkit.model_card import check_report
-
     try:
         card = json.loads(path.read_text())
         if not isinstance(card, dict):
