@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-from harness import benchmark_parser, train_for_minutes, write_results
+from harness import benchmark_parser, fit_grid, train_for_minutes, write_results
 from tqdm.auto import tqdm
 
 import genkit
@@ -54,6 +54,7 @@ def main() -> None:
         labels = model.default_labels(args.num)
         fids = {}
         for sampler, steps in SAMPLERS:
+            fit_grid(model, sampler, steps)
             drawn = model.sample(args.num, seed=0, sampler=sampler, steps=steps, labels=labels, progress=False,
                                  precision="auto")
             fids[f"{sampler}_nfe{drawn.nfe}"] = evaluator.score(drawn.images, labels)["fid"]

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from harness import PATCH_2_UNET, benchmark_parser, steps_for_sampler, train_for_minutes, write_results
+from harness import PATCH_2_UNET, benchmark_parser, fit_grid, steps_for_sampler, train_for_minutes, write_results
 from tqdm.auto import tqdm
 
 import genkit
@@ -88,6 +88,8 @@ def eval_recipe(recipe: str, workdir: Path, evaluator: Evaluator, num: int, devi
     for nfe in NFES:
         tried = {}
         for sampler, schedule in CANDIDATES[model.cfg.method.name]:
+            if schedule is None:
+                fit_grid(model, sampler, steps_for_sampler(sampler, nfe))
             drawn = model.sample(num, seed=0, sampler=sampler, schedule=schedule,
                                  steps=steps_for_sampler(sampler, nfe), labels=labels, progress=False,
                                  precision=precision)

@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from harness import benchmark_parser, device, train, write_results
+from harness import benchmark_parser, device, fit_grid, train, write_results
 
 import genkit
 from genkit.config import load_config
@@ -41,6 +41,7 @@ def main() -> None:
         bpd, err, nfe = model.bits_per_dim(test.images, batch_size=250, progress=True)
         bpd_s = time.perf_counter() - started
         labels = model.default_labels(1000)
+        fit_grid(model, "dpmpp_2m_pc", 20)
         fid = evaluator.score(model.sample(1000, sampler="dpmpp_2m_pc", steps=20, labels=labels).images, labels)["fid"]
         rows.append({"sde": kind, "steps": args.steps, "bpd": bpd, "bpd_stderr": err, "nfe_per_batch": nfe,
                      "fid_dpmpp_2m_pc_20": fid, "train_seconds": train_s, "bpd_seconds": bpd_s})

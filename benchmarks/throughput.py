@@ -15,24 +15,37 @@ same for a UNet on 2x2 patches at about equal parameters (`harness.PATCH_2_UNET`
 UNet replaced by `torch.compile(unet)` as its docs advise), compilation left out of the timing,
 and a second ratio compares genkit compiled with the fastest diffusers setting, compiled or not.
 
+Defaults (`--part defaults`): what `python sample.py --checkpoint RUN --num 64` costs on a run of the
+quick-start recipe (trained for two steps: the net, the config and the sampling path are the quick
+start's, with the grid fitted at the end of training and stored), beyond process start and loading,
+against the time of its own network evaluations (the same net on the same batch, as many calls as
+the command reports): `ratio` (goal <= 1.3). `ratio_fitting_at_the_call` is the same command with
+`--schedule adaptive`, which fits the grid at every call as the default did before grids were stored.
+
 Every entry is timed in turn, block by block, so that the machine's slow spells fall on all alike.
 
-    python benchmarks/throughput.py [--part training|sampling]
+    python benchmarks/throughput.py [--part training|sampling|defaults]
 """
 from __future__ import annotations
 
 import json
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
-from harness import PATCH_2_UNET, benchmark_parser, recipe_path, write_results
+from harness import PATCH_2_UNET, ROOT, benchmark_parser, recipe_path, train, write_results
 from torch.utils.flop_counter import FlopCounterMode
 
 from genkit.config import load_config
 from genkit.nets import build_net
+import genkit
 from genkit.inference import build_model
+from genkit.nets import input_shape
 
 BATCH, SIZE = 64, 32
 
@@ -233,7 +246,7 @@ def sampling(batch: int, steps: int, repeats: int, compiled: bool = False) -> di
 
 def main() -> None:
     parser = benchmark_parser("throughput", __doc__)
-    parser.add_argument("--part", choices=["all", "training", "sampling"], default="all",
+    parser.add_argument("--part", choices=["all", "training", "sampling", "defaults"], default="all",
                         help="measure one part only; the other stays in the JSON, stamped with the commit it was measured at")
     parser.add_argument("--seconds", type=float, default=15.0, help="timed training seconds per net and precision")
     parser.add_argument("--compile", action="store_true",
@@ -246,17 +259,19 @@ def main() -> None:
 
     result = {}
     path = Path(args.json)
-    if args.part != "all" and path.exists():  # the part not re-measured stays, stamped with its own commit
+    measured = ["training", "sampling", "defaults"] if args.part == "all" else [args.part]
+    if args.part != "all" and path.exists():  # the parts not re-measured stay, stamped with their own commit
         kept = json.loads(path.read_text())
-        other = "sampling" if args.part == "training" else "training"
-        if other in kept:
-            result[other] = {**kept[other], "commit": kept[other].get("commit", kept["commit"]),
-                             "machine": kept[other].get("machine", kept["machine"])}
-    measured = ["training", "sampling"] if args.part == "all" else [args.part]
+        for other in {"training", "sampling", "defaults"} - set(measured):
+            if other in kept:
+                result[other] = {**kept[other], "commit": kept[other].get("commit", kept["commit"]),
+                                 "machine": kept[other].get("machine", kept["machine"])}
     if "training" in measured:
         result["training"] = training(args)
     if "sampling" in measured:
         result["sampling"] = sampling(args.sampling_batch, args.sampling_steps, args.sampling_repeats, args.compile)
+    if "defaults" in measured:
+        result["defaults"] = defaults(args.sampling_repeats + 1)
     print(json.dumps({part: {k: v for k, v in result[part].items() if k != "rows"} for part in measured}, indent=2))
     write_results("throughput", result, path)
 
@@ -299,3 +314,47 @@ def training(args) -> dict:
 
 if __name__ == "__main__":
     main()
+
+
+def defaults(repeats: int, num: int = 64) -> dict:
+    """`sample.py --num 64` on a quick-start run: seconds beyond process start and loading, against
+    its own network evaluations (see the module)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run = train("rf_unet_mnist", Path(tmp) / "run", "train.max_steps=2", "train.sample_every=0")
+        assert (next((run / "checkpoints").glob("step-*")) / "grids.json").is_file(), "no grid stored by training"
+
+        def wall(*command) -> tuple[float, str]:
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, check=True)
+            return time.perf_counter() - started, done.stdout + done.stderr
+
+        sample = ("sample.py", "--checkpoint", str(run), "--num", str(num), "--out", str(Path(tmp) / "grid.png"))
+        load = ("-c", f"import genkit.cli, genkit; genkit.load({str(run)!r})")  # what sample.py does before drawing
+        times = {"sample": [], "adaptive": [], "start_and_load": []}
+        for _ in range(repeats):  # in turn, so that slow spells fall on all alike
+            seconds, said = wall(*sample)
+            times["sample"].append(seconds)
+            times["adaptive"].append(wall(*sample, "--schedule", "adaptive")[0])
+            times["start_and_load"].append(wall(*load)[0])
+        assert "no grid fitted" not in said, said
+        nfe = int(re.search(r"(\d+) network evaluations each", said).group(1))
+        model = genkit.load(run)
+        channels, size = input_shape(model.cfg)
+        x = torch.randn(num, channels, size, size)
+        t = torch.full((num,), 0.5)
+        y = torch.arange(num) % model.num_classes if model.num_classes else None
+        net = model.inference_net()
+        with torch.no_grad():
+            net(x, t, y)  # warm-up
+            evaluations = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                for _ in range(nfe):
+                    net(x, t, y)
+                evaluations.append(time.perf_counter() - started)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    evaluation = statistics.median(evaluations)
+    return {"num": num, "nfe": nfe, "repeats": repeats, "seconds": {k: round(v, 3) for k, v in median.items()},
+            "network_seconds": round(evaluation, 3),
+            "ratio": round((median["sample"] - median["start_and_load"]) / evaluation, 3),
+            "ratio_fitting_at_the_call": round((median["adaptive"] - median["start_and_load"]) / evaluation, 3)}

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from harness import benchmark_parser, steps_for_sampler, train_for_minutes, write_results
+from harness import benchmark_parser, fit_grid, steps_for_sampler, train_for_minutes, write_results
 from tqdm.auto import tqdm
 
 import genkit
@@ -36,6 +36,7 @@ def score(run: Path, evaluator: Evaluator, num: int) -> dict:
     labels, sampler = model.default_labels(num), model.cfg.sample.sampler
     fids = {}
     for nfe in NFES:
+        fit_grid(model, sampler, steps_for_sampler(sampler, nfe))
         drawn = model.sample(num, seed=0, steps=steps_for_sampler(sampler, nfe), labels=labels, progress=False,
                              precision="auto")
         fids[f"{sampler}_nfe{drawn.nfe}"] = evaluator.score(drawn.images, labels)["fid"]

@@ -4,12 +4,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from genkit import __version__
 import genkit
 from genkit.arguments import MAX_NUM, check_draw
 from genkit.assets import RECIPES, recipe_names
-from genkit.checkpoint import EMA_FILE, STATE_FILE, intact_checkpoints, write_grids
+from genkit.checkpoint import EMA_FILE, STATE_FILE, intact_checkpoints
 from genkit.config import load_config, parse_scalar, to_dict
 from genkit.evaluation.report import evaluation_report
 from genkit.export.model_card import check_report
@@ -19,7 +20,7 @@ from genkit.inference import PRECISIONS
 from genkit.plots import plot_loss
 from genkit.reflow import generate_pairs
 from genkit.registry import ArgumentError, ConfigError
-from genkit.samplers import DEFAULT_SAMPLER, SAMPLERS, SCHEDULE_NAMES
+from genkit.samplers import DEFAULT_SAMPLER, SAMPLERS, SCHEDULE_NAMES, UnfittedGrid
 from genkit.training import CheckpointNotWritten, TrainingDiverged, TrainingInterrupted, train
 
 # The library names a bad argument by its parameter (`genkit.registry.ArgumentError`); here is the
@@ -48,7 +49,21 @@ def one_line(text: str) -> str:
 TOO_LARGE = ("allocate", "Storage size calculation overflowed")  # torch's errors for a tensor beyond memory
 
 
+def _note(message, category, filename, lineno, file=None, line=None) -> None:
+    """A library warning meant for the user (an unfitted grid) as one line on stderr."""
+    print(f"note: {one_line(message)}", file=sys.stderr)
+
+
 def _run(fn, args) -> int:
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+        warnings.showwarning = lambda message, category, *rest: (_note if issubclass(category, UnfittedGrid)
+                                                                  else shown)(message, category, *rest)
+        warnings.simplefilter("always", UnfittedGrid)  # every call that samples on a fixed grid says so
+        return _run_quietly(fn, args)
+
+
+def _run_quietly(fn, args) -> int:
     try:
         fn(args)
     except RuntimeError as err:
@@ -395,7 +410,7 @@ def _fit_grid(args) -> None:
         grid = model.fit_grid(steps, args.guidance, args.sampler)
         print(f"{grid.sampler} at {grid.steps} steps, guidance {grid.guidance:g}: {grid.runs} on the {grid.grid} "
               f"grid (sliced W2 {grid.distance:.4g} to the pilot's reference, {grid.pilot_draws} draws)")
-    print(f"wrote {write_grids(model.directory, model.grids)}")
+    print(f"wrote {model.save_grids()}")
 
 
 def _plot_loss(args) -> None:

@@ -27,13 +27,19 @@ def run_script(*args, timeout: int = 600) -> subprocess.CompletedProcess:
 
 def call(main, argv) -> tuple[int, str]:
     """Run a CLI entry point in-process: (exit status, stderr)."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    code, _, stderr = call_out(main, argv)
+    return code, stderr
+
+
+def call_out(main, argv) -> tuple[int, str, str]:
+    """Run a CLI entry point in-process: (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:
             code = main(argv)
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else 1
-    return code, err.getvalue()
+    return code, out.getvalue(), err.getvalue()
 
 
 def assert_ran_or_one_line(code: int, stderr: str) -> None:

@@ -172,7 +172,7 @@ def test_a_second_run_into_the_same_directory_is_refused_and_a_stale_lock_taken_
     assert not (out / ".lock").exists()
 
 
-@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)])
 def test_sigint_and_sigterm_save_the_current_step_and_say_how_to_resume(imagefolder, tmp_path, signum, status):
     out = tmp_path / "run"
     args = tiny_overrides(imagefolder, out) + ["train.max_steps=100000", "train.checkpoint_every=0"]
@@ -804,11 +804,11 @@ def test_plot_loss_skips_lines_that_are_not_records(two_checkpoints, tmp_path, c
 
 def test_ctrl_c_before_training_says_nothing_was_saved(imagefolder, tmp_path, monkeypatch):
     """Regression: a first Ctrl-C while the data loaded claimed 'the last periodic checkpoint stands'."""
-    import genkit.training
+    import genkit.training.trainer
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(genkit.training, "load_images", interrupted)
+    monkeypatch.setattr(genkit.training.trainer, "load_images", interrupted)
     code, stderr = call(train_main, tiny_overrides(imagefolder, tmp_path / "run"))
     assert code == 130 and "error: interrupted; no checkpoint of this run was saved yet" in stderr.splitlines()
 

@@ -14,8 +14,9 @@ from genkit.nets import MADE, PixelCNN
 from genkit.inference import AutoregressiveModel
 from genkit.samplers.autoregressive import conditionals, draw, sample
 from genkit.training import train
+from genkit.cli import eval_main, sample_main
+from tests.conftest import call, tiny_overrides
 from tests.conftest import run_script as run
-from tests.conftest import tiny_overrides
 
 # (input kernel, kernel, layers): the first three cover a whole 5x5 image with their receptive field
 PIXELCNN_SHAPES = [(3, 3, 4), (7, 5, 1), (1, 3, 4), (3, 1, 2)]
@@ -210,6 +211,7 @@ def pixelcnn_run(imagefolder, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # the default set keeps under 6 minutes on CI's 2 cores (#36)
 def test_sample_cli_cached_and_naive_write_the_same_grid(pixelcnn_run, tmp_path):
     grids = []
     for how in ("cached", "naive"):
@@ -230,8 +232,8 @@ def test_eval_cli_reports_nll_and_classification(pixelcnn_run, tmp_path):
 
 
 def test_eval_cli_refuses_sampling_flags_for_autoregressive_models(pixelcnn_run):
-    result = run("eval.py", "--checkpoint", str(pixelcnn_run), "--num", "2", "--class-label", "0")
-    assert result.returncode == 2 and "--class-label: does not apply" in result.stderr, result.stderr
+    code, stderr = call(eval_main, ["--checkpoint", str(pixelcnn_run), "--num", "2", "--class-label", "0"])
+    assert code == 2 and "--class-label: does not apply" in stderr, stderr
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -241,8 +243,8 @@ def test_eval_cli_refuses_sampling_flags_for_autoregressive_models(pixelcnn_run)
     (["--compile"], "--compile: does not apply to autoregressive models"),
 ])
 def test_sample_cli_refuses_diffusion_flags_for_autoregressive_models(pixelcnn_run, args, needle):
-    result = run("sample.py", "--checkpoint", str(pixelcnn_run), "--num", "2", *args)
-    assert result.returncode == 2 and needle in result.stderr, result.stderr
+    code, stderr = call(sample_main, ["--checkpoint", str(pixelcnn_run), "--num", "2", *args])
+    assert code == 2 and needle in stderr, stderr
 
 
 @pytest.mark.parametrize("overrides, needle", [
@@ -263,7 +265,8 @@ def test_inconsistent_autoregressive_configs_are_refused(overrides, needle):
 
 
 @pytest.mark.parametrize("recipe", [pytest.param("pixelcnn_mnist", marks=pytest.mark.slow),
-                                    pytest.param("made_mnist", marks=pytest.mark.slow), "fvsbn_mnist"])
+                                    pytest.param("made_mnist", marks=pytest.mark.slow),
+                                    pytest.param("fvsbn_mnist", marks=pytest.mark.slow)])
 def test_recipes_train_from_the_cli_on_mnist(recipe, tmp_path):
     result = run("train.py", "--config", f"configs/{recipe}.yaml", "train.max_steps=2", "train.log_every=1",
                  f"output_dir={tmp_path}", "train.sample_every=2")

@@ -1,36 +1,48 @@
 """The scripts as a user runs them: exit codes, one-line errors, PNG output."""
+import contextlib
+import io
+
 import pytest
 from PIL import Image
 
+from genkit.cli import main, sample_main, train_main
+from tests.conftest import call, call_out, digit_overrides, tiny_overrides
 from tests.conftest import run_script as run
-from tests.conftest import digit_overrides, tiny_overrides
+
+ENTRY = {"train.py": train_main, "sample.py": sample_main}
 
 
 @pytest.fixture(scope="module")
 def trained_run(digits, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
-    result = run("train.py", *digit_overrides(digits, out), "train.max_steps=2", "sample.fit_grid=true")
+    result = run("train.py", *digit_overrides(digits, out), "train.max_steps=2")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "done: final checkpoint" in result.stdout
     return out
 
 
-def test_the_default_grid_is_fitted_once_and_read_by_sample(trained_run, tmp_path):
+def test_the_default_grid_is_fitted_once_and_read_by_sample(imagefolder, tmp_path):
     """Training ends by fitting the default sampler's grid at the run's steps into the final checkpoint;
-    `sample.py` reads it (no pilot, no warning); `genkit fit-grid` adds other step counts; a step count
-    with none stored samples on the fixed grid and says how to fit one."""
-    final = sorted((trained_run / "checkpoints").glob("step-*"))[-1]
+    `sample` reads it (no pilot, no note); `genkit fit-grid` adds other step counts; a step count with
+    none stored samples on the fixed grid and says in one line how to fit one. In-process, through
+    the commands' entry points."""
+    run_dir = tmp_path / "run"
+    code, stderr = call(train_main, tiny_overrides(imagefolder, run_dir) + ["train.max_steps=2", "sample.fit_grid=true"])
+    assert code == 0, stderr
+    final = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
     assert (final / "grids.json").is_file()
-    drawn = run("sample.py", "--checkpoint", str(trained_run), "--out", str(tmp_path / "a.png"), "--num", "4")
-    assert drawn.returncode == 0 and "no grid fitted" not in drawn.stderr, drawn.stderr[-2000:]
-    unfitted = run("sample.py", "--checkpoint", str(trained_run), "--out", str(tmp_path / "b.png"), "--num", "4",
-                   "--steps", "2")
-    assert unfitted.returncode == 0 and "genkit fit-grid RUN --steps 2" in unfitted.stderr
-    fitted = run("-m", "genkit", "fit-grid", str(trained_run), "--steps", "2")
-    assert fitted.returncode == 0 and "fitted at 2 steps" in fitted.stdout and str(final) in fitted.stdout
-    again = run("sample.py", "--checkpoint", str(trained_run), "--out", str(tmp_path / "c.png"), "--num", "4",
-                "--steps", "2")
-    assert again.returncode == 0 and "no grid fitted" not in again.stderr
+    sample = ["--checkpoint", str(run_dir), "--num", "4", "--out"]
+    code, stderr = call(sample_main, sample + [str(tmp_path / "a.png")])
+    assert code == 0 and "note:" not in stderr, stderr
+    code, stderr = call(sample_main, sample + [str(tmp_path / "b.png"), "--steps", "2"])
+    notes = [line for line in stderr.splitlines() if line.startswith("note:")]
+    assert code == 0 and len(notes) == 1 and "genkit fit-grid RUN --steps 2" in notes[0], stderr
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["fit-grid", str(run_dir), "--steps", "2"]) == 0
+    assert "fitted at 2 steps" in out.getvalue() and str(final) in out.getvalue()
+    code, stderr = call(sample_main, sample + [str(tmp_path / "c.png"), "--steps", "2"])
+    assert code == 0 and "note:" not in stderr, stderr
     assert (tmp_path / "b.png").read_bytes() != (tmp_path / "c.png").read_bytes()
 
 
@@ -54,21 +66,29 @@ def test_sample_cli_writes_grid_and_is_deterministic(trained_run, tmp_path):
     (["sample.py", "--checkpoint", "."], "neither a checkpoint nor a run directory"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, needle):
-    result = run(*args)
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and needle in lines[0], result.stderr
+    """In-process, through the scripts' entry points (`tests/test_packaging.py` runs the scripts themselves)."""
+    code, stderr = call(ENTRY[args[0]], args[1:])
+    assert code == 2
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], stderr
 
 
 def test_help_lists_samplers_and_overrides():
-    sample_help = run("sample.py", "--help").stdout
-    assert "ddim" in sample_help and "ddpm" in sample_help
-    assert "train.max_steps=200" in run("train.py", "--help").stdout
+    def help_of(main) -> str:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+            main(["--help"])
+        return out.getvalue()
+    sample_help = help_of(sample_main)
+    assert "ddim" in sample_help and "ddpm" in sample_help and "fit-grid" in sample_help
+    assert "train.max_steps=200" in help_of(train_main)
 
 
 def test_print_config_shows_resolved_values():
-    result = run("train.py", "--config", "configs/ddpm_unet_mnist.yaml", "--print-config", "train.lr=3e-4")
-    assert result.returncode == 0 and "lr: 0.0003" in result.stdout
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert train_main(["--config", "configs/ddpm_unet_mnist.yaml", "--print-config", "train.lr=3e-4"]) == 0
+    assert "lr: 0.0003" in out.getvalue()
 
 
 @pytest.mark.parametrize("method, samplers", [
@@ -88,6 +108,7 @@ def test_sde_and_flow_runs_train_and_sample_from_the_cli(imagefolder, tmp_path, 
         assert result.returncode == 0 and png.is_file(), result.stderr[-2000:]
 
 
+@pytest.mark.slow  # the default set keeps under 6 minutes on CI's 2 cores (#36)
 def test_eval_bits_per_dim_and_bad_options(trained_run, tmp_path):
     out = tmp_path / "eval.json"
     result = run("eval.py", "--checkpoint", str(trained_run), "--num", "8", "--steps", "2", "--bpd", "2",
@@ -130,17 +151,17 @@ def test_sampler_options_read_numbers_as_users_type_them():
 def test_sample_writes_one_png_per_image_and_an_npz_for_external_scorers(trained_run, tmp_path):
     import numpy as np
 
-    result = run("sample.py", "--checkpoint", str(trained_run), "--num", "5", "--steps", "2",
-                 "--outdir", str(tmp_path / "pngs"), "--npz", str(tmp_path / "s.npz"))
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "grid.png" not in result.stdout  # no grid unless asked for
+    code, stdout, stderr = call_out(sample_main, ["--checkpoint", str(trained_run), "--num", "5", "--steps", "2",
+                                                  "--outdir", str(tmp_path / "pngs"), "--npz", str(tmp_path / "s.npz")])
+    assert code == 0, stderr[-2000:]
+    assert "wrote" in stdout and "grid.png" not in stdout  # no grid unless asked for
     names = sorted(p.name for p in (tmp_path / "pngs").iterdir())
     assert names == [f"{i:06d}.png" for i in range(5)]
     arrays = np.load(tmp_path / "s.npz")
     assert arrays["arr_0"].shape == (5, 32, 32, 1) and arrays["arr_0"].dtype == np.uint8
     assert arrays["labels"].tolist() == [0, 1, 2, 3, 4]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "pngs" / "000003.png")), arrays["arr_0"][3, ..., 0])
-    again = run("sample.py", "--checkpoint", str(trained_run), "--num", "2", "--outdir", str(tmp_path / "pngs"))
-    assert again.returncode == 2 and "--outdir: " in again.stderr and "not an empty directory" in again.stderr
-    again = run("sample.py", "--checkpoint", str(trained_run), "--num", "2", "--npz", str(tmp_path / "s.npy"))
-    assert again.returncode == 2 and "--npz: name a .npz file" in again.stderr
+    code, stderr = call(sample_main, ["--checkpoint", str(trained_run), "--num", "2", "--outdir", str(tmp_path / "pngs")])
+    assert code == 2 and "--outdir: " in stderr and "not an empty directory" in stderr
+    code, stderr = call(sample_main, ["--checkpoint", str(trained_run), "--num", "2", "--npz", str(tmp_path / "s.npy")])
+    assert code == 2 and "--npz: name a .npz file" in stderr

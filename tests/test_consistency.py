@@ -164,6 +164,7 @@ def test_bad_consistency_settings_are_refused():
         load_config(None, ["method.name=consistency", "method.prediction=x0"])
 
 
+@pytest.mark.slow  # the default set keeps under 6 minutes on CI's 2 cores (#36)
 def test_consistency_trains_and_samples_from_the_cli(imagefolder, tmp_path):
     out = tmp_path / "run"
     result = run_script("train.py", *tiny_overrides(imagefolder, out), "method.name=consistency",
@@ -178,6 +179,7 @@ def test_consistency_trains_and_samples_from_the_cli(imagefolder, tmp_path):
     assert all(math.isfinite(row["loss"]) for row in log)
 
 
+@pytest.mark.slow  # the default set keeps under 6 minutes on CI's 2 cores (#36)
 def test_consistency_distills_a_trained_model_from_the_cli(imagefolder, tmp_path):
     from genkit.training import train
 

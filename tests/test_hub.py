@@ -182,3 +182,26 @@ def test_export_cli_writes_and_refuses_offline_pushes(runs, tmp_path):
     code, stderr = call(main, ["export", "--checkpoint", str(runs["ddpm"]), "--out", str(tmp_path / "x"),
                                "--metrics", str(runs["ddpm"] / "metrics.jsonl")])
     assert code == 2 and "is not a JSON report of genkit eval" in stderr
+
+
+def test_fitted_grids_travel_in_the_export_to_genkit_load_and_to_diffusers(runs, tmp_path):
+    """The grids fitted to a model go into the export (the net's config.json), so that `genkit.load` and
+    diffusers' `GenkitPipeline` sample on them without a warning or a pilot; grids fitted to an export
+    later (`genkit fit-grid EXPORT`) are read by `genkit.load` too."""
+    import warnings
+
+    from genkit.samplers import UnfittedGrid
+
+    model = genkit.load(runs["sde"])
+    model.fit_grid(steps=2, sampler="fitted", progress=False)
+    out = genkit.save_pretrained(model, tmp_path / "export", grid=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnfittedGrid)
+        loaded = genkit.load(out)
+        assert torch.equal(loaded.sample(2, steps=2, sampler="fitted", progress=False).images,
+                           model.sample(2, steps=2, sampler="fitted", progress=False).images)
+        pipe = GenkitPipeline.from_pretrained(out)
+        assert len(pipe.model.genkit_model().grids) == 1
+    model.fit_grid(steps=3, sampler="fitted", progress=False)  # the same pilot, a second grid
+    model.save_grids(out)
+    assert len(genkit.load(out).grids) == 2

@@ -118,7 +118,7 @@ def trained_vae(imagefolder, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("net", ["dit", pytest.param("unet", marks=pytest.mark.slow)])  # the UNet in the slow set
+@pytest.mark.parametrize("net", [pytest.param("dit", marks=pytest.mark.slow), pytest.param("unet", marks=pytest.mark.slow)])
 def test_latent_model_trains_samples_resumes_and_loads_without_its_autoencoder_run(imagefolder, trained_vae,
                                                                                    tmp_path, net):
     vae = tmp_path / "vae"
@@ -150,6 +150,7 @@ def test_latent_model_trains_samples_resumes_and_loads_without_its_autoencoder_r
         model.bits_per_dim(torch.zeros(2, 1, 16, 16, dtype=torch.uint8))
 
 
+@pytest.mark.slow  # the default set keeps under 6 minutes on CI's 2 cores (#36)
 def test_latent_run_refuses_an_autoencoder_that_does_not_fit(imagefolder, trained_vae, tmp_path):
     base = [*tiny_overrides(imagefolder, tmp_path / "latent"), "model.name=dit", "method.name=flow",
             f"data.autoencoder={trained_vae}", "model.dit.patch_size=2"]
@@ -161,6 +162,7 @@ def test_latent_run_refuses_an_autoencoder_that_does_not_fit(imagefolder, traine
         assert message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # the default set keeps under 6 minutes on CI's 2 cores (#36)
 def test_autoencoder_eval_reports_reconstruction_metrics(digits, tmp_path):
     out = tmp_path / "vae"
     result = run_script("train.py", *digit_overrides(digits, out), *TINY_VAE, "model.num_classes=0",

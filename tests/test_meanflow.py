@@ -108,7 +108,7 @@ def test_meanflow_needs_a_second_time_and_says_so():
         load_config(None, ["method.name=flow", "sample.sampler=meanflow"])
 
 
-@pytest.mark.parametrize("net", ["unet", pytest.param("dit", marks=pytest.mark.slow)])  # the DiT in the slow set
+@pytest.mark.parametrize("net", [pytest.param("unet", marks=pytest.mark.slow), pytest.param("dit", marks=pytest.mark.slow)])
 def test_meanflow_trains_and_samples_from_the_cli(imagefolder, tmp_path, net):
     out = tmp_path / "run"
     result = run_script("train.py", *tiny_overrides(imagefolder, out), f"model.name={net}", "method.name=meanflow",

@@ -70,7 +70,7 @@ def diffusers_scheduler(sampler, schedule, kind, **extra):
 @pytest.mark.parametrize("tables", ["shared", "own"])
 @pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("steps", [10, 50, 1000])
+@pytest.mark.parametrize("steps", [10, 50, pytest.param(1000, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "ddim_eta0.5"])
 def test_parity_with_diffusers(schedule, kind, steps, sampler, tables):
     """`shared`: diffusers is handed genkit's float64 tables, isolating the update rules.

@@ -47,6 +47,8 @@ def evaluation_report(model, num: int = 10_000, seed: int = 0, batch_size: int =
         return {**head, "precision": precision, **scores}
     if num < Evaluator.min_images:
         raise ArgumentError("n", f"evaluation needs at least {Evaluator.min_images} images, got {num}")
+    if bpd and model.codec is not None:
+        raise ArgumentError("bpd", "a latent model's density is over latents, not pixels: it has no bits/dim")
     evaluator = Evaluator(model.cfg.data)  # refuses data it cannot score before anything is drawn
     if model.family == "autoencoder":
         test = load_images(model.cfg.data, split="test", limit=num)
@@ -54,8 +56,6 @@ def evaluation_report(model, num: int = 10_000, seed: int = 0, batch_size: int =
         floor = evaluator.floor(len(test), seed=seed)
         return {**head, "precision": precision, **scores,
                 "real_data_floor": {"fid": floor["fid"], "images": floor["images"]}}
-    if bpd and model.codec is not None:
-        raise ArgumentError("bpd", "a latent model's density is over latents, not pixels: it has no bits/dim")
     drawn = model.sample(num, seed=seed, sampler=sampler, steps=steps, guidance=guidance, labels=labels,
                          schedule=schedule, batch_size=batch_size, precision=precision, progress=progress,
                          compile=compile, **options)

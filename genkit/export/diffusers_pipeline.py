@@ -1,7 +1,7 @@
 """genkit models as diffusers components: `GenkitNet` (a `ModelMixin` holding any genkit net and
 its config) and `GenkitPipeline` (a `DiffusionPipeline` called the diffusers way).
 
-    pipe = GenkitPipeline.from_pretrained("exported/")            # written by model.save_pretrained
+    pipe = GenkitPipeline.from_pretrained("exported/")            # written by genkit.save_pretrained
     images = pipe(class_labels=[3, 7], num_inference_steps=10, generator=torch.manual_seed(0)).images
 
 The pipeline's scheduler is the sampler: the diffusers scheduler `model.make_scheduler` builds
@@ -19,18 +19,20 @@ from diffusers.configuration_utils import register_to_config
 from genkit.arguments import MAX_NUM, integer
 from genkit.config import config_from_dict
 from genkit.images import to_pil
-from genkit.inference import build_model
+from genkit.inference import GenerativeModel, build_model
 from genkit.nets import build_net
 from genkit.registry import ArgumentError
+from genkit.samplers import SAMPLERS, GridBook
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 
 
 class GenkitNet(ModelMixin, ConfigMixin):
-    """Any genkit net as a diffusers model; its `config.json` holds the whole genkit config."""
+    """Any genkit net as a diffusers model; its `config.json` holds the whole genkit config and the
+    time grids fitted to the model (`genkit.samplers.GridBook.to_dict`, or None)."""
 
     @register_to_config
-    def __init__(self, genkit_config: dict):
+    def __init__(self, genkit_config: dict, grids: dict | None = None):
         super().__init__()
         self.net = build_net(config_from_dict(genkit_config))
 
@@ -48,8 +50,12 @@ class GenkitNet(ModelMixin, ConfigMixin):
         return self.net(*args, **kwargs)
 
     def genkit_model(self, device=None):
-        """The genkit inference model (`GenerativeModel` or `AutoregressiveModel`) on this net."""
-        return build_model(config_from_dict(self.config.genkit_config), self.net, device or self.device)
+        """The genkit inference model (`GenerativeModel` or `AutoregressiveModel`) on this net, with
+        its fitted grids."""
+        model = build_model(config_from_dict(self.config.genkit_config), self.net, device or self.device)
+        if isinstance(model, GenerativeModel) and self.config.grids is not None:
+            model.grids = GridBook.checked(self.config.grids, SAMPLERS, "the grids in model/config.json")
+        return model
 
 
 class GenkitPipeline(DiffusionPipeline):

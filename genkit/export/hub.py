@@ -5,11 +5,10 @@ from the Hugging Face Hub (through its cache, honouring HF_HUB_OFFLINE); `push_t
     <directory>/
         model_index.json                 the diffusers pipeline: GenkitPipeline(model, scheduler)
         pipeline.py                      two lines naming it, for DiffusionPipeline.from_pretrained
-        model/config.json                the genkit config (GenkitNet's only argument)
+        model/config.json                the genkit config and the model's fitted time grids (GenkitNet's arguments)
         model/diffusion_pytorch_model.safetensors
         scheduler/scheduler_config.json  the diffusers scheduler matching the path (absent if none does)
         genkit.json                      training steps and time, metrics with their floor
-        grids.json                       the time grids fitted to the model, when fitted
         README.md, samples.png           the model card and its sample grid
 """
 from __future__ import annotations
@@ -22,12 +21,13 @@ from pathlib import Path
 
 import torch
 
-from genkit.checkpoint import read_grids, write_grids
+from genkit.checkpoint import read_grids
 from genkit.config import to_dict
 from genkit.export.diffusers_pipeline import GenkitNet, GenkitPipeline
 from genkit.export.model_card import check_report, model_card
 from genkit.files import write_json
 from genkit.images import save_grid
+from genkit.inference import GenerativeModel
 from genkit.paths import FlowPath
 from genkit.registry import ArgumentError
 
@@ -71,14 +71,13 @@ def save_pretrained(model, directory: str | Path, metrics: dict | None = None, g
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
     try:
-        net = GenkitNet(to_dict(model.cfg))
+        grids = getattr(model, "grids", None)
+        net = GenkitNet(to_dict(model.cfg), grids.to_dict() if grids else None)
         net.net.load_state_dict(model.net.state_dict())
         GenkitPipeline(model=net, scheduler=default_scheduler(model)).save_pretrained(tmp, safe_serialization=True)
         (tmp / SHIM_FILE).write_text(SHIM)
         card = {"training": model.training, "metrics": metrics or model.metrics}
         write_json(tmp / CARD_DATA_FILE, card)
-        if len(getattr(model, "grids", ())):
-            write_grids(tmp, model.grids)
         if grid:
             save_grid(model.sample(grid, seed=0, progress=False).images, tmp / GRID_FILE)
         (tmp / "README.md").write_text(model_card(model, card, grid, repo_id or str(out)))
@@ -103,8 +102,9 @@ def load_pretrained(directory: Path, device="cpu"):
     card = _read_card(directory / CARD_DATA_FILE) if (directory / CARD_DATA_FILE).is_file() else {}
     model.training, model.metrics = card.get("training") or {}, card.get("metrics")
     model.directory = directory
-    if model.family == "denoiser":
-        model.grids = read_grids(directory)
+    if isinstance(model, GenerativeModel):  # grids fitted since the export (`genkit fit-grid EXPORT`)
+        for grid in read_grids(directory).grids.values():
+            model.grids.add(grid)
     return model
 
 

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genkit.arguments import check_draw, check_images, class_labels
+from genkit.checkpoint import write_grids
 from genkit.config import Config
 from genkit.evaluation.metrics import psnr, ssim
 from genkit.images import to_pil
@@ -169,7 +170,7 @@ class GenerativeModel(TrainedModel):
         """Fit the time grid of `sampler` (default: the config's, with its options) at `steps` and
         `guidance` (default: the config's) to this model by a pilot solve, and keep it in `grids`, where
         `sample` reads it; returns it. Pays once for what `schedule="adaptive"` pays at every call
-        (`genkit.samplers.plan`); `genkit.checkpoint.write_grids` stores the book with the model."""
+        (`genkit.samplers.plan`); `save_grids` stores them with the model."""
         sc = self.cfg.sample
         if sampler is None:
             sampler, options = sc.sampler, {**sc.options, **options}
@@ -179,6 +180,14 @@ class GenerativeModel(TrainedModel):
         grid = fit(SAMPLERS, sampler, steps, guidance, options, self.adaptive_grid(guidance), progress)
         self.grids.add(grid)
         return grid
+
+    def save_grids(self, directory: str | Path | None = None) -> Path:
+        """Store `grids` with the model (`grids.json` in `directory`, default the checkpoint or export it
+        was loaded from), where `genkit.load` reads them; returns the file."""
+        directory = directory or self.directory
+        if directory is None:
+            raise ArgumentError("directory", "this model was not loaded from a directory: name one")
+        return write_grids(directory, self.grids)
 
     def make_scheduler(self, scheduler_class, **overrides):
         """The diffusers scheduler of `scheduler_class` that matches this model's path (DDPM's

@@ -78,14 +78,16 @@ class GridBook:
     def add(self, grid: FittedGrid) -> None:
         self.grids[grid.key] = grid
 
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "grids": [asdict(g) for g in self.grids.values()]}
+
     def to_json(self) -> str:
-        return json.dumps({"format": FORMAT, "grids": [asdict(g) for g in self.grids.values()]}, indent=1)
+        return json.dumps(self.to_dict(), indent=1)
 
     @classmethod
-    def from_json(cls, text: str, samplers: Registry) -> "GridBook":
-        """The book in `text`; `ValueError` naming what is wrong (an unknown sampler, a grid that
-        does not descend to 0 in `steps` steps, a field of the wrong kind)."""
-        data = json.loads(text)
+    def from_dict(cls, data, samplers: Registry) -> "GridBook":
+        """The book in `data` (`to_dict`'s form); `ValueError` naming what is wrong (an unknown
+        sampler, a grid that does not descend to 0 in `steps` steps, a field of the wrong kind)."""
         if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("grids"), list):
             raise ValueError(f"not a grid book of format {FORMAT}")
         book = cls()
@@ -99,18 +101,27 @@ class GridBook:
         return book
 
     @classmethod
+    def checked(cls, data, samplers: Registry, where: str) -> "GridBook":
+        """`from_dict`, except that a damaged book is set aside with a warning naming `where`: sampling
+        then runs on the fixed grids, as with no book."""
+        try:
+            return cls.from_dict(data, samplers)
+        except ValueError as err:
+            warnings.warn(f"{where} is damaged ({str(err).splitlines()[0][:200]}); sampling on the fixed grids "
+                          f"until `genkit fit-grid` writes it again", UnfittedGrid, stacklevel=3)
+            return cls()
+
+    @classmethod
     def read(cls, directory: str | Path, samplers: Registry) -> "GridBook":
-        """The book stored in `directory` (empty if there is none). A damaged one is set aside with
-        a warning: sampling then runs on the fixed grids, as with no book."""
+        """The book stored in `directory` (empty if there is none; a damaged one warns: `checked`)."""
         path = Path(directory) / GRIDS_FILE
         if not path.is_file():
             return cls()
         try:
-            return cls.from_json(path.read_text(), samplers)
-        except (OSError, ValueError) as err:  # JSON's and UTF-8's errors are ValueErrors
-            warnings.warn(f"{path} is damaged ({str(err).splitlines()[0][:200]}); sampling on the fixed grids "
-                          f"until `genkit fit-grid` writes it again", UnfittedGrid, stacklevel=2)
-            return cls()
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):  # JSON's and UTF-8's errors are ValueErrors
+            data = None
+        return cls.checked(data, samplers, str(path))
 
 
 def _check(grid: FittedGrid, samplers: Registry) -> None:
