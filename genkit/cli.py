@@ -49,18 +49,26 @@ def one_line(text: str) -> str:
 TOO_LARGE = ("allocate", "Storage size calculation overflowed")  # torch's errors for a tensor beyond memory
 
 
-def _note(message, category, filename, lineno, file=None, line=None) -> None:
-    """A library warning meant for the user (an unfitted grid) as one line on stderr."""
-    print(f"note: {one_line(message)}", file=sys.stderr)
-
-
 def _run(fn, args) -> int:
+    """Run a command: its errors in one line each (`_run_quietly`), and the library's notes for the
+    user (a sampler on its fixed grid: `genkit.samplers.UnfittedGrid`) once each, after a command
+    that succeeded (a failing one says only why it failed)."""
+    notes = []
     with warnings.catch_warnings():
         shown = warnings.showwarning
-        warnings.showwarning = lambda message, category, *rest: (_note if issubclass(category, UnfittedGrid)
-                                                                  else shown)(message, category, *rest)
-        warnings.simplefilter("always", UnfittedGrid)  # every call that samples on a fixed grid says so
-        return _run_quietly(fn, args)
+
+        def show(message, category, *rest):
+            if issubclass(category, UnfittedGrid):
+                notes.append(f"note: {one_line(message)}")
+            else:
+                shown(message, category, *rest)
+        warnings.showwarning = show
+        warnings.simplefilter("always", UnfittedGrid)
+        code = _run_quietly(fn, args)
+    if code == 0:
+        for note in dict.fromkeys(notes):
+            print(note, file=sys.stderr)
+    return code
 
 
 def _run_quietly(fn, args) -> int:

@@ -93,7 +93,7 @@ def test_print_config_shows_resolved_values():
 
 @pytest.mark.parametrize("method, samplers", [
     pytest.param(["method.name=sde", "method.sde.kind=subvp"], ["em", "pc", "ode"], marks=pytest.mark.slow),
-    (["method.name=sde", "method.sde.kind=ve"], ["pc", "dpmpp_2m_pc"]),
+    pytest.param(["method.name=sde", "method.sde.kind=ve"], ["pc", "dpmpp_2m_pc"], marks=pytest.mark.slow),
     pytest.param(["method.name=flow", "method.flow.time_density=mode", "method.flow.shift=2"], ["euler", "heun", "ode"],
                  marks=pytest.mark.slow),
 ])

@@ -213,6 +213,7 @@ def test_consistency_distills_a_trained_model_from_the_cli(imagefolder, tmp_path
         load_config(None, ["method.name=consistency", "method.consistency.teacher_solver=rk4"])
 
 
+@pytest.mark.slow  # the default set keeps under 6 minutes on CI's 2 cores (#36)
 def test_distillation_from_an_exact_teacher_moves_one_step_samples_towards_the_data():
     """Consistency distillation as a whole, on a 2-D mixture whose exact flow is the teacher: a
     small net that starts as the flow (one step lands on the mean, far from the four modes)

@@ -161,6 +161,7 @@ def test_push_to_hub_uploads_the_export(runs, monkeypatch):
         genkit.push_to_hub(genkit.load(runs["ddpm"]), "no-owner")
 
 
+@pytest.mark.slow  # the default set keeps under 6 minutes on CI's 2 cores (#36)
 def test_export_cli_writes_and_refuses_offline_pushes(runs, tmp_path):
     report = tmp_path / "eval.json"
     report.write_text(json.dumps({"metrics": {"fid": 3.0}, "real_data_floor": {"fid": 1.5}}))
