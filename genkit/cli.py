@@ -140,8 +140,8 @@ def _sampling_flags(p: Parser) -> None:
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     _precision_flags(p)
     p.add_argument("--compile", action="store_true",
-                   help="sample through torch.compile: about half a minute of compilation first, then about 1.3x "
-                        "(fp32) and 1.1x (bf16) faster on a 2-core CPU; worth it beyond a few minutes of sampling")
+                   help="sample through torch.compile: compilation first (per precision and batch shape), then "
+                        "faster sampling; worth it for long runs (figures: the docs' throughput results)")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps "
                                                   "(default: auto); samples do not depend on it beyond rounding")
     p.add_argument("--option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",

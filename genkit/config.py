@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from genkit.arguments import shorten
+from genkit.arguments import check_draw, shorten
 from genkit.assets import find_recipe, recipe_names
 from genkit.methods import METHODS
 from genkit.nets import NETS
@@ -253,11 +253,14 @@ def validate(cfg: Config) -> None:
     require(cfg.data, "data", non_negative=["latent_channels", "latent_size"])
     if not cfg.data.autoencoder and (cfg.data.latent_channels or cfg.data.latent_size):
         raise ConfigError("data.latent_channels: latents need an autoencoder; set data.autoencoder (or leave both at 0)")
-    require(cfg.sample, "sample", positive=["steps", "num"])
+    sc = cfg.sample
+    try:  # the check every draw makes (`genkit.arguments`), on the draws the run's grids make
+        check_draw(sc.num, 0, 1, sc.steps, sc.guidance)
+    except ArgumentError as err:
+        key = "num" if err.argument == "n" else err.argument
+        raise ConfigError(f"sample.{key}: {err.problem}") from None
     require(cfg.model, "model", non_negative=["num_classes"])
     require(cfg.method, "method", unit=["p_uncond"])
-    if not 0 <= cfg.sample.guidance < float("inf"):
-        raise ConfigError(f"sample.guidance: must be a finite number >= 0, got {cfg.sample.guidance}")
     net = NETS.lookup(cfg.model.name, "model.name")
     method = METHODS.lookup(cfg.method.name, "method.name")
     if net.family != method.family:

@@ -117,7 +117,7 @@ class LatentData(ImageData):
 def encode_dataset(codec: LatentCodec, images: torch.Tensor, cache: Path, half: torch.dtype | None = None,
                    chunk: int = 4096, batch_size: int = 512, progress: bool = True) -> torch.Tensor:
     """Raw latents [N, c, h, w] (posterior means, stored as float32) of uint8 images [N, C, H, W],
-    computed under autocast to `half` if given (bf16: 2.3x faster on a CPU with AMX), cached in
+    computed under autocast to `half` if given (bf16: faster on a CPU with AMX), cached in
     `cache` one chunk file at a time: an interrupted encoding resumes where it stopped, and a cache
     of other images, another autoencoder or another precision is replaced."""
     key = _fingerprint(codec, images, half)

@@ -123,8 +123,8 @@ class GenerativeModel(TrainedModel):
 
     def inference_net(self, half: torch.dtype | None = None, compile: bool = False) -> torch.nn.Module:
         """The net that samples, made once per dtype and `compile`: for a half dtype a copy of its
-        weights in it, which under autocast spares the cast of every weight at every call (bf16:
-        about 1.25x faster on a CPU with AMX than autocast over fp32 weights, to the same error);
+        weights in it, which under autocast spares the cast of every weight at every call (faster than
+        autocast over fp32 weights, to the same error);
         on a CPU, in channels-last for nets whose convolutions run faster so (`cpu_channels_last`:
         the UNet); else `net` itself. With `compile`, such a net through `torch.compile` (inductor
         fuses the normalisations and pointwise ops around the convolutions: see `sample`), half
@@ -279,7 +279,7 @@ class AutoregressiveModel(TrainedModel):
     def __init__(self, cfg: Config, net: torch.nn.Module, device: str | torch.device = "cpu"):
         super().__init__(cfg, net, device)
         self.levels = cfg.method.autoregressive.levels
-        if getattr(self.net, "channels_last", False):  # full passes about 2x faster on CPU, same values
+        if getattr(self.net, "channels_last", False):  # faster full passes on a CPU, same values
             self.net = self.net.to(memory_format=torch.channels_last)
 
     @torch.no_grad()

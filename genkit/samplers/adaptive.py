@@ -8,8 +8,7 @@ noise, coarse data wants them spread over the high-noise half. So `AdaptiveGrid.
 the pilot's draws with the sampler on each candidate grid and keeps the one whose end points lie
 nearest the reference as a distribution: by sliced 2-Wasserstein distance, not per-sample RMS,
 which on data with separated modes is ruled by the few draws that end in another mode
-(`benchmarks/selection_rule.py`: RMS picked the contender that is better on fresh draws in 7 of
-12 cells, sliced W2 in 12 of 12) (Align Your Steps, Sabour et al. 2024, and GITS, Chen et al. 2024, also fit
+(`benchmarks/selection_rule.py` compares the two rules on held-out problems) (Align Your Steps, Sabour et al. 2024, and GITS, Chen et al. 2024, also fit
 a grid to the model, by an optimisation; here a choice among a few). The candidates:
 
 - `equidistributed`: a second-order step in lambda = log(alpha / sigma) makes a local error that
