@@ -18,6 +18,24 @@ def test_mnist_parquet_layout_loads_padded_to_32():
     assert x.min() >= -1 and x.max() <= 1 and x.dtype == torch.float32 and y.tolist() == data.labels[:4].tolist()
 
 
+def test_fashion_mnist_ships_in_the_same_layout_with_its_licence():
+    """The bundled Fashion-MNIST (scripts/fashion_mnist.py) loads by its path as MNIST does, from any
+    directory: 10,000 test images of ten garments, the test pixel mean of the IDX files (73.15)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from genkit.assets import locate
+
+    root = locate("data/fashion_mnist")
+    assert root is not None and "Expat" in (root / "LICENSE").read_text()
+    meta = json.loads(pq.read_metadata(root / "test-00000-of-00001.parquet").metadata[b"huggingface"])
+    assert meta["info"]["features"]["label"]["names"][9] == "Ankle boot"
+    data = load_images(DataConfig(path="data/fashion_mnist", fit="pad"), split="test", progress=False)
+    assert data.images.shape == (10_000, 1, 32, 32) and sorted(set(data.labels.tolist())) == list(range(10))
+    assert abs(data.images[..., 2:-2, 2:-2].double().mean().item() - 73.15) < 0.01  # the 28x28 images, unpadded
+
+
 def test_imagefolder_resized_with_labels(imagefolder):
     data = load_images(DataConfig(path=str(imagefolder), image_size=16, fit="resize"), progress=False)
     assert data.images.shape == (32, 1, 16, 16)
