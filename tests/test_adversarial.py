@@ -536,6 +536,27 @@ def safetensors_full_disk(*args, **kwargs):
                           'left on device" })')
 
 
+def test_a_disk_that_refuses_the_fitted_grid_keeps_the_run_and_says_how_to_fit_it(imagefolder, tmp_path, monkeypatch,
+                                                                                  caplog):
+    """The grid fitted at the end of training is written after the final checkpoint: a disk that refuses
+    it leaves the run saved and whole (exit 0), says so in a warning naming `genkit fit-grid`, and the
+    model samples on its fixed grid until then."""
+    import errno
+
+    import genkit.training.trainer
+
+    def full(directory, book):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(genkit.training.trainer.ckpt, "write_grids", full)
+    out = tmp_path / "run"
+    code, stderr = call(train_main, tiny_overrides(imagefolder, out) + ["sample.fit_grid=true"])
+    assert code == 0, stderr
+    assert any("could not store the fitted grid" in r.message and "genkit fit-grid" in r.message and
+               "No space left on device" in r.message for r in caplog.records)
+    final = ckpt.intact_checkpoints(out)[-1]
+    assert final.name == "step-000004" and not (final / "grids.json").exists()
+
+
 def test_a_full_disk_as_safetensors_reports_it_fails_in_one_line(two_checkpoints, tmp_path, digits, monkeypatch):
     """Regression: safetensors' own error for a full disk escaped as a traceback and left .tmp-step-*."""
     run = copy_run(two_checkpoints, tmp_path)

@@ -334,8 +334,12 @@ class Trainer:
         model = self.ema_model()
         tqdm.write(f"genkit: fitting the {sc.sampler} grid at {sc.steps} steps (once; `genkit fit-grid` fits others)")
         model.fit_grid(progress=True)
-        ckpt.write_grids(checkpoint, model.grids)
         self.grids = model.grids
+        try:
+            ckpt.write_grids(checkpoint, model.grids)
+        except WRITE_ERRORS as err:  # the checkpoint stands; only the grid is not stored
+            log.warning(f"could not store the fitted grid in {checkpoint} ({write_error(err)}); the run is saved: "
+                        f"`genkit fit-grid {self.out}` fits it again")
 
     def sample_grid(self) -> Path:
         """An 8x8 grid from the EMA weights (`preview`: samples with the config's sampler and seed 0,
@@ -477,7 +481,7 @@ class Trainer:
         finally:
             bar.close()
         last_saved = self.save()
-        if main and not self.stop_signal and self.step >= tc.max_steps:
+        if main and not self.stop_signal:  # the run's end (its steps or train.max_minutes), not a signal
             self.fit_grid(last_saved)
         if main and tc.sample_every and not self.stop_signal:
             self.sample_grid()
