@@ -222,6 +222,7 @@ def test_sample_cli_cached_and_naive_write_the_same_grid(pixelcnn_run, tmp_path)
     assert grids[0].read_bytes() == grids[1].read_bytes()
 
 
+@pytest.mark.slow  # the default set keeps under 6 minutes on CI's 2 cores (#36)
 def test_eval_cli_reports_nll_and_classification(pixelcnn_run, tmp_path):
     out = tmp_path / "eval.json"
     result = run("eval.py", "--checkpoint", str(pixelcnn_run), "--num", "8", "--json", str(out))

@@ -46,6 +46,7 @@ def test_the_default_grid_is_fitted_once_and_read_by_sample(imagefolder, tmp_pat
     assert (tmp_path / "b.png").read_bytes() != (tmp_path / "c.png").read_bytes()
 
 
+@pytest.mark.slow  # the default set keeps under 6 minutes on CI's 2 cores (#36)
 def test_sample_cli_writes_grid_and_is_deterministic(trained_run, tmp_path):
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     for out in (a, b):
@@ -148,6 +149,7 @@ def test_sampler_options_read_numbers_as_users_type_them():
     assert isinstance(options["rtol"], float) and isinstance(options["n_corrector"], int)
 
 
+@pytest.mark.slow  # the default set keeps under 6 minutes on CI's 2 cores (#36)
 def test_sample_writes_one_png_per_image_and_an_npz_for_external_scorers(trained_run, tmp_path):
     import numpy as np
 

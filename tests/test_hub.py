@@ -121,6 +121,7 @@ def fake_hub_cache(export, cache, repo_id="someone/tiny", commit="0" * 40):
     (repo / "refs" / "main").write_text(commit)
 
 
+@pytest.mark.slow  # the default set keeps under 6 minutes on CI's 2 cores (#36)
 def test_hub_ids_load_from_the_cache_offline_and_fail_in_one_line(runs, tmp_path):
     export = genkit.save_pretrained(genkit.load(runs["flow"]), tmp_path / "export", grid=0)
     fake_hub_cache(export, tmp_path / "cache")

@@ -21,6 +21,7 @@ def test_recipes_are_found_by_name_or_path(tmp_path, monkeypatch):
     assert locate("data/mnist") is not None and locate("data/nope") is None
 
 
+@pytest.mark.slow  # the default set keeps under 6 minutes on CI's 2 cores (#36)
 def test_version_and_module_entry_point():
     import genkit
 

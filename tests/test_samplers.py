@@ -213,12 +213,13 @@ def test_samples_do_not_depend_on_batch_size(tiny_cfg, sampler, net):
     assert a.shape == (5, 1, 16, 16) and a.min() >= 0 and a.max() <= 1
 
 
-def test_the_default_sampler_runs_on_its_fixed_grid_until_a_grid_is_fitted(tiny_cfg):
+def test_the_default_sampler_runs_on_its_fixed_grid_until_a_grid_is_fitted(tiny_cfg, tmp_path):
     """With no grid stored, `fitted` (the default) runs UniPC-3 on the fixed flow grid, says so, and
     starts no pilot; `fit_grid` fits one once (the pilot's evaluations not counted in the samples'
     NFE), after which `sample` draws with the chosen contender on that grid, without a new pilot, the
     same images as `schedule="adaptive"` (which fits at every call) and as naming the contender and
-    grid by hand. Grids are kept per steps and guidance."""
+    grid by hand. Grids are kept per steps and guidance, and travel with the checkpoint
+    (`stored_grids_travel_with_the_checkpoint`)."""
     from genkit.samplers import UnfittedGrid
     from genkit.samplers.adaptive import pilot_draws
     from genkit.samplers.schedules import flow
@@ -250,17 +251,16 @@ def test_the_default_sampler_runs_on_its_fixed_grid_until_a_grid_is_fitted(tiny_
         model.sample(3, steps=4, guidance=2.0, progress=False)
     with pytest.raises(ArgumentError, match="order"):
         model.sample(3, steps=4, sampler="fitted", order=2, progress=False)
+    stored_grids_travel_with_the_checkpoint(model, tmp_path)
 
 
-def test_stored_grids_travel_with_the_checkpoint_and_a_damaged_file_falls_back(tiny_cfg, tmp_path):
+def stored_grids_travel_with_the_checkpoint(model, tmp_path):
     """`write_grids` stores the book beside the weights; `genkit.load` reads it back, so the loaded
     model draws what the fitted one drew; a damaged `grids.json` warns and samples on the fixed grid."""
     import genkit
     from genkit.checkpoint import read_grids, write_export, write_grids
     from genkit.samplers import GRIDS_FILE, UnfittedGrid
 
-    model = tiny_model(tiny_cfg, "sample.sampler=fitted")
-    model.fit_grid(steps=3, progress=False)
     directory = tmp_path / "step-000004"
     directory.mkdir()
     weights = model.net.state_dict()
@@ -270,10 +270,10 @@ def test_stored_grids_travel_with_the_checkpoint_and_a_damaged_file_falls_back(t
     loaded = genkit.load(directory)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnfittedGrid)
-        assert torch.equal(loaded.sample(2, steps=3, progress=False).images,
-                           model.sample(2, steps=3, progress=False).images)
+        assert torch.equal(loaded.sample(2, steps=4, progress=False).images,
+                           model.sample(2, steps=4, progress=False).images)
     for damage in ["{", '{"format": 1, "grids": [{"sampler": "nope"}]}',
-                   (directory / GRIDS_FILE).read_text().replace('"steps": 3', '"steps": 2')]:
+                   (directory / GRIDS_FILE).read_text().replace('"steps": 4', '"steps": 2')]:
         (directory / GRIDS_FILE).write_text(damage)
         with pytest.warns(UnfittedGrid, match="damaged"):
             again = genkit.load(directory)

@@ -207,14 +207,14 @@ class GenerativeModel(TrainedModel):
         this model and sampler now, by a pilot solve: `adaptive_grid`), or a function (path, steps)
         -> times (default: the sampler's own on this path; for `fitted`, `dpmpp_2m` and
         `dpmpp_2m_pc` the grid stored in `grids` by `fit_grid`, else their fixed one:
-        `genkit.samplers.plan`). `labels`: an
-        int, a sequence of class ids, or None (class i mod K for sample i). `precision`: no, bf16, fp16
+        `genkit.samplers.plan`). `labels`: an int, a sequence of class ids, or None (class i mod K
+        for sample i). `precision`: no, bf16, fp16
         or auto (`hardware_precision`). `clip_x0` clamps every x0 estimate to [-1, 1];
         `callback(step, t, x, x0_hat)` sees every step of every batch; `options` go to the
         sampler. Sample i is drawn from noise stream (seed, start_index + i), whatever `batch_size`.
         `compile` samples through `torch.compile` (inductor): its first call per precision and
-        batch shape compiles for about half a minute on a 2-core CPU, after which sampling runs
-        faster there (benchmarks/throughput.py); its samples equal the eager ones to rounding. So
+        batch shape compiles, after which sampling runs faster (benchmarks/throughput.py); its
+        samples equal the eager ones to rounding. So
         that one shape serves every batch, a compiled last batch is filled up to `batch_size` with
         the samples that would follow (drawn, then dropped; `callback` sees them).
         A latent model samples latents (there `clip_x0` does not apply) and returns them decoded.
