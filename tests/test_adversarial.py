@@ -536,6 +536,7 @@ def safetensors_full_disk(*args, **kwargs):
                           'left on device" })')
 
 
+@pytest.mark.slow  # the default set keeps under 6 minutes on CI's 2 cores (#36)
 def test_a_disk_that_refuses_the_fitted_grid_keeps_the_run_and_says_how_to_fit_it(imagefolder, tmp_path, monkeypatch,
                                                                                   caplog):
     """The grid fitted at the end of training is written after the final checkpoint: a disk that refuses

@@ -79,7 +79,7 @@ TYPED_OVERRIDES = st.sampled_from([(key, kind) for key, kind in key_types().item
     lambda key_kind: values_of(key_kind[1]).map(lambda value: f"{key_kind[0]}={value}"))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(TYPED_OVERRIDES, min_size=1, max_size=3))
 def test_training_under_random_typed_overrides_trains_or_fails_in_one_line(imagefolder, tmp_path_factory, overrides):
     """(A wider run of this found `train.seed=-1` raising from numpy mid-setup.)"""
