@@ -131,8 +131,13 @@ class AdaptiveGrid:
         takes one, the caller names none and the grid starts at pure noise). Chosen once per sampler,
         step count, options and grid; `choices` keeps each choice's name, grid, options and every
         trial's error."""
-        _, ts, chosen, _ = self.choices[self._fit(sampler, steps, progress, grid, options)]
+        _, ts, chosen, _ = self.choice(sampler, steps, progress, grid, **options)
         return ts, chosen
+
+    def choice(self, sampler, steps: int, progress: bool = False, grid: torch.Tensor | None = None,
+               **options) -> tuple[str, torch.Tensor, dict, dict[str, float]]:
+        """`fitted`'s choice in full: (the candidate's name, its times, the options, every trial's error)."""
+        return self.choices[self._fit(sampler, steps, progress, grid, options)]
 
     def best(self, contenders, steps: int, progress: bool = False, grid: torch.Tensor | None = None):
         """(sampler, times, options): of `contenders` [(sampler, options)], each on its fitted grid

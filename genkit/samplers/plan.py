@@ -158,9 +158,7 @@ def fit(samplers: Registry, name: str, steps: int, guidance: float, options: dic
     contenders = samplers[name].extra.get("contenders") or ((name, options),)
     best = None
     for runs, run_options in contenders:
-        sampler = samplers[runs].build
-        adaptive.fitted(sampler, steps, progress, **run_options)
-        chosen, times, chosen_options, errors = adaptive.choices[(sampler, steps, repr(sorted(run_options.items())))]
+        chosen, times, chosen_options, errors = adaptive.choice(samplers[runs].build, steps, progress, **run_options)
         if best is None or errors[chosen] < best.distance:
             best = FittedGrid(name, steps, float(guidance), dict(options), runs, dict(chosen_options),
                               [float(t) for t in times.tolist()], chosen, float(errors[chosen]), len(adaptive.draws))
@@ -184,12 +182,12 @@ def plan(samplers: Registry, sampler, options: dict, schedule, path, steps: int,
     is `adaptive` and finds none in `book` runs on its `fixed` grid (an `UnfittedGrid` warning says
     so); `pilot()` is asked for only when the caller names `adaptive`."""
     name = sampler if isinstance(sampler, str) else None
+    extra = samplers[name].extra if name else {}
     if hasattr(sampler, "set_timesteps"):
         fn = DiffusersSampler(sampler, seed)
     else:
         fn = samplers[name].build if name else sampler
-        from_registry = samplers[name].extra if name else {}
-        if not from_registry.get("contenders"):
+        if not extra.get("contenders"):
             check_options(fn, options, name or "this sampler")
         elif options:
             raise ArgumentError(next(iter(options)), f"{name} chooses its sampler's options; name a sampler to set them")
@@ -198,7 +196,6 @@ def plan(samplers: Registry, sampler, options: dict, schedule, path, steps: int,
         if stored is not None:
             return Plan(samplers[stored.runs].build, torch.tensor(stored.times, dtype=torch.float64),
                         dict(stored.run_options))
-    extra = samplers[name].extra if name else {}
     own = path.default_schedule(extra.get("schedule", "uniform"))
     if schedule is None and own == ADAPTIVE:
         fixed = path.default_schedule(extra["fixed"])
