@@ -12,6 +12,8 @@ from genkit.arguments import MAX_NUM, check_draw
 from genkit.assets import RECIPES, recipe_names
 from genkit.checkpoint import EMA_FILE, STATE_FILE, intact_checkpoints
 from genkit.config import load_config, parse_scalar, to_dict
+from genkit.config import DataConfig
+from genkit.evaluation.classifier import detect_channels, fit_feature_net
 from genkit.evaluation.report import evaluation_report
 from genkit.export.model_card import check_report
 from genkit.files import write_json
@@ -31,7 +33,7 @@ FLAGS = {"n": "--num", "labels": "--class-label", "steps": "--steps", "seed": "-
          "path": "--checkpoint", "model": "--checkpoint", "out": "--out", "out_dir": "--out", "runs": "RUN",
          "ema": "--raw-weights", "directory": "--out", "repo_id": "--push", "npz": "--npz",
          "outdir": "--outdir", "compile": "--compile", "bpd": "--bpd", "bpd_probes": "--bpd-probes",
-         "bpd_tol": "--bpd-tol", "bpd_estimator": "--bpd-estimator"}
+         "bpd_tol": "--bpd-tol", "bpd_estimator": "--bpd-estimator", "feature_net": "--feature-net"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -163,14 +165,18 @@ def sample_parser(prog: str = "sample.py") -> Parser:
 
 
 def eval_parser(prog: str = "eval.py") -> Parser:
-    p = Parser(prog=prog, description="Score a trained MNIST model: FID, precision/recall and class coverage "
-                                      "in the feature space of genkit's MNIST classifier, beside the same "
-                                      "metrics for as many real training digits (the floor). For an "
-                                      "autoregressive model: the exact test NLL of the first --num test digits "
-                                      "(binarized with --seed), and, if it is class-conditional, generative "
-                                      "classification by argmax_y log p(x | y) + log p(y). For an autoencoder: PSNR, SSIM and "
-                                      "reconstruction FID of the first --num test digits.")
+    p = Parser(prog=prog, description="Score a trained model: FID, precision/recall and class coverage against "
+                                      "the test split of its data, in the feature space of a feature net that "
+                                      "reads that data (its own, from genkit train-classifier, or genkit's for "
+                                      "MNIST and Fashion-MNIST), beside the same metrics for as many real "
+                                      "training images (the floor). For an autoregressive model: the exact test "
+                                      "NLL of the first --num test images (binarized with --seed), and, if it is "
+                                      "class-conditional, generative classification by argmax_y log p(x | y) + "
+                                      "log p(y). For an autoencoder: PSNR, SSIM and reconstruction FID of the "
+                                      "first --num test images.")
     _sampling_flags(p)
+    p.add_argument("--feature-net", metavar="DIR", help="the feature net to score in (default: the data set's own, "
+                                                        "DATA/feature_net, else genkit's that reads the data)")
     p.add_argument("--num", type=int, default=10000, help="number of samples (default: 10000)")
     p.add_argument("--json", default="eval.json", help="where to write the results (default: eval.json)")
     p.add_argument("--bpd", type=int, default=0, metavar="N",
@@ -226,6 +232,27 @@ def fit_grid_parser(prog: str = "genkit fit-grid") -> Parser:
     p.add_argument("--sampler", help="the sampler whose grid to fit (default: the run's sample.sampler)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight (default: the run's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    return p
+
+
+def train_classifier_parser(prog: str = "genkit train-classifier") -> Parser:
+    p = Parser(prog=prog, description="Train the feature net that genkit eval scores a labelled data set in (a "
+                                      "small classifier: FID, precision/recall and coverage use its features), "
+                                      "and store it beside the data (DATA/feature_net), where genkit eval finds "
+                                      "it. About 4 minutes for 60,000 images of 32 px on 2 CPU cores.")
+    p.add_argument("--data", required=True, metavar="PATH", help="the data set: a local parquet or image-folder "
+                                                                 "directory (class subfolders are labels), or a hub id")
+    p.add_argument("--image-size", type=int, default=32, help="the size the models see it at (default: 32)")
+    p.add_argument("--channels", type=int, choices=[1, 3], help="1 (grey) or 3 (RGB) (default: as the images are)")
+    p.add_argument("--fit", choices=["pad", "resize"], default="pad", help="pad (centre, with black) or resize "
+                                                                         "(shorter side, then centre crop) (default: pad)")
+    p.add_argument("--hflip", action="store_true", help="augment with horizontal flips (images whose mirror is "
+                                                        "of the same class)")
+    p.add_argument("--image-column", default="image", help="(default: image)")
+    p.add_argument("--label-column", default="label", help="(default: label)")
+    p.add_argument("--epochs", type=int, default=4, help="(default: 4)")
+    p.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    p.add_argument("--out", metavar="DIR", help="where to store it (default: DATA/feature_net; required for a hub id)")
     return p
 
 
@@ -349,7 +376,8 @@ def _eval(args) -> None:
     model = genkit.load(args.checkpoint, ema=not args.raw_weights, device=args.device)
     report = evaluation_report(model, args.num, seed=args.seed, batch_size=args.batch_size, precision=args.precision,
                                labels=args.class_label, bpd=args.bpd, bpd_estimator=args.bpd_estimator,
-                               bpd_probes=args.bpd_probes, bpd_tol=args.bpd_tol, **_sampling_arguments(args))
+                               bpd_probes=args.bpd_probes, bpd_tol=args.bpd_tol, feature_net=args.feature_net,
+                               **_sampling_arguments(args))
     if "metrics" in report:  # a sampled model: its metrics beside the real data's
         scores, floor = report["metrics"], report["real_data_floor"]
         if floor["images"] < args.num:
@@ -421,6 +449,17 @@ def _fit_grid(args) -> None:
     print(f"wrote {model.save_grids()}")
 
 
+def _train_classifier(args) -> None:
+    if args.epochs < 1:
+        raise ArgumentError("epochs", f"must be at least 1, got {args.epochs}")
+    data = DataConfig(path=args.data, image_column=args.image_column, label_column=args.label_column,
+                      image_size=args.image_size, fit=args.fit, hflip=args.hflip)
+    data.channels = args.channels or detect_channels(data)
+    directory, info = fit_feature_net(data, args.out, epochs=args.epochs, seed=args.seed)
+    print(f"test accuracy {info.test_accuracy:.4f} on {info.num_classes} classes ({data.channels}-channel images); "
+          f"wrote {directory}")
+
+
 def _plot_loss(args) -> None:
     print(f"wrote {plot_loss(args.runs, args.out, log_scale=not args.linear)}")
 
@@ -443,10 +482,12 @@ def eval_main(argv=None) -> int:
 COMMANDS = {
     "train": (train_parser, _train, "train a model from a YAML recipe"),
     "sample": (sample_parser, _sample, "sample a trained model into a PNG grid"),
-    "eval": (eval_parser, _eval, "score a trained MNIST model (FID, precision/recall, coverage; NLL)"),
+    "eval": (eval_parser, _eval, "score a trained model (FID, precision/recall, coverage; NLL)"),
     "reflow": (reflow_parser, _reflow, "draw (noise, sample) pairs from a flow for reflow training"),
     "export": (export_parser, _export, "export a model with its card for diffusers and the Hub; push it"),
     "fit-grid": (fit_grid_parser, _fit_grid, "fit a model's default time grid once and store it with the model"),
+    "train-classifier": (train_classifier_parser, _train_classifier,
+                         "train the feature net genkit eval scores a labelled data set in"),
     "plot-loss": (plot_loss_parser, _plot_loss, "plot training losses into a PNG"),
 }
 

@@ -125,17 +125,21 @@ class SlicedW2:
         reference = reference.reshape(len(reference), -1).double()
         g = torch.Generator().manual_seed(seed)
         dirs = torch.randn(reference.shape[1], projections, generator=g, dtype=torch.float64)
-        self.dirs = dirs / dirs.norm(dim=0, keepdim=True)  # [D, P]
-        self.sorted = (reference @ self.dirs).sort(dim=0).values  # [N, P]
+        self.dirs = (dirs / dirs.norm(dim=0, keepdim=True)).T.contiguous()  # [P, D]
+        self.sorted = self._project(reference)  # [P, N]
+
+    def _project(self, points: torch.Tensor) -> torch.Tensor:
+        """Sorted projections of points [N, D] on every direction: [P, N] (each row sorted; sorting
+        along the last, contiguous dimension is 2-3x faster than along the first)."""
+        return (self.dirs @ points.T).sort(dim=1).values
 
     def __call__(self, samples: torch.Tensor) -> float:
-        if len(samples) != len(self.sorted):
+        if len(samples) != self.sorted.shape[1]:
             raise ValueError("sliced_wasserstein needs samples of equal size")
         samples = samples.reshape(len(samples), -1).double()
         if not torch.isfinite(samples).all():
             return math.inf
-        projected = (samples @ self.dirs).sort(dim=0).values
-        return float(((projected - self.sorted) ** 2).mean().sqrt())
+        return float(((self._project(samples) - self.sorted) ** 2).mean().sqrt())
 
 
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 256, seed: int = 0) -> float:

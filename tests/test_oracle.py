@@ -222,10 +222,10 @@ def trials(grid, path, steps: int) -> dict:
     return out
 
 
-def test_pilots_measure_at_least_4096_coordinates_with_32_to_128_draws():
+def test_pilots_measure_at_least_16384_coordinates_with_32_to_1024_draws():
     from genkit.samplers.adaptive import pilot_draws
 
-    assert [pilot_draws(d) for d in (2, 32, 48, 64, 256, 784, 3 * 64 * 64)] == [128, 128, 85, 64, 32, 32, 32]
+    assert [pilot_draws(d) for d in (2, 32, 48, 64, 256, 784, 3 * 64 * 64)] == [1024, 512, 341, 256, 64, 32, 32]
 
 
 def test_fitted_grid_keeps_the_candidate_nearest_its_reference_once_per_sampler_and_steps():
@@ -247,7 +247,7 @@ def test_fitted_grid_keeps_the_candidate_nearest_its_reference_once_per_sampler_
     ts, options = grid.fitted(unipc, 8, order=3)
     name, chosen, chosen_options, errors = grid.choices[(unipc, 8, repr([("order", 3)]))]
     expected = trials(grid, path, 8)
-    assert torch.equal(ts, chosen) and options == chosen_options and set(errors) == set(expected) and len(errors) == 17  # 9 grids, 8 at pure noise
+    assert torch.equal(ts, chosen) and options == chosen_options and set(errors) == set(expected) and len(errors) == 19  # 10 grids, 9 at pure noise
     for trial, (times, rule) in expected.items():
         out = unipc(Denoiser(GMM.as_net(path, "velocity"), path, "velocity"), draws * path.prior_std(float(times[0])),
                     times, order=3, **rule)

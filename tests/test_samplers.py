@@ -233,7 +233,7 @@ def test_the_default_sampler_runs_on_its_fixed_grid_until_a_grid_is_fitted(tiny_
     assert torch.equal(fixed.images, by_hand.images)
 
     grid = model.fit_grid(steps=4, progress=False)
-    assert model.adaptive_grid().pilot_nfe > 0 and len(model.adaptive_grid().draws) == pilot_draws(16 * 16) == 32
+    assert model.adaptive_grid().pilot_nfe > 0 and len(model.adaptive_grid().draws) == pilot_draws(16 * 16) == 64
     assert grid.sampler == "fitted" and grid.runs in ("dpmpp_2m_pc", "unipc") and len(grid.times) == 5
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnfittedGrid)

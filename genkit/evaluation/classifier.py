@@ -1,11 +1,18 @@
-"""A small MNIST classifier whose penultimate activations are the feature space of the metrics.
+"""Feature nets: small classifiers whose penultimate activations are the feature space of genkit's
+metrics (FID, precision/recall, class coverage), one per labelled data set.
 
-Trained by `scripts/train_classifier.py` (seeded, about 4 minutes on 2 CPU cores); the weights
-ship with the package as safetensors and load without pickle.
+A feature net is a directory: `feature_net.safetensors` (its weights, loaded without pickle) and
+`feature_net.json` (its geometry, the data it was trained on, and how well it reads that data's
+test split). genkit ships nets for its bundled MNIST and Fashion-MNIST (`feature_nets/`);
+`train_feature_net` (the command `genkit train-classifier`) trains one for any labelled data set and
+`save_feature_net` writes it beside the data (`DATA/feature_net/`), where `find_feature_net` looks.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -14,16 +21,39 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-WEIGHTS = Path(__file__).with_name("mnist_classifier.safetensors")
-INPUT_SIZE = 32  # MNIST padded to 32 x 32, as the generative recipes see it
+from genkit.config import DataConfig
+from genkit.data import load_images, open_split, resolve_data_path
+from genkit.registry import ArgumentError, ConfigError
+
+BUNDLED = Path(__file__).with_name("feature_nets")  # one directory per bundled data set
+WEIGHTS_FILE, INFO_FILE = "feature_net.safetensors", "feature_net.json"
+BESIDE_DATA = "feature_net"  # where a data set's own net lives: DATA/feature_net/
+INPUT_SIZE = 32  # images are padded (smaller) or resized (larger) to 32 x 32
 FEATURE_DIM = 128
 
 
-class MNISTClassifier(nn.Module):
+@dataclass
+class FeatureNetInfo:
+    """What `feature_net.json` records: the net's geometry, the data it was trained on (`data`: the
+    `DataConfig` fields), its top-1 accuracy and mean top-class probability on that data's test split
+    (what `genkit.evaluation.Evaluator` compares other data with), and how it was trained."""
+
+    channels: int = 1
+    num_classes: int = 10
+    classes: list[str] = field(default_factory=list)  # names of the classes, where the data set has them
+    data: dict = field(default_factory=dict)
+    test_accuracy: float = math.nan
+    test_confidence: float = math.nan
+    epochs: int = 0
+    seed: int = 0
+
+
+class FeatureNet(nn.Module):
     """Three conv stages (32 -> 16 -> 8 -> 4 px) and a 128-d feature layer; takes images in [0, 1]."""
 
-    def __init__(self, num_classes: int = 10):
+    def __init__(self, channels: int = 1, num_classes: int = 10):
         super().__init__()
+        self.channels = channels
 
         def stage(c_in: int, c_out: int, convs: int) -> list[nn.Module]:
             layers = []
@@ -31,17 +61,17 @@ class MNISTClassifier(nn.Module):
                 layers += [nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1), nn.ReLU()]
             return layers + [nn.MaxPool2d(2)]
 
-        self.body = nn.Sequential(*stage(1, 32, 2), *stage(32, 64, 2), *stage(64, 128, 1), nn.Flatten())
+        self.body = nn.Sequential(*stage(channels, 32, 2), *stage(32, 64, 2), *stage(64, 128, 1), nn.Flatten())
         self.features = nn.Linear(128 * 4 * 4, FEATURE_DIM)
         self.dropout = nn.Dropout(0.3)
         self.head = nn.Linear(FEATURE_DIM, num_classes)
 
-    @staticmethod
-    def prepare(images: torch.Tensor) -> torch.Tensor:
-        """Images [B, C, H, W] in [0, 1] of any size -> grey [B, 1, 32, 32] in [-1, 1]: smaller
-        images are centred on a black canvas (as 28 px MNIST was for training), larger ones resized."""
-        if images.shape[1] != 1:
-            images = images.mean(1, keepdim=True)
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, C, H, W] in [0, 1] of any size and 1 or 3 channels -> [B, channels, 32, 32] in
+        [-1, 1]: grey repeated to RGB or RGB averaged to grey as the net needs; smaller images centred
+        on a black canvas (as 28 px MNIST was for training), larger ones resized."""
+        if images.shape[1] != self.channels:
+            images = images.mean(1, keepdim=True).expand(-1, self.channels, -1, -1)
         h, w = images.shape[-2:]
         if h <= INPUT_SIZE and w <= INPUT_SIZE:
             top, left = (INPUT_SIZE - h) // 2, (INPUT_SIZE - w) // 2
@@ -56,18 +86,47 @@ class MNISTClassifier(nn.Module):
         return self.features(self.body(self.prepare(images)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Class logits [B, 10]."""
+        """Class logits [B, num_classes]."""
         return self.head(self.dropout(F.relu(self.embed(images))))
 
 
-def load_classifier(path: str | Path = WEIGHTS) -> MNISTClassifier:
-    """The committed classifier in eval mode (safetensors: no code execution)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no classifier weights at {path}; run scripts/train_classifier.py")
-    net = MNISTClassifier()
-    net.load_state_dict(load_file(str(path)))
-    return net.eval()
+def save_feature_net(net: FeatureNet, directory: str | Path, info: FeatureNetInfo) -> Path:
+    """Write `net` and `info` to `directory` (created), the weights first: `feature_net.json` marks a
+    complete net."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(directory / WEIGHTS_FILE))
+    (directory / INFO_FILE).write_text(json.dumps(asdict(info), indent=2) + "\n")
+    return directory
+
+
+def load_feature_net(directory: str | Path) -> tuple[FeatureNet, FeatureNetInfo]:
+    """The net stored in `directory` (see the module), in eval mode, with its record."""
+    directory = Path(directory)
+    if not (directory / INFO_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"{directory} holds no feature net ({INFO_FILE} and {WEIGHTS_FILE}); "
+                                f"train one with `genkit train-classifier`")
+    info = FeatureNetInfo(**json.loads((directory / INFO_FILE).read_text()))
+    net = FeatureNet(info.channels, info.num_classes)
+    net.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    return net.eval(), info
+
+
+def bundled_feature_nets() -> dict[str, Path]:
+    """name -> directory of each net genkit ships (`mnist`, `fashion_mnist`)."""
+    return {d.name: d for d in sorted(BUNDLED.iterdir()) if (d / INFO_FILE).is_file()}
+
+
+def feature_nets_for(data_path: str | Path) -> list[Path]:
+    """The feature nets that may fit the data set at `data_path` (resolved: a local directory), most
+    specific first: its own (`DATA/feature_net/`), then the bundled net of the same name
+    (`data/fashion_mnist` -> `fashion_mnist`), then the other bundled nets. Which of them reads the
+    data is for the caller to check (`genkit.evaluation.Evaluator`)."""
+    data_path = Path(data_path)
+    own = data_path / BESIDE_DATA
+    bundled = bundled_feature_nets()
+    named = bundled.pop(data_path.resolve().name, None) if data_path.exists() else None
+    return [d for d in ([own] if (own / INFO_FILE).is_file() else []) + ([named] if named else []) + list(bundled.values())]
 
 
 def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -79,33 +138,50 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
 
 
 @torch.no_grad()
-def accuracy(net: MNISTClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
-    """Top-1 accuracy on uint8 images [N, 1, H, W]."""
-    correct = 0
+def read_split(net: FeatureNet, images: torch.Tensor, labels: torch.Tensor | None,
+               batch_size: int = 1000) -> tuple[float, float]:
+    """(top-1 accuracy, or nan without labels; mean top-class probability) of `net` on uint8 images
+    [N, C, H, W]."""
+    correct, confidence = 0, 0.0
     for i in range(0, len(images), batch_size):
-        logits = net(images[i:i + batch_size].float() / 255)
-        correct += (logits.argmax(1) == labels[i:i + batch_size]).sum().item()
-    return correct / len(images)
+        probs = net(images[i:i + batch_size].float() / 255).softmax(1)
+        confidence += probs.max(1).values.double().sum().item()
+        if labels is not None:
+            correct += (probs.argmax(1) == labels[i:i + batch_size]).sum().item()
+    return (correct / len(images) if labels is not None else math.nan), confidence / len(images)
 
 
-def train_classifier(train_images: torch.Tensor, train_labels: torch.Tensor, epochs: int = 4,
-                     batch_size: int = 128, lr: float = 2e-3, seed: int = 0) -> MNISTClassifier:
-    """AdamW with a one-cycle cosine schedule and +-2 px shifts; uint8 images [N, 1, 32, 32]."""
+def accuracy(net: FeatureNet, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy on uint8 images [N, C, H, W]."""
+    return read_split(net, images, labels, batch_size)[0]
+
+
+def train_feature_net(images: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None,
+                      epochs: int = 4, batch_size: int = 128, lr: float = 2e-3, seed: int = 0, hflip: bool = False,
+                      progress: bool = True) -> FeatureNet:
+    """A feature net for uint8 images [N, C, H, W] and labels [N]: AdamW with a cosine schedule, label
+    smoothing 0.05, +-2 px shifts (and horizontal flips with `hflip`), bf16 autocast on the CPU."""
+    if labels is None:
+        raise ValueError("a feature net is a classifier: the data set needs labels")
+    num_classes = num_classes or int(labels.max()) + 1
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    net = MNISTClassifier()
+    net = FeatureNet(images.shape[1], num_classes)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.05)
-    steps = epochs * (len(train_images) // batch_size)
+    per_epoch = max(len(images) // batch_size, 1)
+    steps = epochs * per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1))))
     net.train()
-    bar = tqdm(total=steps, desc="classifier")
+    bar = tqdm(total=steps, desc="feature net", disable=not progress)
     for _ in range(epochs):
-        order = torch.randperm(len(train_images), generator=generator)
-        for i in range(len(train_images) // batch_size):
+        order = torch.randperm(len(images), generator=generator)
+        for i in range(per_epoch):
             idx = order[i * batch_size:(i + 1) * batch_size]
-            x = random_shift(train_images[idx].float() / 255, 2, generator)
+            x = random_shift(images[idx].float() / 255, 2, generator)
+            if hflip:
+                x = torch.where((torch.rand(len(idx), generator=generator) < 0.5)[:, None, None, None], x.flip(-1), x)
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = F.cross_entropy(net(x).float(), train_labels[idx], label_smoothing=0.05)
+                loss = F.cross_entropy(net(x).float(), labels[idx], label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -116,5 +192,34 @@ def train_classifier(train_images: torch.Tensor, train_labels: torch.Tensor, epo
     return net.eval()
 
 
-def save_classifier(net: MNISTClassifier, path: str | Path = WEIGHTS) -> None:
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+def detect_channels(data: DataConfig) -> int:
+    """1 if the first images of `data`'s training split are grey (read as RGB, their three channels
+    agree), else 3."""
+    first = load_images(dataclasses.replace(data, channels=3), split="train", limit=64, progress=False).images
+    return 1 if bool((first == first[:, :1]).all()) else 3
+
+
+def fit_feature_net(data: DataConfig, directory: str | Path | None = None, epochs: int = 4, seed: int = 0,
+                    progress: bool = True) -> tuple[Path, FeatureNetInfo]:
+    """Train a feature net on `data`'s training split (`train_feature_net`, horizontal flips where
+    `data.hflip`), measure it on the test split, and save it to `directory` (default: beside the data,
+    `DATA/feature_net/`, where `feature_nets_for` finds it). Returns (directory, its record)."""
+    local = Path(resolve_data_path(data.path))
+    if directory is None:
+        if not local.is_dir():
+            raise ArgumentError("directory", f"{data.path} is not a local directory to keep its feature net beside; "
+                                             f"name one")
+        directory = local / BESIDE_DATA
+    train, test = (load_images(data, split=split, progress=progress) for split in ("train", "test"))
+    if train.labels is None or test.labels is None:
+        raise ConfigError(f"data.label_column: a feature net is a classifier, and {data.path} has no "
+                          f"'{data.label_column}' labels in both splits")
+    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    net = train_feature_net(train.images, train.labels, num_classes, epochs=epochs, seed=seed, hflip=data.hflip,
+                            progress=progress)
+    test_accuracy, test_confidence = read_split(net, test.images, test.labels)
+    label = open_split(str(local) if local.exists() else data.path, "train").features.get(data.label_column)
+    info = FeatureNetInfo(channels=data.channels, num_classes=num_classes, classes=list(getattr(label, "names", [])),
+                          data=dataclasses.asdict(data), test_accuracy=test_accuracy, test_confidence=test_confidence,
+                          epochs=epochs, seed=seed)
+    return save_feature_net(net, directory, info), info

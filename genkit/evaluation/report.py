@@ -19,11 +19,12 @@ MAX_PROBES = 1000
 def evaluation_report(model, num: int = 10_000, seed: int = 0, batch_size: int = 256, precision: str = "no",
                       progress: bool = True, sampler=None, steps: int | None = None, guidance: float | None = None,
                       labels=None, schedule=None, compile: bool = False, bpd: int = 0, bpd_estimator: str = "auto",
-                      bpd_probes: int = 4, bpd_tol: float = 1e-5, **options) -> dict:
+                      bpd_probes: int = 4, bpd_tol: float = 1e-5, feature_net=None, **options) -> dict:
     """The report of `model` (`genkit.load(...)`), as a JSON-ready dict; see the module. Sampling
     arguments go to `model.sample`; `bpd` test images are scored through the probability-flow ODE with
     `bpd_estimator` (`genkit.likelihood`), `bpd_probes` Hutchinson probes and dopri5 at rtol = atol
-    = `bpd_tol`. `ArgumentError` names an argument that does not apply to the model's kind."""
+    = `bpd_tol`; samples are scored in `feature_net` (a directory; default: the first that reads the
+    model's data, `Evaluator`). `ArgumentError` names an argument that does not apply to the model's kind."""
     num, seed, batch_size, _, _ = check_draw(num, seed, batch_size)
     bpd = integer(bpd, "bpd", 0, 10**6)
     bpd_probes = integer(bpd_probes, "bpd_probes", 1, MAX_PROBES)
@@ -35,7 +36,8 @@ def evaluation_report(model, num: int = 10_000, seed: int = 0, batch_size: int =
         why = {"autoregressive": "an autoregressive model, whose likelihood is exact and needs no sampling",
                "autoencoder": "an autoencoder, which is scored on its reconstructions of the test split"}[model.family]
         refused = [name for name, value in given.items() if value is not None] + [*options] + \
-            (["bpd"] if bpd else []) + (["compile"] if compile else [])
+            (["bpd"] if bpd else []) + (["compile"] if compile else []) + \
+            (["feature_net"] if feature_net and model.family == "autoregressive" else [])
         if refused:
             raise ArgumentError(refused[0], f"does not apply to {why}")
     head = {"checkpoint": str(model.directory), "seed": seed}
@@ -49,7 +51,7 @@ def evaluation_report(model, num: int = 10_000, seed: int = 0, batch_size: int =
         raise ArgumentError("n", f"evaluation needs at least {Evaluator.min_images} images, got {num}")
     if bpd and model.codec is not None:
         raise ArgumentError("bpd", "a latent model's density is over latents, not pixels: it has no bits/dim")
-    evaluator = Evaluator(model.cfg.data)  # refuses data it cannot score before anything is drawn
+    evaluator = Evaluator(model.cfg.data, feature_net)  # refuses data it cannot score before anything is drawn
     if model.family == "autoencoder":
         test = load_images(model.cfg.data, split="test", limit=num)
         scores = model.evaluate(test.images, batch_size=batch_size, precision=precision, evaluator=evaluator)

@@ -20,6 +20,8 @@ a grid to the model, by an optimisation; here a choice among a few). The candida
 - `flow(rho=r)`: the flow clock, packed toward the clean end by r (`genkit.samplers.schedules.flow`).
 - `flow(shift=s)`: the flow clock under SD3's time shift s < 1 (Esser et al. 2024), which packs
   the steps toward the clean end more strongly the nearer they are to it.
+- `log_snr`: evenly spaced in log-SNR from t = 1 (Lu et al. 2022), which spends more of its
+  steps at low noise than any of the above.
 
 On a path that starts at pure noise (flows, zero terminal SNR), a sampler with a corrector also has
 its rule for the first step chosen (`first_step`, `genkit.samplers.base.FIRST_STEP_RULES`): which
@@ -40,8 +42,8 @@ from genkit.samplers.base import FIRST_STEP_RULES, DenoiserLike, SampleNoise
 from genkit.samplers.ode import dpmpp_2m_pc
 from genkit.samplers.schedules import _finish, flow, log_snr
 
-PILOT_DRAWS, PILOT_SEED = (32, 128), 0  # how many noise draws a model's pilot starts from (see `pilot_draws`)
-PILOT_COORDINATES = 4096
+PILOT_DRAWS, PILOT_SEED = (32, 1024), 0  # how many noise draws a model's pilot starts from (see `pilot_draws`)
+PILOT_COORDINATES = 16384
 PILOT_STEPS = 96  # the reference: its error is about 1/20 of a 20-step solve's; the grid's density barely moves past 32
 EXPONENT = 1 / 3  # step length ~ |dx0/dlambda|^(-1/3): the equal-error rule of a second-order method
 SIGMA_MAX = 80.0  # the equidistributed grid starts at most at noise level sigma / alpha = 80 (EDM's)
@@ -121,7 +123,7 @@ class AdaptiveGrid:
         """The grids `fitted` chooses among: name -> [steps + 1] times."""
         return {"equidistributed": self.grid(path, steps), "equidistributed(t=1)": self.grid(path, steps, None),
                 **{f"flow(rho={r})": flow(path, steps, rho=r) for r in RHOS},
-                **{f"flow(shift={s})": flow(path, steps, shift=s) for s in SHIFTS}}
+                **{f"flow(shift={s})": flow(path, steps, shift=s) for s in SHIFTS}, "log_snr": log_snr(path, steps)}
 
     def fitted(self, sampler, steps: int, progress: bool = False, grid: torch.Tensor | None = None,
                **options) -> tuple[torch.Tensor, dict]:
