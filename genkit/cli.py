@@ -33,7 +33,8 @@ FLAGS = {"n": "--num", "labels": "--class-label", "steps": "--steps", "seed": "-
          "path": "--checkpoint", "model": "--checkpoint", "out": "--out", "out_dir": "--out", "runs": "RUN",
          "ema": "--raw-weights", "directory": "--out", "repo_id": "--push", "npz": "--npz",
          "outdir": "--outdir", "compile": "--compile", "bpd": "--bpd", "bpd_probes": "--bpd-probes",
-         "bpd_tol": "--bpd-tol", "bpd_estimator": "--bpd-estimator", "feature_net": "--feature-net"}
+         "bpd_tol": "--bpd-tol", "bpd_estimator": "--bpd-estimator", "feature_net": "--feature-net",
+         "inception_weights": "--inception-weights"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -177,6 +178,14 @@ def eval_parser(prog: str = "eval.py") -> Parser:
     _sampling_flags(p)
     p.add_argument("--feature-net", metavar="DIR", help="the feature net to score in (default: the data set's own, "
                                                         "DATA/feature_net, else genkit's that reads the data)")
+    p.add_argument("--inception-weights", metavar="PTH",
+                   help="also report FID, KID and precision/recall in the FID Inception's features (the weights file "
+                        "pytorch-fid and torch-fidelity use, pt_inception-2015-12-05-6726825d.pth; nothing is "
+                        "downloaded), against the whole training split, and the same for as many test images; the "
+                        "field reports 50,000 samples (--num 50000)")
+    p.add_argument("--inception-reference", metavar="NPZ",
+                   help="where the training split's Inception features are cached (mu, sigma, features; default: "
+                        "DATA/inception_train.npz for a local data set)")
     p.add_argument("--num", type=int, default=10000, help="number of samples (default: 10000)")
     p.add_argument("--json", default="eval.json", help="where to write the results (default: eval.json)")
     p.add_argument("--bpd", type=int, default=0, metavar="N",
@@ -377,6 +386,7 @@ def _eval(args) -> None:
     report = evaluation_report(model, args.num, seed=args.seed, batch_size=args.batch_size, precision=args.precision,
                                labels=args.class_label, bpd=args.bpd, bpd_estimator=args.bpd_estimator,
                                bpd_probes=args.bpd_probes, bpd_tol=args.bpd_tol, feature_net=args.feature_net,
+                               inception_weights=args.inception_weights, inception_reference=args.inception_reference,
                                **_sampling_arguments(args))
     if "metrics" in report:  # a sampled model: its metrics beside the real data's
         scores, floor = report["metrics"], report["real_data_floor"]
@@ -388,6 +398,11 @@ def _eval(args) -> None:
         print(f"{'metric':<20}{'model':>10}{'real data':>12}")
         for key, value in scores.items():
             print(f"{key:<20}{value:>10.4g}" + (f"{floor[key]:>12.4g}" if key in floor else f"{'-':>12}"))
+        if "inception" in report:
+            inception, inception_floor = report["inception"], report["inception"]["real_data_floor"]
+            print(f"in Inception features, against {inception['reference']['images']} training images:")
+            for key in ("fid", "kid", "precision", "recall"):
+                print(f"{'inception ' + key:<20}{inception[key]:>10.4g}{inception_floor[key]:>12.4g}")
         what = f"{args.num} samples, {report['nfe']} network evaluations each"
     else:  # scored on the test split: NLL, or reconstructions
         for key, value in report.items():

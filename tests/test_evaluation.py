@@ -210,3 +210,83 @@ def test_fashion_mnist_is_scored_in_its_own_net_and_refused_by_the_digit_net():
     evaluator = Evaluator(cfg, progress=False)
     assert evaluator.feature_net == BUNDLED / "fashion_mnist" and evaluator.info.test_accuracy > 0.9
     assert evaluator.info.classes[0] == "T-shirt/top" and evaluator.info.num_classes == 10
+
+
+@pytest.fixture(scope="module")
+def random_inception(tmp_path_factory):
+    """A randomly initialised FID Inception saved as a state dict, standing in for the weights file a
+    user supplies (nothing is downloaded)."""
+    from genkit.evaluation.inception import FIDInception
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("inception") / "random_inception.pth"
+    torch.save({k: v for k, v in FIDInception().state_dict().items() if not k.endswith("num_batches_tracked")}, path)
+    return path
+
+
+def test_fid_inception_loads_only_its_own_weights(random_inception, tmp_path):
+    """The weights load without running code (`weights_only`); a missing file, a pickle of objects
+    and another network's weights are refused naming the argument; features are [N, 2048] for grey
+    or RGB images of any size, 8-bit or in [0, 1]."""
+    from genkit.evaluation.inception import InceptionMetrics, load_inception
+
+    state = torch.load(random_inception, weights_only=True)
+    with pytest.raises(ArgumentError, match="inception_weights: no file"):
+        load_inception(tmp_path / "absent.pth")
+    torch.save({"fc.weight": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(ArgumentError, match="does not hold the FID Inception's weights"):
+        load_inception(tmp_path / "other.pth")
+    torch.save({**state, "extra": math.pi}, tmp_path / "objects.pth")
+    with pytest.raises(ArgumentError, match="does not hold"):
+        load_inception(tmp_path / "objects.pth")
+    (tmp_path / "text.pth").write_text("not a checkpoint")
+    with pytest.raises(ArgumentError, match="not a state dict of tensors"):
+        load_inception(tmp_path / "text.pth")
+    metrics = InceptionMetrics(random_inception, progress=False)
+    grey = torch.rand(2, 1, 28, 28)
+    rgb_u8 = (grey.expand(-1, 3, -1, -1) * 255).round().to(torch.uint8)
+    assert torch.equal(metrics.features(grey), metrics.features(rgb_u8)) and metrics.features(grey).shape == (2, 2048)
+
+
+def test_inception_scores_agree_with_closed_forms_and_genkit_fid():
+    """FID and KID from torchmetrics on given features: a set against itself scores FID 0 and KID
+    near 0; two Gaussian sets score their closed-form Frechet distance, as genkit's own `fid` does
+    on the same features, and a KID far from 0."""
+    from genkit.evaluation.inception import inception_scores
+
+    g = torch.Generator().manual_seed(0)
+    d, n = 8, 20_000
+    scale = torch.linspace(0.5, 2.0, d, dtype=torch.float64)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = torch.randn(n, d, generator=g, dtype=torch.float64) * scale + 0.5
+    same = inception_scores(x[:2000], x[:2000], kid_subset=500, kid_subsets=10)
+    assert same["fid"] == pytest.approx(0, abs=1e-6) and same["precision"] == 1.0
+    apart = inception_scores(y, x, kid_subset=1000, kid_subsets=10)
+    closed = d * 0.25 + float(((scale - 1) ** 2).sum())
+    assert apart["fid"] == pytest.approx(closed, rel=0.02) and apart["fid"] == pytest.approx(fid(y, x), rel=1e-6)
+    assert apart["kid"] > 50 * abs(same["kid"]) and 0 <= apart["precision"] < 1  # KID's subsets are random
+
+
+@pytest.mark.slow  # 130 Inception evaluations at 299 px
+def test_eval_reports_inception_metrics_and_caches_the_reference(tmp_path, digits, random_inception):
+    """`genkit eval --inception-weights` adds FID, KID and precision/recall in Inception features for the
+    samples and as many test images, against the whole training split, whose features are cached once
+    as an .npz with the ADM suite's mu and sigma."""
+    from genkit.cli import eval_main
+    from genkit.training import train
+
+    cfg = load_config(None, digit_overrides(digits, tmp_path / "run") + ["train.max_steps=2"])
+    train(cfg)
+    out, cache = tmp_path / "eval.json", tmp_path / "reference.npz"
+    args = ["--checkpoint", cfg.output_dir, "--num", "8", "--steps", "2", "--json", str(out),
+            "--inception-weights", str(random_inception), "--inception-reference", str(cache)]
+    assert eval_main(args) == 0
+    report = json.loads(out.read_text())["inception"]
+    assert report["reference"]["images"] == 100 and report["real_data_floor"]["images"] == 8
+    assert set(report) >= {"fid", "kid", "kid_std", "precision", "recall"}
+    with np.load(cache) as stored:
+        assert stored["mu"].shape == (2048,) and stored["sigma"].shape == (2048, 2048)
+        assert stored["features"].shape == (100, 2048)
+    written = cache.stat().st_mtime_ns
+    assert eval_main(args) == 0 and cache.stat().st_mtime_ns == written  # read, not recomputed
+    assert json.loads(out.read_text())["inception"]["fid"] == pytest.approx(report["fid"], rel=1e-5)

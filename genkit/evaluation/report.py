@@ -7,11 +7,15 @@
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from genkit.arguments import check_draw, integer, number
-from genkit.data import label_frequencies, load_images
+from genkit.data import label_frequencies, load_images, resolve_data_path
 from genkit.evaluation.evaluate import Evaluator
+from genkit.evaluation.inception import InceptionMetrics
 from genkit.registry import ArgumentError
 
+INCEPTION_CACHE = "inception_train.npz"  # beside a local data set: its training split's Inception features
 SAMPLING = ("sampler", "steps", "guidance", "labels", "schedule")  # what only a sampled model's report takes
 MAX_PROBES = 1000
 
@@ -19,12 +23,17 @@ MAX_PROBES = 1000
 def evaluation_report(model, num: int = 10_000, seed: int = 0, batch_size: int = 256, precision: str = "no",
                       progress: bool = True, sampler=None, steps: int | None = None, guidance: float | None = None,
                       labels=None, schedule=None, compile: bool = False, bpd: int = 0, bpd_estimator: str = "auto",
-                      bpd_probes: int = 4, bpd_tol: float = 1e-5, feature_net=None, **options) -> dict:
+                      bpd_probes: int = 4, bpd_tol: float = 1e-5, feature_net=None, inception_weights=None,
+                      inception_reference=None, **options) -> dict:
     """The report of `model` (`genkit.load(...)`), as a JSON-ready dict; see the module. Sampling
     arguments go to `model.sample`; `bpd` test images are scored through the probability-flow ODE with
     `bpd_estimator` (`genkit.likelihood`), `bpd_probes` Hutchinson probes and dopri5 at rtol = atol
     = `bpd_tol`; samples are scored in `feature_net` (a directory; default: the first that reads the
-    model's data, `Evaluator`). `ArgumentError` names an argument that does not apply to the model's kind."""
+    model's data, `Evaluator`). With `inception_weights` (the FID Inception weights file), the samples'
+    FID, KID and precision/recall in Inception features against the whole training split, cached at
+    `inception_reference` (default: DATA/inception_train.npz for a local data set), and the same for
+    as many test images (`genkit.evaluation.inception`). `ArgumentError` names an argument that does
+    not apply to the model's kind."""
     num, seed, batch_size, _, _ = check_draw(num, seed, batch_size)
     bpd = integer(bpd, "bpd", 0, 10**6)
     bpd_probes = integer(bpd_probes, "bpd_probes", 1, MAX_PROBES)
@@ -37,7 +46,8 @@ def evaluation_report(model, num: int = 10_000, seed: int = 0, batch_size: int =
                "autoencoder": "an autoencoder, which is scored on its reconstructions of the test split"}[model.family]
         refused = [name for name, value in given.items() if value is not None] + [*options] + \
             (["bpd"] if bpd else []) + (["compile"] if compile else []) + \
-            (["feature_net"] if feature_net and model.family == "autoregressive" else [])
+            (["feature_net"] if feature_net and model.family == "autoregressive" else []) + \
+            (["inception_weights"] if inception_weights else [])
         if refused:
             raise ArgumentError(refused[0], f"does not apply to {why}")
     head = {"checkpoint": str(model.directory), "seed": seed}
@@ -52,6 +62,8 @@ def evaluation_report(model, num: int = 10_000, seed: int = 0, batch_size: int =
     if bpd and model.codec is not None:
         raise ArgumentError("bpd", "a latent model's density is over latents, not pixels: it has no bits/dim")
     evaluator = Evaluator(model.cfg.data, feature_net)  # refuses data it cannot score before anything is drawn
+    inception = InceptionMetrics(inception_weights, device=model.device, progress=progress) \
+        if inception_weights is not None else None
     if model.family == "autoencoder":
         test = load_images(model.cfg.data, split="test", limit=num)
         scores = model.evaluate(test.images, batch_size=batch_size, precision=precision, evaluator=evaluator)
@@ -62,10 +74,13 @@ def evaluation_report(model, num: int = 10_000, seed: int = 0, batch_size: int =
                          schedule=schedule, batch_size=batch_size, precision=precision, progress=progress,
                          compile=compile, **options)
     scores = evaluator.score(drawn.images, drawn.labels, seed=seed)
+    inception_report = _inception(inception, model.cfg.data, drawn.images, inception_reference) if inception else None
     sc = model.cfg.sample
     report = {**head, "num": num, "sampler": sampler if isinstance(sampler, str) else sc.sampler,
               "steps": steps or sc.steps, "guidance": sc.guidance if guidance is None else guidance,
               "nfe": drawn.nfe, "metrics": scores, "real_data_floor": evaluator.floor(num, seed=seed)}
+    if inception_report is not None:
+        report["inception"] = inception_report
     if bpd:
         test = load_images(model.cfg.data, split="test", limit=bpd)
         mean, stderr, nfe = model.bits_per_dim(test.images, seed=seed, estimator=bpd_estimator, probes=bpd_probes,
@@ -73,3 +88,16 @@ def evaluation_report(model, num: int = 10_000, seed: int = 0, batch_size: int =
         report["bits_per_dim"] = {"images": len(test), "mean": mean, "stderr": stderr, "nfe_per_batch": nfe,
                                   "estimator": bpd_estimator, "probes": bpd_probes}
     return report
+
+
+def _inception(metrics: InceptionMetrics, data, images, cache) -> dict:
+    """The Inception block of the report: the samples and as many test images, each against the
+    training split's features (read from `cache`, or computed and written there)."""
+    local = Path(resolve_data_path(data.path))
+    if cache is None and local.is_dir():
+        cache = local / INCEPTION_CACHE
+    reference = metrics.reference(lambda: load_images(data, split="train", progress=metrics.progress).images, cache)
+    test = load_images(data, split="test", limit=len(images), progress=metrics.progress).images
+    return {**metrics.score(images, reference), "real_data_floor": {**metrics.score(test, reference), "images": len(test)},
+            "reference": {"split": "train", "images": len(reference), "cache": str(cache) if cache else None,
+                          "weights_sha256_16": metrics.weights_sha}}
