@@ -1,15 +1,25 @@
-"""`genkit.load`: a run, a checkpoint, an export or a Hub repository, as a model ready to sample."""
+"""`genkit.load`: a run, a checkpoint, an export, a diffusers pipeline folder or a Hub repository, as a
+model ready to sample; `genkit.from_diffusers`: a diffusers pipeline folder as a genkit model."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from genkit.checkpoint import AUTOENCODER_DIR, load_export, read_grids, read_trainer_state
+from genkit.config import config_from_dict
 from genkit.export.hub import is_pretrained, load_pretrained, resolve
 from genkit.inference import GenerativeModel, TrainedModel, build_model
 from genkit.latents import LatentCodec
+from genkit.nets import build_net
+from genkit.nets.diffusers_net import read_model_config
 from genkit.registry import ArgumentError
+
+DIFFUSERS_DENOISERS = ("unet", "transformer")  # a pipeline folder's denoiser, by its subfolder
+PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}  # diffusers' prediction_type -> genkit's
+BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine",
+                  "sigmoid": "sigmoid"}  # diffusers' beta_schedule -> genkit's
 
 
 def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
@@ -20,10 +30,10 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
     `device` (`auto`, `cpu`, `cuda[:N]`, `mps`), with the time grids fitted to it (`grids.json`).
     `ema=False` takes a checkpoint's raw weights."""
     local = resolve(path, revision)
-    if is_pretrained(local):
+    if is_pretrained(local) or is_diffusers_pipeline(local):
         if not ema:
             raise ArgumentError("ema", f"{path} is an export, which holds one set of weights (the EMA's)")
-        return load_pretrained(local, device)
+        return load_pretrained(local, device) if is_pretrained(local) else from_diffusers(local, device)
     cfg, net, directory = load_export(local, ema=ema)
     codec = LatentCodec.load(directory / AUTOENCODER_DIR) if cfg.data.autoencoder else None
     model = build_model(cfg, net, device, codec)
@@ -33,3 +43,69 @@ def load(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
     state = read_trainer_state(directory)
     model.training = {k: state[k] for k in ("step", "train_seconds") if k in state}
     return model
+
+
+def is_diffusers_pipeline(path: str | Path) -> bool:
+    """Whether `path` is a diffusers pipeline folder (`model_index.json`) with a scheduler and a
+    denoiser genkit can call (genkit's own exports are read by `load_pretrained` first)."""
+    path = Path(path)
+    return (path / "model_index.json").is_file() and (path / "scheduler").is_dir() and \
+        any((path / sub / "config.json").is_file() for sub in DIFFUSERS_DENOISERS)
+
+
+def method_from_scheduler(scheduler: dict) -> dict:
+    """genkit's `method` section for a diffusers scheduler config: DDPM's discrete path from its
+    betas (`beta_schedule`, `beta_start`, `beta_end`, `num_train_timesteps`,
+    `rescale_betas_zero_snr`) and `prediction_type`, or a rectified flow with SD3's `shift` for the
+    flow-matching schedulers. Inference settings (`timestep_spacing`, `steps_offset`) are a sampler's
+    choice in genkit (`schedule`), not the model's."""
+    name = scheduler.get("_class_name", "")
+    if name.startswith("FlowMatch"):
+        if scheduler.get("use_dynamic_shifting"):
+            raise ArgumentError("path", f"{name} shifts its times by the image size (use_dynamic_shifting); genkit "
+                                        f"takes one fixed shift")
+        return {"name": "flow", "prediction": "velocity", "flow": {"shift": float(scheduler.get("shift", 1.0))}}
+    if scheduler.get("trained_betas") is not None:
+        raise ArgumentError("path", f"{name} has trained_betas; genkit's DDPM takes a named beta_schedule")
+    schedule = scheduler.get("beta_schedule", "linear")
+    prediction = scheduler.get("prediction_type", "epsilon")
+    if schedule not in BETA_SCHEDULES or prediction not in PREDICTIONS:
+        raise ArgumentError("path", f"{name}: beta_schedule {schedule!r} with prediction_type {prediction!r} "
+                                    f"(genkit takes {', '.join(BETA_SCHEDULES)}; {', '.join(PREDICTIONS)})")
+    return {"name": "ddpm", "prediction": PREDICTIONS[prediction],
+            "ddpm": {"beta_schedule": BETA_SCHEDULES[schedule], "beta_start": float(scheduler.get("beta_start", 1e-4)),
+                     "beta_end": float(scheduler.get("beta_end", 0.02)),
+                     "num_timesteps": int(scheduler.get("num_train_timesteps", 1000)),
+                     "zero_terminal_snr": bool(scheduler.get("rescale_betas_zero_snr", False))}}
+
+
+def from_diffusers(path: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:
+    """A diffusers pipeline folder (`model_index.json`, `scheduler/`, and `unet/`) as a genkit model:
+    its denoiser (`genkit.nets.diffusers_net`) on the path its scheduler defines
+    (`method_from_scheduler`), so that every genkit sampler, the fitted grids and the exact
+    likelihood run on it. A class-conditional UNet samples with guidance 1 (its class embedding has
+    no null class)."""
+    path = Path(path)
+    if not is_diffusers_pipeline(path):
+        raise ArgumentError("path", f"{path} is not a diffusers pipeline folder (model_index.json, scheduler/ "
+                                    f"and one of {', '.join(f'{d}/' for d in DIFFUSERS_DENOISERS)})")
+    denoiser = next(path / sub for sub in DIFFUSERS_DENOISERS if (path / sub / "config.json").is_file())
+    model = read_model_config(denoiser)
+    scheduler_file = path / "scheduler" / "scheduler_config.json"
+    if not scheduler_file.is_file():
+        raise ArgumentError("path", f"{path}/scheduler holds no scheduler_config.json")
+    method = method_from_scheduler(json.loads(scheduler_file.read_text()))
+    size = model.get("sample_size")
+    if not isinstance(size, int):
+        raise ArgumentError("path", f"{denoiser} has sample_size {size!r}; genkit samples square images")
+    cfg = config_from_dict({
+        "method": method,
+        "model": {"name": "diffusers", "num_classes": int(model.get("num_class_embeds") or 0),
+                  "diffusers": {"path": str(denoiser)}},
+        "data": {"path": str(path), "image_size": size, "channels": int(model.get("in_channels", 3)),
+                 "label_column": ""},
+        "sample": {"guidance": 1.0}})
+    loaded = build_model(cfg, build_net(cfg), device)
+    loaded.directory = path
+    loaded.grids = read_grids(path)
+    return loaded

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from genkit.nets import dit, made, pixelcnn, unet, vae
+from genkit.nets import diffusers_net, dit, made, pixelcnn, unet, vae
 from genkit.nets.dit import DiT
 from genkit.nets.layers import input_shape
 from genkit.nets.made import MADE
@@ -24,6 +24,7 @@ NETS.register("pixelcnn", pixelcnn.build, pixelcnn.PixelCNNConfig, pixelcnn.chec
 NETS.register("made", made.build, made.MADEConfig, made.check, family="autoregressive")
 NETS.register("fvsbn", made.build_fvsbn, None, made.check, family="autoregressive")
 NETS.register("vae", vae.build, vae.AutoencoderConfig, vae.check, family="autoencoder")
+NETS.register("diffusers", diffusers_net.build, diffusers_net.DiffusersNetConfig, diffusers_net.check)
 
 __all__ = ["DiT", "MADE", "NETS", "PixelCNN", "UNet", "build_net", "input_shape"]
 

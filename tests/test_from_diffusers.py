@@ -1,0 +1,140 @@
+"""Diffusers models in genkit (`genkit.from_diffusers`, `genkit.load` on a pipeline folder): tiny
+randomly initialised UNet2DModels saved locally; genkit's samplers on the wrapped model against
+diffusers' own DDIM and flow-matching loops on diffusers' own tables."""
+import json
+
+import pytest
+import torch
+from diffusers import (DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler,
+                       FlowMatchEulerDiscreteScheduler, UNet2DModel)
+
+import genkit
+from genkit.cli import main
+from genkit.loading import method_from_scheduler
+from genkit.registry import ArgumentError
+from genkit.samplers import SAMPLERS
+
+
+def tiny_unet(channels: int = 1, classes: int | None = None, seed: int = 0) -> UNet2DModel:
+    torch.manual_seed(seed)
+    return UNet2DModel(sample_size=8, in_channels=channels, out_channels=channels, block_out_channels=(8, 16),
+                       layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4, num_class_embeds=classes)
+
+
+def save_pipeline(folder, unet, scheduler):
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)  # keeps the scheduler class as given
+    return folder
+
+
+def diffusers_loop(folder, scheduler_class, x, steps, labels=None, **step):
+    """diffusers' pipeline loop, from the saved folder: set_timesteps, then model and step."""
+    unet = UNet2DModel.from_pretrained(folder, subfolder="unet")
+    scheduler = scheduler_class.from_pretrained(folder, subfolder="scheduler")
+    scheduler.set_timesteps(steps)
+    x = x * getattr(scheduler, "init_noise_sigma", 1.0)  # flow-matching schedulers have none
+    with torch.no_grad():
+        for k in scheduler.timesteps:
+            out = unet(x, k, class_labels=labels).sample
+            x = scheduler.step(out, k, x, **step).prev_sample
+    return x
+
+
+TABLES = {  # diffusers' own tables, each with a scheduler that takes DDIM's step between its own timesteps
+    "trailing": (DDIMScheduler, dict(timestep_spacing="trailing", clip_sample=False)),
+    "leading": (DDIMScheduler, dict(timestep_spacing="leading", clip_sample=False)),
+    "leading, steps_offset=1": (DDIMScheduler, dict(timestep_spacing="leading", steps_offset=1, clip_sample=False)),
+    # DDIMScheduler steps to k - T // steps whatever its spacing, which with linspace lands between its own
+    # timesteps; DPM-Solver++ of order 1 is DDIM's step between consecutive timesteps
+    "linspace": (DPMSolverMultistepScheduler, dict(timestep_spacing="linspace", solver_order=1, final_sigmas_type="zero")),
+    # and it floors alpha-bar at zero SNR at 2^-24, as genkit's path and diffusers' Euler do (DDIMScheduler keeps 0)
+    "zero-SNR, trailing": (DPMSolverMultistepScheduler, dict(timestep_spacing="trailing", rescale_betas_zero_snr=True,
+                                                             solver_order=1, final_sigmas_type="zero")),
+}
+
+
+@pytest.mark.parametrize("table", TABLES)
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_wrapped_unet_through_genkit_ddim_reproduces_diffusers_ddim(tmp_path, table, prediction):
+    """`genkit.load` reads a diffusers pipeline folder; genkit's `ddim` on the scheduler's own
+    timesteps reproduces diffusers' loop (DDIM's step, eta 0) to 1e-5 of the images' scale (float32
+    rounding: a random UNet's eps makes x0 of size 30), on each of diffusers' spacings, with
+    steps_offset and with zero terminal SNR."""
+    scheduler_class, settings = TABLES[table]
+    if prediction == "epsilon" and "zero-SNR" in table:
+        pytest.skip("zero terminal SNR needs v prediction (genkit refuses eps there)")
+    scheduler = scheduler_class(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                                beta_end=0.012, prediction_type=prediction, **settings)
+    folder = save_pipeline(tmp_path / "pipe", tiny_unet(), scheduler)
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    step = {"eta": 0.0} if scheduler_class is DDIMScheduler else {}
+    theirs = diffusers_loop(folder, scheduler_class, x, 10, **step)
+    model = genkit.load(folder)
+    assert model.prediction == {"epsilon": "eps", "v_prediction": "v"}[prediction]
+    scheduler.set_timesteps(10)
+    ts = torch.cat([model.path.timestep_to_t(scheduler.timesteps), torch.zeros(1, dtype=torch.float64)])
+    if table != "linspace":  # genkit's own spacings give the same timesteps
+        spacing, _, offset = table.partition(", steps_offset=")
+        assert torch.equal(ts, model.path.timesteps(10, spacing.split(", ")[-1], int(offset or 0)))
+    ours = SAMPLERS["ddim"].build(model.denoiser(), x.clone(), ts)
+    assert (ours - theirs).abs().max().item() < 1e-5 * max(1.0, theirs.abs().max().item())
+
+
+def test_wrapped_flow_through_genkit_euler_reproduces_flow_match_euler(tmp_path):
+    """A flow-matching pipeline (FlowMatchEulerDiscreteScheduler, shift 3) becomes a rectified flow
+    with SD3's shift; genkit's `euler` on the scheduler's sigmas reproduces diffusers' loop to 1e-5."""
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    folder = save_pipeline(tmp_path / "flow", tiny_unet(3, seed=2), scheduler)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    theirs = diffusers_loop(folder, FlowMatchEulerDiscreteScheduler, x, 8)
+    model = genkit.from_diffusers(folder)
+    assert model.prediction == "velocity" and model.path.shift == 3.0
+    reference = FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
+    reference.set_timesteps(8)
+    ts = reference.sigmas.double()  # descending, ending at 0: the flow's own times
+    ours = SAMPLERS["euler"].build(model.denoiser(), x.clone(), ts)
+    assert (ours - theirs).abs().max().item() < 1e-5 * max(1.0, theirs.abs().max().item())
+
+
+def test_wrapped_model_takes_every_sampler_and_class_labels(tmp_path):
+    """A class-conditional UNet samples its classes with any genkit sampler (here DPM-Solver++ with its
+    corrector, and the default on its fixed grid), the same image for the same (seed, i) whatever the
+    batch; asking for guidance, which needs a null class it lacks, is refused naming the argument."""
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
+                              clip_sample=False)
+    folder = save_pipeline(tmp_path / "classes", tiny_unet(classes=4, seed=5), scheduler)
+    model = genkit.load(folder)
+    assert model.num_classes == 4 and model.cfg.method.ddpm.beta_schedule == "cosine"
+    drawn = model.sample(4, seed=0, sampler="dpmpp_2m_pc", steps=6, labels=[0, 1, 2, 3], progress=False)
+    alone = model.sample(1, seed=0, sampler="dpmpp_2m_pc", steps=6, labels=[2], start_index=2, progress=False)
+    assert torch.isfinite(drawn.images).all() and torch.allclose(drawn.images[2:3], alone.images, atol=1e-5)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([1, 3])
+    theirs = diffusers_loop(folder, DDIMScheduler, x, 10, labels=labels, eta=0.0)
+    ours = SAMPLERS["ddim"].build(model.denoiser(labels=labels), x.clone(), model.path.timesteps(10, "leading"))
+    assert (ours - theirs).abs().max().item() < 1e-5 * max(1.0, theirs.abs().max().item())
+    with pytest.raises(ArgumentError, match="guidance: .* no null class"):
+        model.sample(2, steps=4, guidance=2.0, labels=1, progress=False)
+
+
+def test_scheduler_configs_map_to_genkit_paths_or_are_refused(tmp_path):
+    """diffusers' names map onto genkit's (squaredcos_cap_v2 -> cosine, epsilon -> eps, rescaled
+    betas -> zero terminal SNR); what genkit's paths cannot hold is refused in one line; the
+    command line samples a pipeline folder as it does a run."""
+    ddpm = method_from_scheduler(dict(DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="sample",
+                                                    rescale_betas_zero_snr=True).config, _class_name="DDPMScheduler"))
+    assert ddpm == {"name": "ddpm", "prediction": "x0",
+                    "ddpm": {"beta_schedule": "cosine", "beta_start": 1e-4, "beta_end": 0.02, "num_timesteps": 1000,
+                             "zero_terminal_snr": True}}
+    with pytest.raises(ArgumentError, match="trained_betas"):
+        method_from_scheduler({"_class_name": "DDPMScheduler", "trained_betas": [0.1, 0.2]})
+    with pytest.raises(ArgumentError, match="use_dynamic_shifting"):
+        method_from_scheduler({"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": True})
+    with pytest.raises(ArgumentError, match="not a diffusers pipeline folder"):
+        genkit.from_diffusers(tmp_path)
+    folder = save_pipeline(tmp_path / "pipe", tiny_unet(), DDIMScheduler())
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["unet"] == ["diffusers", "UNet2DModel"] and genkit.load(folder).cfg.model.name == "diffusers"
+    grid = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(folder), "--out", str(grid), "--num", "4", "--steps", "3"]) == 0
+    assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
