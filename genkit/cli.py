@@ -34,7 +34,7 @@ FLAGS = {"n": "--num", "labels": "--class-label", "steps": "--steps", "seed": "-
          "ema": "--raw-weights", "directory": "--out", "repo_id": "--push", "npz": "--npz",
          "outdir": "--outdir", "compile": "--compile", "bpd": "--bpd", "bpd_probes": "--bpd-probes",
          "bpd_tol": "--bpd-tol", "bpd_estimator": "--bpd-estimator", "feature_net": "--feature-net",
-         "inception_weights": "--inception-weights"}
+         "inception_weights": "--inception-weights", "data_path": "--data"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -183,6 +183,8 @@ def eval_parser(prog: str = "eval.py") -> Parser:
                         "pytorch-fid and torch-fidelity use, pt_inception-2015-12-05-6726825d.pth; nothing is "
                         "downloaded), against the whole training split, and the same for as many test images; the "
                         "field reports 50,000 samples (--num 50000)")
+    p.add_argument("--data", metavar="PATH", help="score against this data set, seen at the model's image size and "
+                                                  "channels (default: the run's data.path)")
     p.add_argument("--inception-reference", metavar="NPZ",
                    help="where the training split's Inception features are cached (mu, sigma, features; default: "
                         "DATA/inception_train.npz for a local data set)")
@@ -387,6 +389,7 @@ def _eval(args) -> None:
                                labels=args.class_label, bpd=args.bpd, bpd_estimator=args.bpd_estimator,
                                bpd_probes=args.bpd_probes, bpd_tol=args.bpd_tol, feature_net=args.feature_net,
                                inception_weights=args.inception_weights, inception_reference=args.inception_reference,
+                               data_path=args.data,
                                **_sampling_arguments(args))
     if "metrics" in report:  # a sampled model: its metrics beside the real data's
         scores, floor = report["metrics"], report["real_data_floor"]

@@ -165,7 +165,8 @@ def load_images(cfg: DataConfig, split: str | None = None, limit: int | None = N
         raise
     except ValueError as err:
         raise ConfigError(f"data.path: cannot load split '{split}' from {cfg.path}: {str(err).splitlines()[0]}")
-    except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as err:
+    except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError,
+            datasets.exceptions.DatasetGenerationError) as err:  # the last: files that are no data set's rows
         raise ConfigError(f"data.path: {cfg.path} holds no loadable data set ({type(err).__name__})")
     if len(ds) == 0:
         raise ConfigError(f"data.path: split '{split}' of {cfg.path} is empty")

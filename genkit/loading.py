@@ -103,7 +103,7 @@ def from_diffusers(path: str | Path, device: str | torch.device = "cpu") -> Gene
         "model": {"name": "diffusers", "num_classes": int(model.get("num_class_embeds") or 0),
                   "diffusers": {"path": str(denoiser)}},
         "data": {"path": str(path), "image_size": size, "channels": int(model.get("in_channels", 3)),
-                 "label_column": ""},
+                 "label_column": "label" if model.get("num_class_embeds") else ""},  # the data are unknown
         "sample": {"guidance": 1.0}})
     loaded = build_model(cfg, build_net(cfg), device)
     loaded.directory = path

@@ -138,3 +138,19 @@ def test_scheduler_configs_map_to_genkit_paths_or_are_refused(tmp_path):
     grid = tmp_path / "grid.png"
     assert main(["sample", "--checkpoint", str(folder), "--out", str(grid), "--num", "4", "--steps", "3"]) == 0
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_scores_a_diffusers_pipeline_against_the_data_named(tmp_path, digits):
+    """A pipeline folder names no data set: `genkit eval --data PATH` scores its samples against
+    PATH's test split, at the model's geometry."""
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=32, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4)
+    folder = save_pipeline(tmp_path / "pipe", unet, DDIMScheduler())
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(folder), "--num", "8", "--steps", "2", "--json", str(out)]) == 2
+    assert main(["eval", "--checkpoint", str(folder), "--data", str(digits), "--num", "8", "--steps", "2",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["nfe"] == 2 and report["real_data_floor"]["fid"] < report["metrics"]["fid"]

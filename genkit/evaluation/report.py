@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from genkit.arguments import check_draw, integer, number
@@ -24,11 +25,12 @@ def evaluation_report(model, num: int = 10_000, seed: int = 0, batch_size: int =
                       progress: bool = True, sampler=None, steps: int | None = None, guidance: float | None = None,
                       labels=None, schedule=None, compile: bool = False, bpd: int = 0, bpd_estimator: str = "auto",
                       bpd_probes: int = 4, bpd_tol: float = 1e-5, feature_net=None, inception_weights=None,
-                      inception_reference=None, **options) -> dict:
+                      inception_reference=None, data_path: str | None = None, **options) -> dict:
     """The report of `model` (`genkit.load(...)`), as a JSON-ready dict; see the module. Sampling
     arguments go to `model.sample`; `bpd` test images are scored through the probability-flow ODE with
     `bpd_estimator` (`genkit.likelihood`), `bpd_probes` Hutchinson probes and dopri5 at rtol = atol
-    = `bpd_tol`; samples are scored in `feature_net` (a directory; default: the first that reads the
+    = `bpd_tol`; the data set is the model's (`cfg.data`), or the one at `data_path` seen at the
+    model's geometry (a model whose own is unknown or elsewhere: a diffusers pipeline); samples are scored in `feature_net` (a directory; default: the first that reads the
     model's data, `Evaluator`). With `inception_weights` (the FID Inception weights file), the samples'
     FID, KID and precision/recall in Inception features against the whole training split, cached at
     `inception_reference` (default: DATA/inception_train.npz for a local data set), and the same for
@@ -50,10 +52,11 @@ def evaluation_report(model, num: int = 10_000, seed: int = 0, batch_size: int =
             (["inception_weights"] if inception_weights else [])
         if refused:
             raise ArgumentError(refused[0], f"does not apply to {why}")
+    data = model.cfg.data if data_path is None else dataclasses.replace(model.cfg.data, path=str(data_path))
     head = {"checkpoint": str(model.directory), "seed": seed}
     if model.family == "autoregressive":
-        test = load_images(model.cfg.data, split="test", limit=num)
-        prior = label_frequencies(model.cfg.data, model.num_classes) if model.num_classes else None
+        test = load_images(data, split="test", limit=num)
+        prior = label_frequencies(data, model.num_classes) if model.num_classes else None
         scores = model.evaluate(test.images, test.labels, prior, seed=seed, batch_size=batch_size, precision=precision,
                                 progress=progress)
         return {**head, "precision": precision, **scores}
@@ -61,11 +64,11 @@ def evaluation_report(model, num: int = 10_000, seed: int = 0, batch_size: int =
         raise ArgumentError("n", f"evaluation needs at least {Evaluator.min_images} images, got {num}")
     if bpd and model.codec is not None:
         raise ArgumentError("bpd", "a latent model's density is over latents, not pixels: it has no bits/dim")
-    evaluator = Evaluator(model.cfg.data, feature_net)  # refuses data it cannot score before anything is drawn
+    evaluator = Evaluator(data, feature_net)  # refuses data it cannot score before anything is drawn
     inception = InceptionMetrics(inception_weights, device=model.device, progress=progress) \
         if inception_weights is not None else None
     if model.family == "autoencoder":
-        test = load_images(model.cfg.data, split="test", limit=num)
+        test = load_images(data, split="test", limit=num)
         scores = model.evaluate(test.images, batch_size=batch_size, precision=precision, evaluator=evaluator)
         floor = evaluator.floor(len(test), seed=seed)
         return {**head, "precision": precision, **scores,
@@ -74,7 +77,7 @@ def evaluation_report(model, num: int = 10_000, seed: int = 0, batch_size: int =
                          schedule=schedule, batch_size=batch_size, precision=precision, progress=progress,
                          compile=compile, **options)
     scores = evaluator.score(drawn.images, drawn.labels, seed=seed)
-    inception_report = _inception(inception, model.cfg.data, drawn.images, inception_reference) if inception else None
+    inception_report = _inception(inception, data, drawn.images, inception_reference) if inception else None
     sc = model.cfg.sample
     report = {**head, "num": num, "sampler": sampler if isinstance(sampler, str) else sc.sampler,
               "steps": steps or sc.steps, "guidance": sc.guidance if guidance is None else guidance,
@@ -82,7 +85,7 @@ def evaluation_report(model, num: int = 10_000, seed: int = 0, batch_size: int =
     if inception_report is not None:
         report["inception"] = inception_report
     if bpd:
-        test = load_images(model.cfg.data, split="test", limit=bpd)
+        test = load_images(data, split="test", limit=bpd)
         mean, stderr, nfe = model.bits_per_dim(test.images, seed=seed, estimator=bpd_estimator, probes=bpd_probes,
                                                precision=precision, rtol=bpd_tol, atol=bpd_tol, progress=progress)
         report["bits_per_dim"] = {"images": len(test), "mean": mean, "stderr": stderr, "nfe_per_batch": nfe,
