@@ -37,6 +37,9 @@ class DataConfig:
     channels: int = 1
     fit: str = "pad"  # pad (centre, with black) | resize (shorter side, then centre crop)
     hflip: bool = False
+    loader: str = "auto"  # memory (decode the split once) | disk (decode each batch) | auto: memory up to memory_mb
+    memory_mb: int = 4096  # the largest decoded split `auto` holds in memory
+    workers: int = 2  # processes that decode batches ahead of training, for a split on disk
     autoencoder: str = ""  # a trained autoencoder (run, checkpoint): the model learns its latents, as SD3; "" = pixels
     latent_channels: int = 0  # of the autoencoder's latents; 0: read off the autoencoder when training starts
     latent_size: int = 0
@@ -250,7 +253,8 @@ def validate(cfg: Config) -> None:
     one_of(cfg.data.channels, (1, 3), "data.channels")  # grey or RGB images
     if cfg.data.image_size > 4096:
         raise ConfigError(f"data.image_size: at most 4096, got {cfg.data.image_size}")
-    require(cfg.data, "data", non_negative=["latent_channels", "latent_size"])
+    require(cfg.data, "data", non_negative=["latent_channels", "latent_size", "memory_mb", "workers"])
+    one_of(cfg.data.loader, ("auto", "memory", "disk"), "data.loader")
     if not cfg.data.autoencoder and (cfg.data.latent_channels or cfg.data.latent_size):
         raise ConfigError("data.latent_channels: latents need an autoencoder; set data.autoencoder (or leave both at 0)")
     sc = cfg.sample

@@ -1,10 +1,15 @@
-"""Image data sets through HF `datasets`, held in memory as uint8 tensors for fast epochs."""
+"""Image data sets through HF `datasets`: decoded into memory as uint8 tensors for fast epochs
+(`ImageData`), or, for splits larger than `data.memory_mb`, read from `datasets`' memory-mapped
+table as batches are asked for and decoded on worker processes (`DiskImageData`). Both give the
+trainer the same bytes for the same (seed, step): the choice changes speed and memory only."""
 from __future__ import annotations
 
 import difflib
+import functools
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -34,14 +39,93 @@ class ImageData:
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One image's shape (C, H, W)."""
+        return tuple(self.images.shape[1:])
+
+    def head(self, n: int) -> torch.Tensor:
+        """The first n images, uint8 [n, C, H, W]."""
+        return self.images[:n]
+
     def batch(self, indices: torch.Tensor, hflip_generator: torch.Generator | None = None):
         """(images scaled to [-1, 1], their labels, None: no noise is coupled to them); random
         horizontal flips if a generator is given. The trainer's data protocol, with `PairData`."""
-        x = self.images[indices].float() / 127.5 - 1
-        if hflip_generator is not None:
-            flip = torch.rand(len(indices), generator=hflip_generator) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return x, (self.labels[indices] if self.labels is not None else None), None
+        return as_batch(self.images[indices], self.labels[indices] if self.labels is not None else None,
+                        hflip_generator)
+
+
+def as_batch(images: torch.Tensor, labels: torch.Tensor | None, hflip_generator: torch.Generator | None):
+    """uint8 images [B, C, H, W] -> (floats in [-1, 1], flipped at random where a generator is given,
+    labels, None)."""
+    x = images.float() / 127.5 - 1
+    if hflip_generator is not None:
+        flip = torch.rand(len(images), generator=hflip_generator) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x, labels, None
+
+
+class DiskImageData:
+    """A split left on disk: `datasets`' memory-mapped table of undecoded images (memory bounded
+    whatever the split's size), each batch decoded by `fit_image` when it is asked for; with
+    `stream`, decoded ahead of the trainer on worker processes. `labels` [N] are held in memory."""
+
+    def __init__(self, table, cfg: DataConfig, labels: torch.Tensor | None):
+        self.table, self.cfg, self.labels = table, cfg, labels
+        self._ahead = None  # the prefetching iterator of `stream`, and the batch it has ready
+        self._ready = None
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @functools.cached_property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.decode(torch.zeros(1, dtype=torch.long)).shape[1:])
+
+    def head(self, n: int) -> torch.Tensor:
+        return self.decode(torch.arange(min(n, len(self))))
+
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """uint8 images [B, C, H, W] of rows `indices` [B]."""
+        cells = self.table[indices.tolist()][self.cfg.image_column]
+        images = torch.from_numpy(np.stack([fit_image(_decode(cell, int(i), self.cfg), self.cfg)
+                                            for cell, i in zip(cells, indices)]))
+        return images[:, None] if images.dim() == 3 else images.permute(0, 3, 1, 2).contiguous()
+
+    def stream(self, indices_of: Callable[[int], torch.Tensor], start: int, stop: int, workers: int) -> None:
+        """Decode the batches of steps start..stop - 1 (`indices_of(step)` [B]) ahead, on `workers`
+        processes (0: in this one, one step ahead)."""
+        loader = torch.utils.data.DataLoader(StepBatches(self, indices_of, start, stop), batch_size=None,
+                                             num_workers=workers, prefetch_factor=4 if workers else None)
+        self._ahead, self._ready = iter(loader), None
+
+    def batch(self, indices: torch.Tensor, hflip_generator: torch.Generator | None = None):
+        """`ImageData.batch` on the same rows: the streamed batch where it is the one asked for, else
+        (a step retried, or no stream) decoded here."""
+        images = None
+        if self._ahead is not None:
+            if self._ready is None:
+                self._ready = next(self._ahead, None)
+            if self._ready is not None and torch.equal(self._ready[0], indices):
+                images, self._ready = self._ready[1], None
+        if images is None:
+            images = self.decode(indices)
+        return as_batch(images, self.labels[indices] if self.labels is not None else None, hflip_generator)
+
+
+class StepBatches(torch.utils.data.IterableDataset):
+    """(indices, uint8 images) of the batches of steps start..stop - 1, in order; worker w of W
+    decodes steps start + w, start + w + W, ..., which `DataLoader` interleaves back in order."""
+
+    def __init__(self, data: DiskImageData, indices_of: Callable[[int], torch.Tensor], start: int, stop: int):
+        self.data, self.indices_of, self.start, self.stop = data, indices_of, start, stop
+
+    def __iter__(self):
+        worker = torch.utils.data.get_worker_info()
+        first, every = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        for step in range(self.start + first, self.stop, every):
+            indices = self.indices_of(step)
+            yield indices, self.data.decode(indices)
 
 
 def fit_image(image: Image.Image, cfg: DataConfig) -> np.ndarray:
@@ -142,15 +226,11 @@ def open_split(path: str, split: str):
     return datasets.load_dataset(kind, data_files={SINGLE_FILE_SPLIT: path}, split=SINGLE_FILE_SPLIT)
 
 
-def load_images(cfg: DataConfig, split: str | None = None, limit: int | None = None,
-                progress: bool = True) -> ImageData:
-    """Load a split with `datasets.load_dataset` and decode it into memory.
-
-    Raises `ConfigError` (one line) for a missing path, an empty split or absent columns.
-    """
+def _open_images(cfg: DataConfig, split: str):
+    """`datasets`' split with its image cells left undecoded, and whether it has labels; `ConfigError`
+    (one line) for a missing path, an empty split or absent columns."""
     import datasets
 
-    split = split or cfg.split
     path = resolve_data_path(cfg.path)
     if not Path(path).exists():
         local_parent = Path(path).parent
@@ -173,11 +253,21 @@ def load_images(cfg: DataConfig, split: str | None = None, limit: int | None = N
     if cfg.image_column not in ds.column_names:
         raise ConfigError(f"data.image_column: '{cfg.image_column}' is not a column of {cfg.path} "
                           f"(columns: {', '.join(ds.column_names)})")
-    has_labels = bool(cfg.label_column) and cfg.label_column in ds.column_names
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
     if isinstance(ds.features[cfg.image_column], datasets.Image):  # decode here, to name a file that fails
         ds = ds.cast_column(cfg.image_column, datasets.Image(decode=False))
+    return ds, bool(cfg.label_column) and cfg.label_column in ds.column_names
+
+
+def load_images(cfg: DataConfig, split: str | None = None, limit: int | None = None,
+                progress: bool = True) -> ImageData:
+    """Load a split with `datasets.load_dataset` and decode it into memory.
+
+    Raises `ConfigError` (one line) for a missing path, an empty split or absent columns.
+    """
+    split = split or cfg.split
+    ds, has_labels = _open_images(cfg, split)
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
     arrays, labels = [], []
     for i, row in enumerate(tqdm(ds, desc=f"decoding {split}", disable=not progress, leave=False)):
         arrays.append(fit_image(_decode(row[cfg.image_column], i, cfg), cfg))
@@ -186,6 +276,21 @@ def load_images(cfg: DataConfig, split: str | None = None, limit: int | None = N
     images = torch.from_numpy(np.stack(arrays))
     images = images[:, None] if images.dim() == 3 else images.permute(0, 3, 1, 2)  # [N, C, H, W]
     return ImageData(images.contiguous(), torch.tensor(labels) if has_labels else None)
+
+
+def open_images(cfg: DataConfig, split: str | None = None, progress: bool = True) -> ImageData | DiskImageData:
+    """A split for training: decoded into memory (`load_images`) where `cfg.loader` says `memory`, or
+    says `auto` and the decoded split takes at most `cfg.memory_mb`; else left on disk
+    (`DiskImageData`)."""
+    split = split or cfg.split
+    ds, has_labels = _open_images(cfg, split)
+    decoded_mb = len(ds) * cfg.channels * cfg.image_size**2 / 2**20
+    if cfg.loader == "memory" or (cfg.loader == "auto" and decoded_mb <= cfg.memory_mb):
+        return load_images(cfg, split, progress=progress)
+    labels = None
+    if has_labels:
+        labels = torch.tensor([_label(value, i, cfg) for i, value in enumerate(ds[cfg.label_column])])
+    return DiskImageData(ds, cfg, labels)
 
 
 def label_frequencies(cfg: DataConfig, num_classes: int, split: str | None = None) -> torch.Tensor:
@@ -208,3 +313,18 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor
         raise ConfigError(f"train.batch_size: {batch_size} is larger than the data set ({n} images)")
     epoch, offset = divmod(step, per_epoch)
     return epoch_order(n, seed, epoch)[offset * batch_size:(offset + 1) * batch_size]
+
+
+@dataclass
+class StepIndices:
+    """`batch_indices` of each step for one process (rank `rank` of `world`): a picklable function of
+    the step, for decoding workers."""
+
+    n: int
+    batch_size: int
+    seed: int
+    rank: int = 0
+    world: int = 1
+
+    def __call__(self, step: int) -> torch.Tensor:
+        return batch_indices(self.n, self.batch_size, self.seed, step)[self.rank::self.world]

@@ -96,6 +96,10 @@ class PairData:
     def images(self) -> torch.Tensor:
         return self.x0
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x0.shape[1:])
+
     def batch(self, indices: torch.Tensor, hflip_generator: torch.Generator | None = None):
         """(samples, labels, the noise each was drawn from): the trainer's data protocol."""
         if hflip_generator is not None:

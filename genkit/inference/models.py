@@ -404,7 +404,7 @@ class AutoencoderModel(TrainedModel):
 
     def preview(self, data, n: int = 64) -> torch.Tensor:
         """n / 2 training images, each followed by its reconstruction: [n, C, H, W] in [0, 1]."""
-        images = data.images[:n // 2].float() / 255
+        images = data.head(n // 2).float() / 255
         return torch.stack([images, self.reconstruct(images)], 1).flatten(0, 1)
 
     def evaluate(self, images: torch.Tensor, batch_size: int = 256, precision: str = "no", evaluator=None) -> dict:

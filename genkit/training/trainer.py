@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from genkit import checkpoint as ckpt
 from genkit.arguments import reason
 from genkit.config import Config, ConfigError, flat_dict, load_config, validate
-from genkit.data import batch_indices, load_images, resolve_data_path
+from genkit.data import DiskImageData, StepIndices, load_images, open_images, resolve_data_path
 from genkit.images import make_grid, save_grid, to_uint8
 from genkit.inference import GenerativeModel, build_model
 from genkit.latents import AUTOENCODER_DIR, LatentCodec, LatentData, encode_dataset
@@ -186,11 +186,13 @@ class Trainer:
             if self.codec is not None:
                 raise ConfigError(f"data.path: {path} holds reflow pairs, which are pixels; leave data.autoencoder empty")
             data = load_pairs(path)
-        else:
+        elif self.codec is not None:  # encoded once, whole: latents are small
             data = load_images(self.cfg.data, progress=self.accelerator.is_main_process)
-        if data.images.shape[1] != self.cfg.data.channels:
+        else:
+            data = open_images(self.cfg.data, progress=self.accelerator.is_main_process)
+        if data.shape[0] != self.cfg.data.channels:
             raise ConfigError(f"data.channels: the model takes {self.cfg.data.channels} channels, "
-                              f"the data has {data.images.shape[1]}")
+                              f"the data has {data.shape[0]}")
         classes, column = self.cfg.model.num_classes, self.cfg.data.label_column
         if classes > 0 and data.labels is None:
             raise ConfigError(f"data.label_column: {self.cfg.data.path} has no label column '{column}'; name the "
@@ -364,7 +366,7 @@ class Trainer:
         acc, tc = self.accelerator, self.cfg.train
         rank, world = acc.process_index, acc.num_processes
         self.method.progress = self.step / tc.max_steps  # the share of training done: curricula read it
-        idx = batch_indices(len(self.data), tc.batch_size, tc.seed, self.step)[rank::world]
+        idx = StepIndices(len(self.data), tc.batch_size, tc.seed, rank, world)(self.step)
         gen = step_generator(tc.seed, self.step, rank)
         x0, y, noise = self.data.batch(idx, gen if self.cfg.data.hflip else None)
         x0 = x0.to(acc.device)
@@ -433,9 +435,16 @@ class Trainer:
         hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat_dict(self.cfg).items()}
         acc.init_trackers(self.out.name or "genkit", config=hparams)  # the run's name as the project
         main = acc.is_main_process
+        rank, world = acc.process_index, acc.num_processes
+        if isinstance(self.data, DiskImageData):
+            self.data.stream(StepIndices(len(self.data), tc.batch_size, tc.seed, rank, world), self.step,
+                             tc.max_steps, self.cfg.data.workers)
+            where = f"read from disk by {self.cfg.data.workers} worker(s)"
+        else:
+            where = "in memory"
         if main:
             tqdm.write(f"genkit: {self.cfg.model.name} with {self.num_params / 1e6:.2f}M parameters, "
-                       f"{len(self.data)} images, {acc.num_processes} process(es), output in {self.out}")
+                       f"{len(self.data)} images {where}, {acc.num_processes} process(es), output in {self.out}")
         bar = tqdm(total=tc.max_steps, initial=self.step, desc="train", disable=not main, dynamic_ncols=True)
         streak, window, started = 0, [], time.perf_counter()
         start_step = self.step
@@ -461,7 +470,7 @@ class Trainer:
                     record = {"loss": mean if math.isfinite(mean) else None, "lr": self.scheduler.get_last_lr()[0],
                               "img_per_s": rate, "bad_steps": self.bad_steps_total}
                     if math.isfinite(mean):
-                        record.update(self.method.log_terms(mean, self.data.images[0].numel()))  # e.g. bits/dim
+                        record.update(self.method.log_terms(mean, math.prod(self.data.shape)))  # e.g. bits/dim
                     acc.log({k: v for k, v in record.items() if v is not None}, step=self.step)
                     if main:
                         with open(self.out / METRICS_FILE, "a") as metrics:
