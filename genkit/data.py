@@ -108,6 +108,8 @@ class DiskImageData:
                 self._ready = next(self._ahead, None)
             if self._ready is not None and torch.equal(self._ready[0], indices):
                 images, self._ready = self._ready[1], None
+                if isinstance(images, ConfigError):  # an image a worker could not decode: the run stops, naming it
+                    raise images
         if images is None:
             images = self.decode(indices)
         return as_batch(images, self.labels[indices] if self.labels is not None else None, hflip_generator)
@@ -115,7 +117,9 @@ class DiskImageData:
 
 class StepBatches(torch.utils.data.IterableDataset):
     """(indices, uint8 images) of the batches of steps start..stop - 1, in order; worker w of W
-    decodes steps start + w, start + w + W, ..., which `DataLoader` interleaves back in order."""
+    decodes steps start + w, start + w + W, ..., which `DataLoader` interleaves back in order. An
+    image that does not decode comes as its `ConfigError` in place of the images, for the trainer to
+    raise as it is (a worker's own exception would reach it wrapped in the worker's traceback)."""
 
     def __init__(self, data: DiskImageData, indices_of: Callable[[int], torch.Tensor], start: int, stop: int):
         self.data, self.indices_of, self.start, self.stop = data, indices_of, start, stop
@@ -125,7 +129,10 @@ class StepBatches(torch.utils.data.IterableDataset):
         first, every = (worker.id, worker.num_workers) if worker is not None else (0, 1)
         for step in range(self.start + first, self.stop, every):
             indices = self.indices_of(step)
-            yield indices, self.data.decode(indices)
+            try:
+                yield indices, self.data.decode(indices)
+            except ConfigError as err:
+                yield indices, err
 
 
 def fit_image(image: Image.Image, cfg: DataConfig) -> np.ndarray:

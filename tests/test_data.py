@@ -136,3 +136,20 @@ def test_training_from_disk_matches_memory_bitwise_and_resumes_exactly(tiny_cfg,
     shutil.rmtree(from_disk)  # as if the run had died between step 2 and step 4
     resumed = train(tiny_cfg(*disk, "train.resume=latest"))
     assert all(torch.equal(in_memory[k], v) for k, v in weights(resumed).items())
+
+
+def test_an_image_that_does_not_decode_on_a_worker_stops_training_naming_it(imagefolder, tmp_path, tiny_cfg):
+    """A damaged file in a split read from disk stops the run with one line naming the file, from a
+    decoding worker as from the main process (not the worker's traceback)."""
+    from genkit.training import train
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(imagefolder, damaged)
+    bad = sorted((damaged / "train" / "2").iterdir())[0]
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    for workers in (0, 2):
+        cfg = tiny_cfg(f"data.path={damaged}", "data.loader=disk", f"data.workers={workers}", "train.max_steps=8",
+                       f"output_dir={tmp_path / f'run{workers}'}")
+        with pytest.raises(ConfigError, match=f"data.path: image .*{bad.name} of .* cannot be decoded") as caught:
+            train(cfg)
+        assert "Traceback" not in str(caught.value)
