@@ -19,6 +19,7 @@ from genkit.export.model_card import check_report
 from genkit.files import write_json
 from genkit.images import check_new_dir, check_npz_name, image_format, save_grid, save_images, save_npz
 from genkit.inference import PRECISIONS
+from genkit.inference.distributed import launch, sample_across_processes
 from genkit.plots import plot_loss
 from genkit.reflow import generate_pairs
 from genkit.registry import ArgumentError, ConfigError
@@ -337,12 +338,21 @@ def _sampler_options(items: list[str]) -> dict:
     return options
 
 
+def _load(args):
+    """The checkpoint's model, on `--device`, or under a launch of several processes (`accelerate
+    launch`, `torchrun`) with `--device auto`, on the device the launch gave this process."""
+    state = launch()
+    device = state.device if state.num_processes > 1 and args.device == "auto" else args.device
+    return genkit.load(args.checkpoint, ema=not args.raw_weights, device=device)
+
+
 def _draw(args):
-    """Load the checkpoint and draw `args.num` images: (model, `Samples`). Flags a model's kind does
-    not take, and sampler options, are refused by `sample` itself, before anything is drawn."""
-    model = genkit.load(args.checkpoint, ema=not args.raw_weights, device=args.device)
-    drawn = model.sample(args.num, seed=args.seed, labels=args.class_label, batch_size=args.batch_size,
-                         precision=args.precision, **_sampling_arguments(args))
+    """Load the checkpoint and draw `args.num` images, shared among the processes of a launch:
+    (model, `Samples`). Flags a model's kind does not take, and sampler options, are refused by
+    `sample` itself, before anything is drawn."""
+    model = _load(args)
+    drawn = sample_across_processes(model, args.num, seed=args.seed, labels=args.class_label,
+                                    batch_size=args.batch_size, precision=args.precision, **_sampling_arguments(args))
     return model, drawn
 
 
@@ -376,6 +386,8 @@ def _sample(args) -> None:
     if args.npz:
         check_npz_name(args.npz)
     _, drawn = _draw(args)
+    if not launch().is_main_process:  # the main process writes what all drew
+        return
     written = [save_grid(drawn.images, args.out, nrow=args.nrow)] if args.out else []
     written += [save_images(drawn.images, args.outdir)] if args.outdir else []
     written += [save_npz(drawn.images, drawn.labels, args.npz)] if args.npz else []
@@ -384,13 +396,15 @@ def _sample(args) -> None:
 
 def _eval(args) -> None:
     _check_sampling_flags(args)
-    model = genkit.load(args.checkpoint, ema=not args.raw_weights, device=args.device)
+    model = _load(args)
     report = evaluation_report(model, args.num, seed=args.seed, batch_size=args.batch_size, precision=args.precision,
                                labels=args.class_label, bpd=args.bpd, bpd_estimator=args.bpd_estimator,
                                bpd_probes=args.bpd_probes, bpd_tol=args.bpd_tol, feature_net=args.feature_net,
                                inception_weights=args.inception_weights, inception_reference=args.inception_reference,
                                data_path=args.data,
                                **_sampling_arguments(args))
+    if not launch().is_main_process:  # every process drew its share and scored all; the main one reports
+        return
     if "metrics" in report:  # a sampled model: its metrics beside the real data's
         scores, floor = report["metrics"], report["real_data_floor"]
         if floor["images"] < args.num:

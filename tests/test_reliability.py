@@ -1,5 +1,6 @@
 """Reliability: random command lines fail in one line or run; SIGKILL at random moments never
 breaks a checkpoint and resuming reaches the uninterrupted weights; two processes train as one."""
+import json
 import random
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import time
 import typing
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -18,7 +20,7 @@ from genkit.cli import sample_main, train_main
 from genkit.config import key_types, load_config
 from genkit.samplers import SAMPLERS, SCHEDULE_NAMES
 from genkit.training import train
-from tests.conftest import ROOT, assert_ran_or_one_line, call, reset_accelerate_state, tiny_overrides
+from tests.conftest import ROOT, assert_ran_or_one_line, call, digit_overrides, reset_accelerate_state, tiny_overrides
 
 @pytest.fixture(scope="module")
 def tiny_run(imagefolder, tmp_path_factory):
@@ -180,3 +182,28 @@ def test_checkpoint_of_another_architecture_is_refused(tiny_run, tmp_path):
     code, stderr = call(sample_main, ["--checkpoint", str(other), "--out", str(tmp_path / "x.png")])
     assert code == 2 and "is damaged (net.safetensors: " in stderr and "has shape" in stderr, stderr
     assert stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_two_processes_sample_and_evaluate_what_one_draws(digits, tmp_path):
+    """`accelerate launch --num_processes 2 eval.py` (and sample.py) split the draws between the processes
+    and gather them: the same images as one process (to float rounding: the batches differ), the same
+    metrics, one report and one grid written."""
+    from genkit.training import train
+
+    cfg = load_config(None, digit_overrides(digits, tmp_path / "run") + ["train.max_steps=2"])
+    train(cfg)
+    common = ["--checkpoint", cfg.output_dir, "--num", "9", "--steps", "2", "--sampler", "ddim"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    for script, flag, suffix in (("eval.py", "--json", "json"), ("sample.py", "--npz", "npz")):
+        one = subprocess.run([sys.executable, script, *common, flag, str(tmp_path / f"one.{suffix}")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+        two = subprocess.run([*launch, script, *common, flag, str(tmp_path / f"two.{suffix}")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+        assert two.stdout.count("wrote") == 1, two.stdout
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert one["nfe"] == two["nfe"] and one["metrics"]["fid"] == pytest.approx(two["metrics"]["fid"], rel=1e-3)
+    with np.load(tmp_path / "one.npz") as a, np.load(tmp_path / "two.npz") as b:
+        assert np.abs(a["arr_0"].astype(int) - b["arr_0"].astype(int)).max() <= 1  # uint8: rounding at most
+        assert (a["labels"] == b["labels"]).all()

@@ -14,6 +14,7 @@ from genkit.arguments import check_draw, integer, number
 from genkit.data import label_frequencies, load_images, resolve_data_path
 from genkit.evaluation.evaluate import Evaluator
 from genkit.evaluation.inception import InceptionMetrics
+from genkit.inference.distributed import sample_across_processes
 from genkit.registry import ArgumentError
 
 INCEPTION_CACHE = "inception_train.npz"  # beside a local data set: its training split's Inception features
@@ -73,9 +74,9 @@ def evaluation_report(model, num: int = 10_000, seed: int = 0, batch_size: int =
         floor = evaluator.floor(len(test), seed=seed)
         return {**head, "precision": precision, **scores,
                 "real_data_floor": {"fid": floor["fid"], "images": floor["images"]}}
-    drawn = model.sample(num, seed=seed, sampler=sampler, steps=steps, guidance=guidance, labels=labels,
-                         schedule=schedule, batch_size=batch_size, precision=precision, progress=progress,
-                         compile=compile, **options)
+    drawn = sample_across_processes(model, num, seed=seed, sampler=sampler, steps=steps, guidance=guidance,
+                                    labels=labels, schedule=schedule, batch_size=batch_size, precision=precision,
+                                    progress=progress, compile=compile, **options)
     scores = evaluator.score(drawn.images, drawn.labels, seed=seed)
     inception_report = _inception(inception, data, drawn.images, inception_reference) if inception else None
     sc = model.cfg.sample

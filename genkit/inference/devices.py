@@ -1,6 +1,8 @@
 """Devices and precisions for inference: which device `auto` means, and which half precision it computes fast."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from genkit.registry import ArgumentError
@@ -50,3 +52,9 @@ def half_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         precision = hardware_precision(device)
     return {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def launched_on_cpus() -> bool:
+    """Whether this process is one of several launched (`accelerate launch`, `torchrun`: WORLD_SIZE > 1)
+    on a machine without CUDA: accelerate then sets up gloo only when told it is on CPUs."""
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1

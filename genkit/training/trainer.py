@@ -24,6 +24,7 @@ from genkit.config import Config, ConfigError, flat_dict, load_config, validate
 from genkit.data import DiskImageData, StepIndices, load_images, open_images, resolve_data_path
 from genkit.images import make_grid, save_grid, to_uint8
 from genkit.inference import GenerativeModel, build_model
+from genkit.inference.devices import launched_on_cpus
 from genkit.latents import AUTOENCODER_DIR, LatentCodec, LatentData, encode_dataset
 from genkit.loading import load
 from genkit.methods import METHODS, build_method
@@ -63,10 +64,8 @@ class Trainer:
         tc = cfg.train
         check_tracker(tc.report_to)
         self.out = Path(cfg.output_dir)
-        # Without CUDA, accelerate sets up gloo for several processes only when told it is on CPU.
-        multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.accelerator = Accelerator(
-            cpu=multi_cpu or None,
+            cpu=launched_on_cpus() or None,
             mixed_precision=mixed_precision(tc.mixed_precision),
             log_with=None if tc.report_to == "none" else tc.report_to,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
