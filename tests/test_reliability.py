@@ -207,3 +207,17 @@ def test_two_processes_sample_and_evaluate_what_one_draws(digits, tmp_path):
     with np.load(tmp_path / "one.npz") as a, np.load(tmp_path / "two.npz") as b:
         assert np.abs(a["arr_0"].astype(int) - b["arr_0"].astype(int)).max() <= 1  # uint8: rounding at most
         assert (a["labels"] == b["labels"]).all()
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_end_to_end_as_a_dry_run(tmp_path):
+    """`benchmarks/gpu.py --dry-run` (tiny sizes, two training steps) runs on whatever device there is
+    and writes its results with every part, so that the day a GPU is lent the script is known to run."""
+    out = tmp_path / "gpu.json"
+    done = subprocess.run([sys.executable, "gpu.py", "--dry-run", "--json", str(out), "--workdir", str(tmp_path / "runs")],
+                          cwd=ROOT / "benchmarks", capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["dry_run"] and {r["net"] for r in result["training"]} == {"unet", "dit"}
+    assert all(r["genkit_img_per_s"] > 0 and r["diffusers_img_per_s"] > 0 for r in result["training"] + result["sampling"])
+    assert result["quality"]["fid"] > 0 and set(result["precision_max_abs_diff"]) >= {"bf16", "fp16"}
