@@ -20,8 +20,8 @@ a grid to the model, by an optimisation; here a choice among a few). The candida
 - `flow(rho=r)`: the flow clock, packed toward the clean end by r (`genkit.samplers.schedules.flow`).
 - `flow(shift=s)`: the flow clock under SD3's time shift s < 1 (Esser et al. 2024), which packs
   the steps toward the clean end more strongly the nearer they are to it.
-- `log_snr`: evenly spaced in log-SNR from t = 1 (Lu et al. 2022), which spends more of its
-  steps at low noise than any of the above.
+- `log_snr`: evenly spaced in log-SNR from t = 1 (Lu et al. 2022), which puts more of its steps
+  at low noise than the flow clock does.
 
 On a path that starts at pure noise (flows, zero terminal SNR), a sampler with a corrector also has
 its rule for the first step chosen (`first_step`, `genkit.samplers.base.FIRST_STEP_RULES`): which
