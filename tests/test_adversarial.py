@@ -830,7 +830,7 @@ def test_ctrl_c_before_training_says_nothing_was_saved(imagefolder, tmp_path, mo
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(genkit.training.trainer, "load_images", interrupted)
+    monkeypatch.setattr(genkit.training.trainer, "open_images", interrupted)
     code, stderr = call(train_main, tiny_overrides(imagefolder, tmp_path / "run"))
     assert code == 130 and "error: interrupted; no checkpoint of this run was saved yet" in stderr.splitlines()
 
