@@ -129,14 +129,18 @@ def device() -> str:
 
 
 def write_results(name: str, result: dict, path: str | Path | None = None) -> Path:
-    """Write `result` with the commit and machine to `path` (default benchmarks/results/NAME.json),
-    through a temporary file so that an interrupted write leaves the old results whole."""
+    """Write `result` with the commit the benchmark started at (`STARTED_AT`: a long run outlives
+    later commits) and the machine to `path` (default benchmarks/results/NAME.json), through a
+    temporary file so that an interrupted write leaves the old results whole."""
     path = Path(path) if path else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps({"commit": commit(), "machine": machine(), **result}, indent=2) + "\n")
+    tmp.write_text(json.dumps({"commit": STARTED_AT, "machine": machine(), **result}, indent=2) + "\n")
     tmp.replace(path)
     return path
+
+
+STARTED_AT = commit()  # at import: the code the benchmark runs
 
 
 def fit_grid(model, sampler: str, steps: int) -> None:

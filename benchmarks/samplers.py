@@ -297,7 +297,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.from_json:
         runs = [json.loads(path.read_text()) for path in args.from_json]
-        result = {"n": runs[0]["n"], "projections": runs[0]["projections"],
+        commits = list(dict.fromkeys(run["commit"] for run in runs))  # where the rows were measured, not this summary
+        result = {"commit": "+".join(commits), "machine": runs[0]["machine"], "n": runs[0]["n"],
+                  "projections": runs[0]["projections"],
                   **{key: {k: v for run in runs for k, v in run[key].items()}
                      for key in ("mixtures", "floors", "adaptive_pilots")},
                   "seconds": max(run["seconds"] for run in runs), "rows": [r for run in runs for r in run["rows"]],
