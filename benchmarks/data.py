@@ -1,21 +1,36 @@
 """Training batches from memory and from disk: what each loader costs, per image and in memory.
 
-Fashion-MNIST's 60,000 training images (padded to 32 px, random flips), 128 per batch, as the
-trainer asks for them (`StepIndices`): `memory` decodes the split once, then slices it; `disk`
+Loader: Fashion-MNIST's 60,000 training images (padded to 32 px, random flips), 128 per batch, as
+the trainer asks for them (`StepIndices`): `memory` decodes the split once, then slices it; `disk`
 leaves it in `datasets`' memory-mapped table and decodes each batch, in this process (`workers 0`)
 or on worker processes ahead of the trainer. Reported: seconds to open, images per second over
 `--steps` batches, and the resident memory the process gained (its peak, from getrusage).
+
+Trainer (`--folder-images N`, 0 to skip): a generated image folder of N RGB PNGs at 32 px in ten
+class folders, trained with the RF-UNet recipe (only the data changed) for `--train-steps` steps
+from disk (`data.loader=disk`, two decoding workers), against the same recipe on 60,000 of those
+images decoded into memory (MNIST's size). Reported: the trainer's peak resident memory
+(`peak_rss_gb`, the largest of it and its workers, from wait4) and `throughput_ratio`, the
+trained images per second from disk over in memory (the first logged steps left out).
 The trainer's `data.loader=auto` keeps a split in memory up to `data.memory_mb`.
 
-    python benchmarks/data.py
+    python benchmarks/data.py                      # 200,000 PNGs under --workdir (made once)
 """
 from __future__ import annotations
 
+import json
+import os
 import resource
+import subprocess
+import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
-from harness import benchmark_parser, write_results
+from harness import QUIET, ROOT, benchmark_parser, recipe_path, write_results
+from PIL import Image
+from tqdm.auto import tqdm
 
 from genkit.config import DataConfig
 from genkit.data import DiskImageData, StepIndices, open_images
@@ -40,10 +55,64 @@ def measure(cfg: DataConfig, steps: int, batch_size: int, workers: int) -> dict:
             "images_per_second": round(steps * batch_size / seconds), "peak_rss_gain_mb": round(peak_mb() - before)}
 
 
+def make_folder(root: Path, n: int, size: int = 32, classes: int = 10) -> Path:
+    """root/train/<class>/<i>.png: n RGB PNGs of `size` px (a colour gradient per class, with noise),
+    made once (`root/complete` marks a finished folder)."""
+    if (root / "complete").is_file() and int((root / "complete").read_text()) == n:
+        return root
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 1, size)[None, :, None]
+    for c in range(classes):
+        (root / "train" / str(c)).mkdir(parents=True, exist_ok=True)
+    for i in tqdm(range(n), desc=f"writing {n} PNGs", mininterval=5):
+        c = i % classes
+        colour = np.array([(c * 37) % 256, (c * 91) % 256, (c * 151) % 256])
+        image = ramp * colour + rng.integers(0, 64, (size, size, 3))
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / "train" / str(c) / f"{i}.png")
+    (root / "complete").write_text(str(n))
+    return root
+
+
+def subset(folder: Path, out: Path, n: int) -> Path:
+    """The first n images of `folder` (by index) as a folder of hard links."""
+    if (out / "complete").is_file() and int((out / "complete").read_text()) == n:
+        return out
+    for path in (folder / "train").glob("*/*.png"):
+        if int(path.stem) < n:
+            target = out / "train" / path.parent.name / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                os.link(path, target)
+    (out / "complete").write_text(str(n))
+    return out
+
+
+def train_run(folder: Path, out: Path, steps: int, *overrides: str) -> dict:
+    """The RF-UNet recipe on `folder` (RGB) for `steps` steps in a subprocess: its peak resident
+    memory (with its workers') and trained images per second after the first two logged steps."""
+    command = [sys.executable, str(ROOT / "train.py"), "--config", str(recipe_path("rf_unet_mnist")),
+               f"output_dir={out}", f"data.path={folder}", "data.channels=3", f"train.max_steps={steps}",
+               "train.log_every=2", "train.overwrite=true", "train.report_to=none", "sample.fit_grid=false",
+               *QUIET, *overrides]
+    began = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT)
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise SystemExit(f"training failed ({status}): {' '.join(command)}")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    batch = 128  # the recipe's
+    seconds = [r["step"] * batch / r["img_per_s"] for r in records]  # img_per_s is cumulative
+    rate = (records[-1]["step"] - records[1]["step"]) * batch / (seconds[-1] - seconds[1])
+    return {"overrides": list(overrides), "steps": steps, "images_per_second": round(rate, 2),
+            "peak_rss_gb": round(usage.ru_maxrss / 2**20, 3), "wall_seconds": round(time.perf_counter() - began, 1)}
+
+
 def main() -> None:
-    parser = benchmark_parser("data", __doc__)
+    parser = benchmark_parser("data", __doc__, workdir=True)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--folder-images", type=int, default=200_000, help="0: the loader part only")
+    parser.add_argument("--train-steps", type=int, default=40)
     args = parser.parse_args()
     rows = []
     for loader, workers in (("disk", 0), ("disk", 2), ("memory", 0)):  # disk first: memory's peak would mask it
@@ -54,7 +123,20 @@ def main() -> None:
     result = {"data": "fashion_mnist train, 32 px", "steps": args.steps, "batch_size": args.batch_size, "rows": rows,
               "disk_2_workers_vs_memory_images_per_second": round(
                   rows[1]["images_per_second"] / memory["images_per_second"], 3)}
+    if args.folder_images:
+        workdir = Path(args.workdir)
+        folder = make_folder(workdir / f"folder_{args.folder_images}", args.folder_images)
+        small = subset(folder, workdir / "folder_60000", 60_000)
+        disk = train_run(folder, workdir / "run_disk", args.train_steps, "data.loader=disk", "data.workers=2")
+        print(disk, flush=True)
+        in_memory = train_run(small, workdir / "run_memory", args.train_steps, "data.loader=memory")
+        print(in_memory, flush=True)
+        result.update(trainer={"recipe": "rf_unet_mnist", "folder_images": args.folder_images, "image_size": 32,
+                               "channels": 3, "disk": disk, "memory_60000": in_memory},
+                      peak_rss_gb=disk["peak_rss_gb"],
+                      throughput_ratio=round(disk["images_per_second"] / in_memory["images_per_second"], 3))
     write_results("data", result, args.json)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -71,8 +71,6 @@ def train_for_minutes(config: str | Path, out: str | Path, minutes: float, *over
     training seconds, the calibration's wall seconds and the net's parameter count."""
     import time
 
-    import genkit
-
     out = Path(out)
     started = time.perf_counter()
     train(config, out, "train.max_steps=12", "train.log_every=2", *overrides)
@@ -81,11 +79,19 @@ def train_for_minutes(config: str | Path, out: str | Path, minutes: float, *over
     seconds = [r["step"] * _batch_size(out) / r["img_per_s"] for r in records]  # img_per_s is cumulative
     rate = (records[-1]["step"] - records[0]["step"]) / (seconds[-1] - seconds[0])
     steps = max(10, int(rate * minutes * 60 * 0.98))
-    train(config, out, f"train.max_steps={steps}", f"train.max_minutes={minutes}",
-          f"train.warmup_steps={min(100, steps // 10)}", "train.overwrite=true", *overrides)
+    entry = train_for_steps(config, out, steps, f"train.max_minutes={minutes}", "train.overwrite=true", *overrides)
+    return {**entry, "calibration_seconds": round(calibration, 1)}
+
+
+def train_for_steps(config: str | Path, out: str | Path, steps: int, *overrides: str) -> dict:
+    """Train `config` into `out` for `steps` steps, its LR horizon (as `train_for_minutes` does once
+    it knows how many fit): the same training on a busy machine as on a quiet one, only slower."""
+    import genkit
+
+    train(config, out, f"train.max_steps={steps}", f"train.warmup_steps={min(100, steps // 10)}", *overrides)
     model = genkit.load(out)
     return {"steps": model.training["step"], "train_seconds": model.training["train_seconds"],
-            "calibration_seconds": round(calibration, 1), "params": sum(p.numel() for p in model.net.parameters())}
+            "params": sum(p.numel() for p in model.net.parameters())}
 
 
 def _batch_size(run: Path) -> int:
@@ -117,11 +123,22 @@ def commit() -> str:
 
 def machine() -> dict:
     """Where the figures were measured."""
-    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "threads": torch.get_num_threads(), "torch": torch.__version__}
+    info = {"cpu": cpu_model() or platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "bf16": torch.ops.mkldnn._is_mkldnn_bf16_supported()}  # without it (no AVX-512/AMX) bf16 is emulated
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name, from /proc/cpuinfo (Linux), else None: two machines of one kind here
+    differ (an Intel CPU with AMX, an AMD EPYC without), and their figures with them."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
 
 
 def device() -> str:

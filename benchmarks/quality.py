@@ -6,8 +6,15 @@ steps that fit, measured in a short calibration run first; data loading and cali
 counted). The latent RF-DiT first needs an autoencoder: `vae_mnist` trains for `--vae-minutes`,
 reported beside the budget, and the data set's encoding is not counted either. Then, for NFE
 5, 10 and 20, every candidate (sampler, grid) of `CANDIDATES` draws `--num` class-conditional
-samples (classes in turn) and the best FID in the MNIST classifier's feature space is reported
-with every candidate's, beside the real-data floor: as many real training digits scored the same way.
+samples (classes in turn) and the best FID in the data set's feature net (the MNIST classifier
+for MNIST) is reported with every candidate's, beside the real-data floor: as many real training
+images scored the same way.
+
+`--data` trains and scores the same recipes on another data set with only `data.path` changed
+(the recipes were tuned on MNIST). `--steps-from` trains each recipe for the steps its run of
+the same name in an earlier results file fit in its budget, instead of timing it: the same
+training whatever else the machine runs, only slower. Rows carry their `data` and `floor_fid`;
+a run on another data set adds its rows to `--json`, keeping the rest.
 
 The diffusers baseline follows diffusers' unconditional training example
 (examples/unconditional_image_generation): UNet2DModel of about the genkit UNet's size,
@@ -17,6 +24,8 @@ batch 64; sampled with DDIMScheduler at the same NFEs.
     python benchmarks/quality.py --budget-minutes 10 --plot docs/quality.png
     python benchmarks/quality.py --phase train ...   # train only (the timed part)
     python benchmarks/quality.py --phase eval ...    # sample and score runs trained before
+    python benchmarks/quality.py --data fashion_mnist --steps-from benchmarks/results/quality.json \
+        --recipes RF-UNet DDPM-UNet VP-SDE-UNet RF-DiT
 """
 from __future__ import annotations
 
@@ -26,10 +35,12 @@ import time
 from pathlib import Path
 
 import torch
-from harness import PATCH_2_UNET, benchmark_parser, fit_grid, steps_for_sampler, train_for_minutes, write_results
+from harness import (PATCH_2_UNET, benchmark_parser, fit_grid, steps_for_sampler, train_for_minutes, train_for_steps,
+                     write_results)
 from tqdm.auto import tqdm
 
 import genkit
+from genkit.config import DataConfig
 from genkit.evaluation import Evaluator
 
 WIDTH_256 = ("model.dit.hidden_size=256", "model.dit.num_heads=4")  # the pixel DiT before it took width 128
@@ -67,23 +78,35 @@ def run_dir(workdir: Path, recipe: str) -> Path:
 # ------------------------------------------------------------------------------------- genkit
 
 
-def train_recipe(recipe: str, workdir: Path, minutes: float, vae_minutes: float) -> dict:
-    """Train a recipe for `minutes` (its LR horizon: the steps that fit, from a calibration run);
-    a latent recipe first trains its autoencoder for `vae_minutes`."""
+def train_recipe(recipe: str, workdir: Path, minutes: float, vae_minutes: float, data: str,
+                 steps: int | None = None) -> dict:
+    """Train a recipe on `data` for `minutes` (its LR horizon: the steps that fit, from a
+    calibration run) or for `steps`; a latent recipe first trains its autoencoder for `vae_minutes`."""
     config, overrides = RECIPES[recipe]
-    entry = {"recipe": recipe, "library": "genkit", "overrides": list(overrides)}
+    entry = {"recipe": recipe, "library": "genkit", "data": data, "overrides": list(overrides)}
+    overrides = (*overrides, f"data.path={data_path(data)}", "train.report_to=none")
     if config == "rf_dit_latent_mnist":
         vae_dir = workdir / "vae_mnist"
-        entry["autoencoder"] = train_for_minutes("vae_mnist", vae_dir, vae_minutes, "train.report_to=none")
+        entry["autoencoder"] = train_for_minutes("vae_mnist", vae_dir, vae_minutes, *overrides[-2:])
         overrides = (*overrides, f"data.autoencoder={vae_dir}")
-    entry.update(train_for_minutes(config, run_dir(workdir, recipe), minutes, "train.report_to=none", *overrides))
+    out = run_dir(workdir, recipe)
+    entry.update(train_for_minutes(config, out, minutes, *overrides) if steps is None else
+                 train_for_steps(config, out, steps, "train.overwrite=true", *overrides))
     return entry
+
+
+def data_path(data: str) -> str:
+    """A bundled data set's name as `data.path` takes it (`data/NAME`), else the path as given."""
+    return f"data/{data}" if data in BUNDLED_DATA else data
+
+
+BUNDLED_DATA = ("mnist", "fashion_mnist")
 
 
 def eval_recipe(recipe: str, workdir: Path, evaluator: Evaluator, num: int, device: str) -> list[dict]:
     model = genkit.load(run_dir(workdir, recipe), device=device)
     labels = model.default_labels(num)
-    precision = "bf16" if device == "cpu" else "no"
+    precision = "auto" if device == "cpu" else "no"  # bf16 on CPUs that have it (AMX)
     rows = []
     for nfe in NFES:
         tried = {}
@@ -115,7 +138,7 @@ def diffusers_unet():
                        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
 
 
-def train_diffusers(workdir: Path, minutes: float, batch_size: int = 64, lr: float = 2e-4) -> dict:
+def train_diffusers(workdir: Path, minutes: float, data: str, batch_size: int = 64, lr: float = 2e-4) -> dict:
     """diffusers' unconditional example loop: noise, predict eps, MSE, AdamW, cosine LR, EMA."""
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
@@ -126,7 +149,7 @@ def train_diffusers(workdir: Path, minutes: float, batch_size: int = 64, lr: flo
     from genkit.data import batch_indices, load_images
 
     torch.manual_seed(0)
-    data = load_images(DataConfig())
+    data = load_images(DataConfig(path=data_path(data)))
     unet = diffusers_unet()
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
@@ -161,7 +184,7 @@ def train_diffusers(workdir: Path, minutes: float, batch_size: int = 64, lr: flo
             bar.set_postfix(loss=f"{loss:.4f}")
     ema.copy_to(unet.parameters())
     unet.save_pretrained(workdir / "diffusers_baseline")
-    return {"recipe": "DDPM-UNet2DModel", "library": "diffusers", "steps": i,
+    return {"recipe": "DDPM-UNet2DModel", "library": "diffusers", "data": data, "steps": i,
             "train_seconds": time.perf_counter() - started, "params": sum(p.numel() for p in unet.parameters())}
 
 
@@ -196,7 +219,11 @@ def main() -> None:
     p.add_argument("--budget-minutes", type=float, default=10.0, help="training wall time per recipe")
     p.add_argument("--vae-minutes", type=float, default=20.0,
                    help="training wall time of the latent recipe's autoencoder, reported beside the budget")
-    p.add_argument("--plot", default="docs/quality.png")
+    p.add_argument("--data", default="mnist",
+                   help="the data set: mnist, fashion_mnist or a path (only data.path changes; default: %(default)s)")
+    p.add_argument("--steps-from", metavar="JSON",
+                   help="train each recipe for the steps its run on MNIST in this results file took, not for a time")
+    p.add_argument("--plot", help="the FID-against-NFE plot (default: docs/quality.png, docs/quality_DATA.png)")
     p.add_argument("--num", type=int, default=1000, help="samples per FID")
     p.add_argument("--recipes", nargs="+", default=list(RECIPES) + ["diffusers"],
                    help=f"any of {', '.join(RECIPES)}, diffusers")
@@ -208,44 +235,87 @@ def main() -> None:
     unknown = set(args.recipes) - set(RECIPES) - {"diffusers"}
     if unknown or args.budget_minutes <= 0 or args.num < 10:
         p.error(f"unknown recipes {sorted(unknown)}" if unknown else "need --budget-minutes > 0 and --num >= 10")
-    workdir = Path(args.workdir)
+    steps = steps_taken(args.steps_from, args.recipes) if args.steps_from else {}
+    data = args.data
+    workdir = Path(args.workdir) / ("" if data == "mnist" else Path(data).name)
     workdir.mkdir(parents=True, exist_ok=True)
     training_log = workdir / "training.json"
     if args.phase in ("all", "train"):
         trained = [t for t in json.loads(training_log.read_text())["runs"] if t["recipe"] not in args.recipes] \
             if training_log.is_file() else []
         for recipe in args.recipes:
-            tqdm.write(f"training {recipe} for {args.budget_minutes} minutes")
-            trained.append(train_diffusers(workdir, args.budget_minutes) if recipe == "diffusers"
-                           else train_recipe(recipe, workdir, args.budget_minutes, args.vae_minutes))
+            tqdm.write(f"training {recipe} on {data} for " +
+                       (f"{steps[recipe]} steps" if recipe in steps else f"{args.budget_minutes} minutes"))
+            trained.append(train_diffusers(workdir, args.budget_minutes, data) if recipe == "diffusers"
+                           else train_recipe(recipe, workdir, args.budget_minutes, args.vae_minutes, data,
+                                             steps.get(recipe)))
             training_log.write_text(json.dumps({"budget_minutes": args.budget_minutes, "runs": trained}, indent=2))
     if args.phase == "train":
         return
-    evaluator = Evaluator(progress=False)
+    evaluator = Evaluator(DataConfig(path=data_path(data)), progress=False)
     floor = evaluator.floor(args.num)["fid"]
     rows = []
     for recipe in args.recipes:
         rows += (eval_diffusers(workdir, evaluator, args.num, args.device) if recipe == "diffusers"
                  else eval_recipe(recipe, workdir, evaluator, args.num, args.device))
     for row in rows:
-        row["floor"] = floor
+        row.update(data=data, floor_fid=floor)
     training = json.loads(training_log.read_text())["runs"] if training_log.is_file() else []
-    if args.update and Path(args.json).is_file():
+    previous = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
+    keep_others = args.update or data != "mnist"  # another data set's rows join MNIST's
+    if keep_others and previous:
         def rerun(entry):
-            return entry["recipe"] in args.recipes or (entry["library"] == "diffusers" and "diffusers" in args.recipes)
-        previous = json.loads(Path(args.json).read_text())
-        rows = [r for r in previous["rows"] if not rerun(r)] + rows
-        training = [t for t in previous.get("training", []) if not rerun(t)] + [t for t in training if rerun(t)]
-    genkit_rows = [r for r in rows if r["library"] == "genkit" and r["nfe"] <= 20]
-    best = min(genkit_rows, key=lambda r: r["fid"]) if genkit_rows else None
-    result = {"budget_minutes": args.budget_minutes, "num_samples": args.num, "floor_fid": floor,
-              "training": training, "rows": rows,
-              "best_genkit_nfe_le_20": best, "best_over_floor": best["fid"] / floor if best else math.nan}
+            same_recipe = entry["recipe"] in args.recipes or (entry["library"] == "diffusers" and "diffusers" in args.recipes)
+            return same_recipe and entry.get("data", "mnist") == data
+        rows = [r for r in map(with_data, previous["rows"]) if not rerun(r)] + rows
+        training = [t for t in map(with_data, previous.get("training", [])) if not rerun(t)] + \
+            [{"data": data, **t} for t in training if rerun({"data": data, **t})]
+    result = {k: v for k, v in previous.items() if k not in ("commit", "machine")} if data != "mnist" else {}
+    result.update(rows=rows, training=training, over_floor_nfe_le_20=over_floor(rows))
+    if data == "mnist":
+        genkit_rows = [r for r in rows if r["library"] == "genkit" and r["nfe"] <= 20 and r["data"] == "mnist"]
+        best = min(genkit_rows, key=lambda r: r["fid"]) if genkit_rows else None
+        result.update(budget_minutes=args.budget_minutes, num_samples=args.num, floor_fid=floor,
+                      best_genkit_nfe_le_20=best, best_over_floor=best["fid"] / floor if best else math.nan)
     write_results("quality", result, args.json)
     from genkit.plots import plot_quality
 
-    plot_quality(rows, args.plot, floor=floor, title=f"MNIST, {args.budget_minutes:g} min of CPU training per recipe")
+    name = "MNIST" if data == "mnist" else Path(data).name
+    plot_quality([r for r in rows if r["data"] == data], args.plot or
+                 ("docs/quality.png" if data == "mnist" else f"docs/quality_{Path(data).name}.png"), floor=floor,
+                 title=f"{name}, {args.budget_minutes:g} min of CPU training per recipe",
+                 features=f"{name} feature net")
     print(json.dumps(result, indent=2))
+
+
+def with_data(entry: dict) -> dict:
+    """A row or training entry from a results file written before rows named their data set (MNIST)
+    and their floor `floor_fid`."""
+    entry = {"data": "mnist", **entry}
+    if "floor" in entry:
+        entry["floor_fid"] = entry.pop("floor")
+    return entry
+
+
+def steps_taken(path: str, recipes: list[str]) -> dict[str, int]:
+    """The steps each of `recipes` trained for on MNIST in an earlier results file."""
+    taken = {t["recipe"]: t["steps"] for t in map(with_data, json.loads(Path(path).read_text())["training"])
+             if t["data"] == "mnist"}
+    missing = [r for r in recipes if r not in taken]
+    if missing:
+        raise SystemExit(f"--steps-from: {path} has no MNIST training entry for {', '.join(missing)}")
+    return taken
+
+
+def over_floor(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per data set, each recipe's best FID at NFE <= 20 over its floor."""
+    ratios: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r["nfe"] <= 20 and r.get("floor_fid"):
+            by_recipe = ratios.setdefault(r["data"], {})
+            key = f"{r['library']}: {r['recipe']}"
+            by_recipe[key] = round(min(by_recipe.get(key, math.inf), r["fid"] / r["floor_fid"]), 3)
+    return ratios
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ class DataConfig:
     label_column: str = "label"  # "" for an unlabelled data set
     image_size: int = 32
     channels: int = 1
-    fit: str = "pad"  # pad (centre, with black) | resize (shorter side, then centre crop)
+    fit: str = "pad"  # pad (centre, with black) | resize (shorter side, then centre crop) | random_crop (training
+    # draws a random square of 80-100% of the image, as ADM; evaluation sees the centre crop)
     hflip: bool = False
     loader: str = "auto"  # memory (decode the split once) | disk (decode each batch) | auto: memory up to memory_mb
     memory_mb: int = 4096  # the largest decoded split `auto` holds in memory
@@ -138,6 +139,7 @@ class Config:
 LR_SCHEDULES = ("warmup_cosine", "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                 "constant_with_warmup")  # genkit's warm-up + cosine to 0, then diffusers.optimization's
 TRACKERS = ("none", "all", "tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive")
+FITS = ("pad", "resize", "random_crop")  # data.fit
 
 # Keys renamed since earlier versions (saved runs still load): old dotted key -> new one.
 RENAMED = {f"method.{key}": f"method.ddpm.{key}" for key in
@@ -239,7 +241,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
 def validate(cfg: Config) -> None:
     """Check the run's own sections, then let the chosen net, method and sampler check theirs;
     raise `ConfigError` on the first problem."""
-    one_of(cfg.data.fit, ("pad", "resize"), "data.fit")
+    one_of(cfg.data.fit, FITS, "data.fit")
     one_of(cfg.train.mixed_precision, ("auto", "no", "fp16", "bf16"), "train.mixed_precision")
     one_of(cfg.train.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
     one_of(cfg.train.report_to, TRACKERS, "train.report_to")
@@ -279,6 +281,8 @@ def validate(cfg: Config) -> None:
                           f"({', '.join(METHODS.names('denoiser'))}), not method.name={cfg.method.name}")
     if cfg.data.autoencoder and cfg.data.hflip:
         raise ConfigError("data.hflip: latents are encoded once, unflipped; set data.hflip=false with data.autoencoder")
+    if cfg.data.autoencoder and cfg.data.fit == "random_crop":
+        raise ConfigError("data.fit: latents are encoded once, uncropped; use pad or resize with data.autoencoder")
     sampler = SAMPLERS.lookup(cfg.sample.sampler, "sample.sampler", method.family)
     for component in (net, method, sampler):
         if component.check is not None:

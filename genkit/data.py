@@ -4,9 +4,11 @@ table as batches are asked for and decoded on worker processes (`DiskImageData`)
 trainer the same bytes for the same (seed, step): the choice changes speed and memory only."""
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -115,6 +117,54 @@ class DiskImageData:
         return as_batch(images, self.labels[indices] if self.labels is not None else None, hflip_generator)
 
 
+class RandomCrops:
+    """Training images through a random crop, as ADM's (Dhariwal & Nichol, 2021): each image is
+    decoded at `CROP_MARGIN` times `size` (`data`), and each draw takes a random square of side
+    size..CROP_MARGIN * size at a random place, resized to `size` (bilinear, antialiased): crops of
+    80-100% of the image. The centre crop (`head`) is what evaluation sees (`fit_image`)."""
+
+    def __init__(self, data: ImageData | DiskImageData, size: int, hflip: bool):
+        self.data, self.size, self.hflip = data, size, hflip
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        return self.data.labels
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.data.shape[0], self.size, self.size)
+
+    def head(self, n: int) -> torch.Tensor:
+        """The first n images' centre crops, uint8 [n, C, size, size]."""
+        images = self.data.head(n).float()
+        return _resize(images, self.size).round().clamp(0, 255).to(torch.uint8)
+
+    def batch(self, indices: torch.Tensor, generator: torch.Generator | None = None):
+        """`ImageData.batch`, flipped with `generator` where `hflip` says so, then cropped with it."""
+        if generator is None:
+            raise ValueError("random crops need a generator")
+        x, labels, noise = self.data.batch(indices, generator if self.hflip else None)
+        full = x.shape[-1]  # x: [B, C, full, full]
+        sides = torch.randint(self.size, full + 1, (len(x),), generator=generator)
+        corners = (torch.rand(len(x), 2, generator=generator) * (full - sides + 1)[:, None]).long()
+        crops = [_resize(x[i:i + 1, :, top:top + side, left:left + side], self.size)
+                 for i, (side, (top, left)) in enumerate(zip(sides.tolist(), corners.tolist()))]
+        return torch.cat(crops), labels, noise  # [B, C, size, size]
+
+
+CROP_MARGIN = 1.25  # a random crop's image is decoded this much larger than the crop: crops of 80-100% of it
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """x [B, C, H, W] -> [B, C, size, size], bilinear with antialiasing (a no-op at that size)."""
+    if x.shape[-2:] == (size, size):
+        return x
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
 class StepBatches(torch.utils.data.IterableDataset):
     """(indices, uint8 images) of the batches of steps start..stop - 1, in order; worker w of W
     decodes steps start + w, start + w + W, ..., which `DataLoader` interleaves back in order. An
@@ -136,7 +186,8 @@ class StepBatches(torch.utils.data.IterableDataset):
 
 
 def fit_image(image: Image.Image, cfg: DataConfig) -> np.ndarray:
-    """Convert, then pad (centred, black) or resize-and-centre-crop to a square: [H, W(, C)] uint8.
+    """Convert, then pad (centred, black) or resize-and-centre-crop to a square: [H, W(, C)] uint8
+    (`random_crop` gives the centre crop: the trainer's draws are `RandomCrops`'s).
     16-bit grey levels are scaled to 8 bits (PIL's own conversion would clip them to white)."""
     if image.mode.startswith("I;16") or image.mode == "I":
         levels = np.asarray(image, dtype=np.float64) / 257
@@ -285,11 +336,16 @@ def load_images(cfg: DataConfig, split: str | None = None, limit: int | None = N
     return ImageData(images.contiguous(), torch.tensor(labels) if has_labels else None)
 
 
-def open_images(cfg: DataConfig, split: str | None = None, progress: bool = True) -> ImageData | DiskImageData:
+def open_images(cfg: DataConfig, split: str | None = None,
+                progress: bool = True) -> ImageData | DiskImageData | RandomCrops:
     """A split for training: decoded into memory (`load_images`) where `cfg.loader` says `memory`, or
     says `auto` and the decoded split takes at most `cfg.memory_mb`; else left on disk
-    (`DiskImageData`)."""
+    (`DiskImageData`); seen through `RandomCrops` where `cfg.fit` says `random_crop`."""
     split = split or cfg.split
+    if cfg.fit == "random_crop":
+        hflip, size = cfg.hflip, cfg.image_size
+        cfg = dataclasses.replace(cfg, image_size=math.ceil(size * CROP_MARGIN), fit="resize", hflip=False)
+        return RandomCrops(open_images(cfg, split, progress), size, hflip)
     ds, has_labels = _open_images(cfg, split)
     decoded_mb = len(ds) * cfg.channels * cfg.image_size**2 / 2**20
     if cfg.loader == "memory" or (cfg.loader == "auto" and decoded_mb <= cfg.memory_mb):

@@ -66,7 +66,8 @@ def plot_loss(run_dirs: list[str | Path], out: str | Path, log_scale: bool = Tru
     return _save(fig, out)
 
 
-def plot_quality(rows: list[dict], out: str | Path, floor: float | None = None, title: str = "") -> Path:
+def plot_quality(rows: list[dict], out: str | Path, floor: float | None = None, title: str = "",
+                 features: str = "MNIST classifier") -> Path:
     """FID against NFE, one line per (library, recipe), log-log; `floor` as a dashed line."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -78,7 +79,7 @@ def plot_quality(rows: list[dict], out: str | Path, floor: float | None = None, 
         ax.plot(*zip(*points), marker="o", label=name)
     if floor is not None:
         ax.axhline(floor, color="grey", linestyle="--", label="real-data floor")
-    ax.set(xlabel="network evaluations per sample (NFE)", ylabel="FID (MNIST classifier features)",
+    ax.set(xlabel="network evaluations per sample (NFE)", ylabel=f"FID ({features} features)",
            xscale="log", yscale="log", title=title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)

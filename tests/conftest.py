@@ -158,6 +158,15 @@ def tiny_overrides(data_path, output_dir) -> list[str]:
 
 
 @pytest.fixture
+def small_pilot(monkeypatch):
+    """Fitted grids from pilots of 8 draws: for tests of how grids are fitted, stored and read, not of
+    how good they are (a tiny model's 16 px images would start from 64, `pilot_draws`)."""
+    import genkit.samplers.adaptive as adaptive
+
+    monkeypatch.setattr(adaptive, "PILOT_DRAWS", (8, 8))
+
+
+@pytest.fixture
 def tiny_cfg(imagefolder, tmp_path):
     def make(*extra: str):
         return load_config(None, tiny_overrides(imagefolder, tmp_path / "run") + list(extra))

@@ -21,7 +21,7 @@ def trained_run(digits, tmp_path_factory):
     return out
 
 
-def test_the_default_grid_is_fitted_once_and_read_by_sample(imagefolder, tmp_path):
+def test_the_default_grid_is_fitted_once_and_read_by_sample(imagefolder, tmp_path, small_pilot):
     """Training ends by fitting the default sampler's grid at the run's steps into the final checkpoint;
     `sample` reads it (no pilot, no note); `genkit fit-grid` adds other step counts; a step count with
     none stored samples on the fixed grid and says in one line how to fit one. In-process, through

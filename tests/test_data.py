@@ -119,9 +119,11 @@ def test_a_split_on_disk_gives_the_bytes_of_one_in_memory(imagefolder):
     assert disk._ready is None and next(disk._ahead, None) is None  # every streamed batch was used, in order
 
 
-def test_training_from_disk_matches_memory_bitwise_and_resumes_exactly(tiny_cfg, tmp_path):
-    """A run that reads its data from disk (two decoding workers, random flips) ends with the weights of
-    the same run in memory, bit for bit, and, killed and resumed, with the weights it would have had."""
+@pytest.mark.parametrize("augment", [("data.hflip=true",), ("data.hflip=true", "data.fit=random_crop")])
+def test_training_from_disk_matches_memory_bitwise_and_resumes_exactly(tiny_cfg, tmp_path, augment):
+    """A run that reads its data from disk (two decoding workers, random flips, random crops) ends with
+    the weights of the same run in memory, bit for bit, and, killed and resumed, with the weights it
+    would have had."""
     from safetensors.torch import load_file
 
     from genkit.training import train
@@ -129,8 +131,8 @@ def test_training_from_disk_matches_memory_bitwise_and_resumes_exactly(tiny_cfg,
     def weights(final):
         return load_file(str(final / "net.safetensors"))
 
-    in_memory = weights(train(tiny_cfg("data.hflip=true", f"output_dir={tmp_path / 'memory'}")))
-    disk = ("data.hflip=true", "data.loader=disk", "data.workers=2", f"output_dir={tmp_path / 'disk'}")
+    in_memory = weights(train(tiny_cfg(*augment, f"output_dir={tmp_path / 'memory'}")))
+    disk = (*augment, "data.loader=disk", "data.workers=2", f"output_dir={tmp_path / 'disk'}")
     from_disk = train(tiny_cfg(*disk))
     assert all(torch.equal(in_memory[k], v) for k, v in weights(from_disk).items())
     shutil.rmtree(from_disk)  # as if the run had died between step 2 and step 4
@@ -153,3 +155,48 @@ def test_an_image_that_does_not_decode_on_a_worker_stops_training_naming_it(imag
         with pytest.raises(ConfigError, match=f"data.path: image .*{bad.name} of .* cannot be decoded") as caught:
             train(cfg)
         assert "Traceback" not in str(caught.value)
+
+
+def test_random_crops_take_80_to_100_percent_at_random_and_evaluation_sees_the_centre(tmp_path):
+    """`data.fit=random_crop` (ADM's): images decoded at 5/4 of `image_size`, each draw a square of
+    side image_size..5/4 image_size at a random place, resized to image_size. On an image whose
+    pixel is its column, a crop of side s from column c0 reads c0 + (j + 1/2) s / size - 1/2 at
+    column j: its slope and offset give the side and place back. The evaluation loader and `head`
+    see the centre crop; the same generator gives the same crops; flips come first where asked."""
+    from PIL import Image
+
+    from genkit.data import RandomCrops, open_images
+
+    folder = tmp_path / "ramp" / "train" / "0"
+    folder.mkdir(parents=True)
+    Image.fromarray(torch.arange(40, dtype=torch.uint8).repeat(40, 1).numpy() * 6, mode="L").save(folder / "a.png")
+    cfg = DataConfig(path=str(tmp_path / "ramp"), image_size=32, fit="random_crop")
+    data = open_images(cfg, progress=False)
+    assert isinstance(data, RandomCrops) and data.shape == (1, 32, 32) and len(data) == 1
+    assert data.data.shape == (1, 40, 40)  # decoded 5/4 as large
+    sides, lefts = [], []
+    for seed in range(200):
+        x, _, _ = data.batch(torch.zeros(1, dtype=torch.long), torch.Generator().manual_seed(seed))
+        assert x.shape == (1, 1, 32, 32)
+        columns = ((x[0, 0] + 1) * 127.5 / 6).mean(0)  # the source column each crop column reads (x in [-1, 1])
+        side = (columns[24] - columns[8]).item() * 32 / 16
+        left = columns[8].item() - 8.5 * side / 32 + 0.5  # inner columns: the filter is cut at the edges
+        sides.append(side)
+        lefts.append(left)
+        assert 32 - 0.1 < side < 40 + 0.1 and -0.1 < left and left + side < 40 + 0.1
+    assert min(sides) < 33 and max(sides) > 39 and max(lefts) - min(lefts) > 5  # the whole range is drawn
+    again = data.batch(torch.zeros(1, dtype=torch.long), torch.Generator().manual_seed(7))[0]
+    assert torch.equal(again, data.batch(torch.zeros(1, dtype=torch.long), torch.Generator().manual_seed(7))[0])
+    centre = load_images(cfg, progress=False).images  # evaluation's geometry: shorter side to 32, centre
+    assert centre.shape == (1, 1, 32, 32) and torch.equal(centre, load_images(
+        DataConfig(path=cfg.path, image_size=32, fit="resize"), progress=False).images)
+    assert data.head(1).shape == (1, 1, 32, 32)
+    assert (data.head(1).float() - centre.float()).abs().max() <= 6  # the same picture, resized from 40 px
+    flipped = open_images(DataConfig(path=cfg.path, image_size=32, fit="random_crop", hflip=True), progress=False)
+    slopes = {bool(flipped.batch(torch.zeros(1, dtype=torch.long), torch.Generator().manual_seed(s))[0][0, 0, 0]
+                   .diff().mean() > 0) for s in range(20)}
+    assert slopes == {True, False}  # some draws flipped, some not
+    from genkit.config import load_config
+
+    with pytest.raises(ConfigError, match="data.fit: latents are encoded once"):
+        load_config("configs/rf_dit_latent_mnist.yaml", ["data.fit=random_crop"])

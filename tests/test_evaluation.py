@@ -201,6 +201,7 @@ def test_train_classifier_makes_a_feature_net_that_eval_picks_for_its_data(colou
     assert not (unlabelled / INFO_FILE).exists()
 
 
+@pytest.mark.slow  # two nets read the 10,000 test garments: 20 s
 def test_fashion_mnist_is_scored_in_its_own_net_and_refused_by_the_digit_net():
     """The bundled Fashion-MNIST is read by the Fashion-MNIST net genkit ships, whose record holds its
     test accuracy; asked to score garments, the MNIST net refuses (it agrees with few of the labels)."""
@@ -250,20 +251,26 @@ def test_fid_inception_loads_only_its_own_weights(random_inception, tmp_path):
 
 def test_inception_scores_agree_with_closed_forms_and_genkit_fid():
     """FID and KID from torchmetrics on given features: a set against itself scores FID 0 and KID
-    near 0; two Gaussian sets score their closed-form Frechet distance, as genkit's own `fid` does
-    on the same features, and a KID far from 0."""
+    near 0; two sets whose sample means and covariances are exactly those of N(0, I) and
+    N(1/2, diag(scale^2)) score the closed-form Frechet distance between those Gaussians, as genkit's
+    own `fid` does on the same features, and a KID far from 0."""
     from genkit.evaluation.inception import inception_scores
 
+    def white(n: int, d: int, g: torch.Generator) -> torch.Tensor:
+        """n draws in d dimensions whose sample mean is 0 and unbiased sample covariance the identity."""
+        z = torch.randn(n, d, generator=g, dtype=torch.float64)
+        z = z - z.mean(0)
+        return z @ torch.linalg.inv(torch.linalg.cholesky(z.T @ z / (n - 1))).T
+
     g = torch.Generator().manual_seed(0)
-    d, n = 8, 20_000
+    d, n = 8, 3000
     scale = torch.linspace(0.5, 2.0, d, dtype=torch.float64)
-    x = torch.randn(n, d, generator=g, dtype=torch.float64)
-    y = torch.randn(n, d, generator=g, dtype=torch.float64) * scale + 0.5
+    x, y = white(n, d, g), white(n, d, g) * scale + 0.5
     same = inception_scores(x[:2000], x[:2000], kid_subset=500, kid_subsets=10)
     assert same["fid"] == pytest.approx(0, abs=1e-6) and same["precision"] == 1.0
     apart = inception_scores(y, x, kid_subset=1000, kid_subsets=10)
-    closed = d * 0.25 + float(((scale - 1) ** 2).sum())
-    assert apart["fid"] == pytest.approx(closed, rel=0.02) and apart["fid"] == pytest.approx(fid(y, x), rel=1e-6)
+    closed = d * 0.25 + float(((scale - 1) ** 2).sum())  # |m1 - m2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))
+    assert apart["fid"] == pytest.approx(closed, rel=1e-6) and apart["fid"] == pytest.approx(fid(y, x), rel=1e-6)
     assert apart["kid"] > 50 * abs(same["kid"]) and 0 <= apart["precision"] < 1  # KID's subsets are random
 
 

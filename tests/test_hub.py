@@ -186,7 +186,7 @@ def test_export_cli_writes_and_refuses_offline_pushes(runs, tmp_path):
     assert code == 2 and "is not a JSON report of genkit eval" in stderr
 
 
-def test_fitted_grids_travel_in_the_export_to_genkit_load_and_to_diffusers(runs, tmp_path):
+def test_fitted_grids_travel_in_the_export_to_genkit_load_and_to_diffusers(runs, tmp_path, small_pilot):
     """The grids fitted to a model go into the export (the net's config.json), so that `genkit.load` and
     diffusers' `GenkitPipeline` sample on them without a warning or a pilot; grids fitted to an export
     later (`genkit fit-grid EXPORT`) are read by `genkit.load` too."""

@@ -213,7 +213,7 @@ def test_samples_do_not_depend_on_batch_size(tiny_cfg, sampler, net):
     assert a.shape == (5, 1, 16, 16) and a.min() >= 0 and a.max() <= 1
 
 
-def test_the_default_sampler_runs_on_its_fixed_grid_until_a_grid_is_fitted(tiny_cfg, tmp_path):
+def test_the_default_sampler_runs_on_its_fixed_grid_until_a_grid_is_fitted(tiny_cfg, tmp_path, small_pilot):
     """With no grid stored, `fitted` (the default) runs UniPC-3 on the fixed flow grid, says so, and
     starts no pilot; `fit_grid` fits one once (the pilot's evaluations not counted in the samples'
     NFE), after which `sample` draws with the chosen contender on that grid, without a new pilot, the
@@ -233,7 +233,7 @@ def test_the_default_sampler_runs_on_its_fixed_grid_until_a_grid_is_fitted(tiny_
     assert torch.equal(fixed.images, by_hand.images)
 
     grid = model.fit_grid(steps=4, progress=False)
-    assert model.adaptive_grid().pilot_nfe > 0 and len(model.adaptive_grid().draws) == pilot_draws(16 * 16) == 64
+    assert model.adaptive_grid().pilot_nfe > 0 and len(model.adaptive_grid().draws) == pilot_draws(16 * 16) == 8
     assert grid.sampler == "fitted" and grid.runs in ("dpmpp_2m_pc", "unipc") and len(grid.times) == 5
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnfittedGrid)

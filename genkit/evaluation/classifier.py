@@ -160,7 +160,7 @@ def train_feature_net(images: torch.Tensor, labels: torch.Tensor, num_classes: i
                       epochs: int = 4, batch_size: int = 128, lr: float = 2e-3, seed: int = 0, hflip: bool = False,
                       progress: bool = True) -> FeatureNet:
     """A feature net for uint8 images [N, C, H, W] and labels [N]: AdamW with a cosine schedule, label
-    smoothing 0.05, +-2 px shifts (and horizontal flips with `hflip`), bf16 autocast on the CPU."""
+    smoothing 0.05, +-2 px shifts (and horizontal flips with `hflip`), bf16 autocast on CPUs that have it."""
     if labels is None:
         raise ValueError("a feature net is a classifier: the data set needs labels")
     num_classes = num_classes or int(labels.max()) + 1
@@ -171,6 +171,7 @@ def train_feature_net(images: torch.Tensor, labels: torch.Tensor, num_classes: i
     per_epoch = max(len(images) // batch_size, 1)
     steps = epochs * per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1))))
+    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()  # CPUs without it (no AVX-512/AMX) emulate bf16, 20x slower
     net.train()
     bar = tqdm(total=steps, desc="feature net", disable=not progress)
     for _ in range(epochs):
@@ -180,7 +181,7 @@ def train_feature_net(images: torch.Tensor, labels: torch.Tensor, num_classes: i
             x = random_shift(images[idx].float() / 255, 2, generator)
             if hflip:
                 x = torch.where((torch.rand(len(idx), generator=generator) < 0.5)[:, None, None, None], x.flip(-1), x)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = F.cross_entropy(net(x).float(), labels[idx], label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
             loss.backward()

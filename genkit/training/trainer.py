@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from genkit import checkpoint as ckpt
 from genkit.arguments import reason
 from genkit.config import Config, ConfigError, flat_dict, load_config, validate
-from genkit.data import DiskImageData, StepIndices, load_images, open_images, resolve_data_path
+from genkit.data import DiskImageData, RandomCrops, StepIndices, load_images, open_images, resolve_data_path
 from genkit.images import make_grid, save_grid, to_uint8
 from genkit.inference import GenerativeModel, build_model
 from genkit.inference.devices import launched_on_cpus
@@ -367,7 +367,8 @@ class Trainer:
         self.method.progress = self.step / tc.max_steps  # the share of training done: curricula read it
         idx = StepIndices(len(self.data), tc.batch_size, tc.seed, rank, world)(self.step)
         gen = step_generator(tc.seed, self.step, rank)
-        x0, y, noise = self.data.batch(idx, gen if self.cfg.data.hflip else None)
+        augment = self.cfg.data.hflip or self.cfg.data.fit == "random_crop"
+        x0, y, noise = self.data.batch(idx, gen if augment else None)
         x0 = x0.to(acc.device)
         noise = None if noise is None else noise.to(acc.device)
         y = y.to(acc.device) if (y is not None and self.cfg.model.num_classes > 0) else None
@@ -435,8 +436,9 @@ class Trainer:
         acc.init_trackers(self.out.name or "genkit", config=hparams)  # the run's name as the project
         main = acc.is_main_process
         rank, world = acc.process_index, acc.num_processes
-        if isinstance(self.data, DiskImageData):
-            self.data.stream(StepIndices(len(self.data), tc.batch_size, tc.seed, rank, world), self.step,
+        on_disk = self.data.data if isinstance(self.data, RandomCrops) else self.data
+        if isinstance(on_disk, DiskImageData):
+            on_disk.stream(StepIndices(len(self.data), tc.batch_size, tc.seed, rank, world), self.step,
                              tc.max_steps, self.cfg.data.workers)
             where = f"read from disk by {self.cfg.data.workers} worker(s)"
         else:
