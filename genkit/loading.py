@@ -1,5 +1,5 @@
 """`genkit.load`: a run, a checkpoint, an export, a diffusers pipeline folder or a Hub repository, as a
-model ready to sample; `genkit.from_diffusers`: a diffusers pipeline folder as a genkit model."""
+model ready to sample; `genkit.from_diffusers`: a diffusers pipeline (folder or object) as a genkit model."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ from genkit.export.hub import is_pretrained, load_pretrained, resolve
 from genkit.inference import GenerativeModel, TrainedModel, build_model
 from genkit.latents import LatentCodec
 from genkit.nets import build_net
-from genkit.nets.diffusers_net import read_model_config
+from genkit.nets.diffusers_net import from_module, model_facts, read_model_config
 from genkit.registry import ArgumentError
 
 DIFFUSERS_DENOISERS = ("unet", "transformer")  # a pipeline folder's denoiser, by its subfolder
@@ -79,33 +79,43 @@ def method_from_scheduler(scheduler: dict) -> dict:
                      "zero_terminal_snr": bool(scheduler.get("rescale_betas_zero_snr", False))}}
 
 
-def from_diffusers(path: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:
-    """A diffusers pipeline folder (`model_index.json`, `scheduler/`, and `unet/`) as a genkit model:
-    its denoiser (`genkit.nets.diffusers_net`) on the path its scheduler defines
+def from_diffusers(source, device: str | torch.device = "cpu") -> GenerativeModel:
+    """A diffusers pipeline as a genkit model: a folder (`model_index.json`, `scheduler/`, and `unet/`
+    or `transformer/`) or a pipeline object (its `unet` or `transformer` and `scheduler`). Its
+    denoiser (`genkit.nets.diffusers_net`) runs on the path its scheduler defines
     (`method_from_scheduler`), so that every genkit sampler, the fitted grids and the exact
     likelihood run on it. A class-conditional UNet samples with guidance 1 (its class embedding has
-    no null class)."""
-    path = Path(path)
-    if not is_diffusers_pipeline(path):
-        raise ArgumentError("path", f"{path} is not a diffusers pipeline folder (model_index.json, scheduler/ "
-                                    f"and one of {', '.join(f'{d}/' for d in DIFFUSERS_DENOISERS)})")
-    denoiser = next(path / sub for sub in DIFFUSERS_DENOISERS if (path / sub / "config.json").is_file())
-    model = read_model_config(denoiser)
-    scheduler_file = path / "scheduler" / "scheduler_config.json"
-    if not scheduler_file.is_file():
-        raise ArgumentError("path", f"{path}/scheduler holds no scheduler_config.json")
-    method = method_from_scheduler(json.loads(scheduler_file.read_text()))
-    size = model.get("sample_size")
-    if not isinstance(size, int):
-        raise ArgumentError("path", f"{denoiser} has sample_size {size!r}; genkit samples square images")
+    no null class); a DiT takes guidance."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not is_diffusers_pipeline(path):
+            raise ArgumentError("path", f"{path} is not a diffusers pipeline folder (model_index.json, scheduler/ "
+                                        f"and one of {', '.join(f'{d}/' for d in DIFFUSERS_DENOISERS)})")
+        denoiser = next(path / sub for sub in DIFFUSERS_DENOISERS if (path / sub / "config.json").is_file())
+        model = read_model_config(denoiser)
+        scheduler_file = path / "scheduler" / "scheduler_config.json"
+        if not scheduler_file.is_file():
+            raise ArgumentError("path", f"{path}/scheduler holds no scheduler_config.json")
+        scheduler, module, where = json.loads(scheduler_file.read_text()), None, str(denoiser)
+    else:
+        module = next((getattr(source, sub) for sub in DIFFUSERS_DENOISERS if getattr(source, sub, None) is not None),
+                      None)
+        if module is None or getattr(source, "scheduler", None) is None:
+            raise ArgumentError("source", f"a {type(source).__name__} is neither a pipeline folder nor a pipeline "
+                                          f"with a scheduler and a unet or transformer")
+        model = {**module.config, "_class_name": type(module).__name__}
+        scheduler = {**source.scheduler.config, "_class_name": type(source.scheduler).__name__}
+        path, denoiser, where = None, "", "the pipeline's denoiser"
+    facts = model_facts(model, where, built=module is not None)
+    if not isinstance(facts.size, int):
+        raise ArgumentError("path", f"{where} has sample_size {facts.size!r}; genkit samples square images")
     cfg = config_from_dict({
-        "method": method,
-        "model": {"name": "diffusers", "num_classes": int(model.get("num_class_embeds") or 0),
-                  "diffusers": {"path": str(denoiser)}},
-        "data": {"path": str(path), "image_size": size, "channels": int(model.get("in_channels", 3)),
-                 "label_column": "label" if model.get("num_class_embeds") else ""},  # the data are unknown
+        "method": method_from_scheduler(scheduler),
+        "model": {"name": "diffusers", "num_classes": facts.num_classes, "diffusers": {"path": str(denoiser)}},
+        "data": {"path": str(path or ""), "image_size": facts.size, "channels": facts.channels,
+                 "label_column": "label" if facts.num_classes else ""},  # the data are unknown
         "sample": {"guidance": 1.0}})
-    loaded = build_model(cfg, build_net(cfg), device)
+    loaded = build_model(cfg, build_net(cfg) if module is None else from_module(cfg, module), device)
     loaded.directory = path
-    loaded.grids = read_grids(path)
+    loaded.grids = read_grids(path) if path is not None else loaded.grids
     return loaded

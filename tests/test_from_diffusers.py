@@ -2,6 +2,7 @@
 randomly initialised UNet2DModels saved locally; genkit's samplers on the wrapped model against
 diffusers' own DDIM and flow-matching loops on diffusers' own tables."""
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -154,3 +155,85 @@ def test_eval_scores_a_diffusers_pipeline_against_the_data_named(tmp_path, digit
                  "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["nfe"] == 2 and report["real_data_floor"]["fid"] < report["metrics"]["fid"]
+
+
+def tiny_dit(channels: int = 1, classes: int = 3, seed: int = 0):
+    """A randomly initialised pixel-space DiT (learnt variance: twice the channels out)."""
+    from diffusers import DiTTransformer2DModel
+
+    torch.manual_seed(seed)
+    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=channels,
+                                out_channels=2 * channels, num_layers=1, sample_size=8, patch_size=2,
+                                num_embeds_ada_norm=classes)
+    with torch.no_grad():
+        for p in dit.parameters():  # DiT zero-initialises its modulation and output: give them weights
+            p.add_(torch.randn_like(p) * 0.05)
+    return dit
+
+
+def test_a_dit_folder_samples_with_guidance_as_diffusers_dit_loop(tmp_path):
+    """A DiTTransformer2DModel pipeline folder (`transformer/`) is a class-conditional genkit model whose
+    null class is DiT's own (label `num_embeds_ada_norm`): genkit's `ddim` with guidance 1.5
+    reproduces DiTPipeline's loop (conditional and null halves, guidance on the predicted noise, its
+    learnt variance dropped) on diffusers' DDIM to 1e-5."""
+    dit, scheduler = tiny_dit().eval(), DDIMScheduler(timestep_spacing="trailing", clip_sample=False)
+    folder = tmp_path / "dit"
+    dit.save_pretrained(folder / "transformer")
+    scheduler.save_pretrained(folder / "scheduler")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "DiTPipeline",
+                                                         "transformer": ["diffusers", "DiTTransformer2DModel"],
+                                                         "scheduler": ["diffusers", "DDIMScheduler"]}))
+    model = genkit.load(folder)
+    assert (model.num_classes, model.cfg.data.channels, model.cfg.data.image_size) == (3, 1, 8)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels, guidance = torch.tensor([0, 2]), 1.5
+    scheduler.set_timesteps(10)  # its last step lands on t = 0 (k - T / steps < 0), as genkit's grid ends
+    theirs = x.clone()
+    with torch.no_grad():
+        for k in scheduler.timesteps:
+            out = dit(torch.cat([theirs, theirs]), timestep=k.expand(4), class_labels=torch.tensor([0, 2, 3, 3])).sample
+            cond, null = out[:, :1].chunk(2)
+            theirs = scheduler.step(null + guidance * (cond - null), k, theirs, eta=0.0).prev_sample
+    ts = torch.cat([model.path.timestep_to_t(scheduler.timesteps), torch.zeros(1, dtype=torch.float64)])
+    ours = SAMPLERS["ddim"].build(model.denoiser(labels=labels, guidance=guidance), x.clone(), ts)
+    assert (ours - theirs).abs().max().item() < 1e-5 * max(1.0, theirs.abs().max().item())
+    unguided = SAMPLERS["ddim"].build(model.denoiser(labels=labels), x.clone(), ts)
+    assert (unguided - theirs).abs().max().item() > 1e-3  # guidance changed the images
+
+
+def test_an_exact_mixture_denoiser_as_a_diffusers_model_gives_the_closed_form_likelihood():
+    """A diffusers `ModelMixin` whose output is the exact noise of a Gaussian mixture, at diffusers'
+    timestep k on the scheduler's own betas (genkit's continuous path between its steps), handed to
+    `genkit.from_diffusers` as a pipeline object: the probability-flow likelihood through the
+    wrapper (its t -> k and prediction conventions) is the mixture's closed-form log density."""
+    from diffusers import ConfigMixin, ModelMixin
+    from diffusers.configuration_utils import register_to_config
+
+    from genkit.likelihood import log_likelihood
+    from genkit.oracles import GaussianMixture
+    from genkit.paths.discrete import DiscreteVPPath
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    path = DiscreteVPPath(scheduler.betas.double())
+    mixture = GaussianMixture(torch.tensor([[-0.5, 0.2, 0.4, -0.1], [0.4, -0.3, -0.2, 0.3]]), std=0.2)
+
+    class MixtureNoise(ModelMixin, ConfigMixin):
+        @register_to_config
+        def __init__(self, sample_size: int = 2, in_channels: int = 1, out_channels: int = 1):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(()))  # a device and dtype for diffusers
+
+        def forward(self, sample, timestep, class_labels=None):
+            t = (timestep.double() + 1) / 1000  # diffusers' step k sits at t = (k + 1) / T
+            eps = mixture.eps(sample.reshape(len(sample), -1).double(), t.expand(len(sample)), path)
+            return SimpleNamespace(sample=eps.reshape(sample.shape).to(sample.dtype))  # as diffusers' outputs
+
+    pipeline = DDPMPipeline(unet=MixtureNoise(), scheduler=scheduler)
+    model = genkit.from_diffusers(pipeline)
+    assert model.prediction == "eps" and model.cfg.data.image_size == 2
+    x = mixture.sample(6, torch.Generator().manual_seed(0)).reshape(6, 1, 2, 2)
+    t_min = 1e-3
+    log_p = log_likelihood(model.denoiser(), x, estimator="exact", t_min=t_min,
+                           prior_logp=lambda z: mixture.log_prob(z.reshape(len(z), -1), 1.0, path))
+    exact = mixture.log_prob(x.reshape(6, -1), t_min, path)
+    assert torch.allclose(log_p, exact, atol=2e-3), (log_p - exact).abs().max()

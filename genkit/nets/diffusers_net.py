@@ -1,11 +1,16 @@
-"""A diffusers denoiser as a genkit net (`model.name: diffusers`): a `UNet2DModel` read from a
-diffusers folder, called in genkit's convention `net(x, t in [0, 1], y)`.
+"""A diffusers denoiser as a genkit net (`model.name: diffusers`): a `UNet2DModel` or a
+`DiTTransformer2DModel` read from a diffusers folder (or handed over built, `from_module`), called
+in genkit's convention `net(x, t in [0, 1], y)`.
 
 Time: diffusers models take the scheduler's timestep k. On DDPM's discrete path step k sits at
 t = (k + 1) / T (`genkit.paths.DiscreteVPPath`), so the net is called at k = t T - 1; on a
 rectified flow the flow-matching schedulers' k is sigma T = t T. Outputs are the model's own
 prediction (its scheduler's `prediction_type`, which `genkit.loading.from_diffusers` makes the
 model's); a model that also predicts its variance (twice the input channels) gives its first half.
+
+Classes: a UNet's class embedding (`num_class_embeds`) has no null class, so it samples with
+guidance 1; DiT's label table (`num_embeds_ada_norm` classes) has one more row, the null class
+its training dropped labels to (Peebles & Xie 2023), which is genkit's null class too.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from torch import nn
 
 from genkit.registry import ArgumentError, ConfigError
 
-CLASSES = ("UNet2DModel",)  # the diffusers model classes genkit can call as denoisers
+CLASSES = ("UNet2DModel", "DiTTransformer2DModel")  # the diffusers model classes genkit can call as denoisers
 
 
 @dataclass
@@ -34,20 +39,51 @@ class DiffusersNetConfig:
 
 class DiffusersDenoiser(nn.Module):
     """`model` (a diffusers denoiser) called at timestep k = t `scale` - `offset` (see the module);
-    `num_classes` > 0 for a class-conditional UNet, whose class embedding has no null class."""
+    `num_classes` > 0 for a class-conditional model, whose label `num_classes` is the null class
+    where `has_null_class`."""
 
-    def __init__(self, model: nn.Module, scale: float, offset: float, num_classes: int = 0):
+    def __init__(self, model: nn.Module, scale: float, offset: float, num_classes: int = 0,
+                 has_null_class: bool = False):
         super().__init__()
         self.model, self.scale, self.offset, self.num_classes = model, scale, offset, num_classes
+        self.has_null_class = has_null_class
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         k = t.double() * self.scale - self.offset  # [B] the scheduler's timesteps
-        if self.num_classes and y is not None and bool((y >= self.num_classes).any()):
+        if self.num_classes and y is not None and not self.has_null_class and bool((y >= self.num_classes).any()):
             raise ArgumentError("guidance", "this diffusers model's class embedding has no null class: sample it "
                                             "with guidance 1")
         labels = {"class_labels": y} if self.num_classes else {}
         out = self.model(x, k.to(x.dtype), **labels).sample  # [B, C or 2C, H, W]
         return out[:, :x.shape[1]]
+
+
+@dataclass
+class ModelFacts:
+    """What genkit reads off a diffusers model's config: its image geometry and classes."""
+
+    class_name: str
+    channels: int
+    size: int | None
+    num_classes: int
+    has_null_class: bool
+
+
+def model_facts(config: dict, where: str, built: bool = False) -> ModelFacts:
+    """`ModelFacts` of a diffusers config (`config.json`, or a `built` model's `config` with its class
+    name), checked to be a class genkit calls: one of `CLASSES`, or, built, any model called as
+    UNet2DModel is (`model(sample, timestep, class_labels=None).sample`)."""
+    name = config.get("_class_name")
+    if name not in CLASSES and not built:
+        raise ConfigError(f"model.diffusers.path: {where} holds a {name}; genkit calls {', '.join(CLASSES)} as a "
+                          f"denoiser")
+    size = config.get("sample_size")
+    if name == "DiTTransformer2DModel":
+        classes = int(config.get("num_embeds_ada_norm") or 0)
+        if not classes:
+            raise ConfigError(f"model.diffusers.path: {where} is a DiT without classes (num_embeds_ada_norm)")
+        return ModelFacts(name, int(config.get("in_channels", 4)), size, classes, True)
+    return ModelFacts(name, int(config.get("in_channels", 3)), size, int(config.get("num_class_embeds") or 0), False)
 
 
 def read_model_config(folder: str | Path) -> dict:
@@ -56,34 +92,43 @@ def read_model_config(folder: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"model.diffusers.path: {folder} holds no diffusers model (config.json)")
     config = json.loads(path.read_text())
-    if config.get("_class_name") not in CLASSES:
-        raise ConfigError(f"model.diffusers.path: {folder} holds a {config.get('_class_name')}; genkit calls "
-                          f"{', '.join(CLASSES)} as a denoiser")
+    model_facts(config, str(folder))
     return config
 
 
-def build(cfg) -> DiffusersDenoiser:
-    folder = cfg.model.diffusers.path
-    model_class = getattr(diffusers, read_model_config(folder)["_class_name"])
-    model = model_class.from_pretrained(folder)
-    for tensor in [*model.parameters(), *model.buffers()]:  # memory of torch's own (see GenkitNet.from_pretrained)
-        tensor.data = tensor.data.clone()
+def from_module(cfg, model: nn.Module) -> DiffusersDenoiser:
+    """A built diffusers `model` as the denoiser `cfg` describes (its path's time convention)."""
+    facts = model_facts({**model.config, "_class_name": type(model).__name__}, "the model given", built=True)
     if cfg.method.name == "flow":
         scale, offset = cfg.model.diffusers.flow_timesteps, 0.0
     else:
         scale, offset = cfg.method.ddpm.num_timesteps, 1.0
-    return DiffusersDenoiser(model, scale, offset, cfg.model.num_classes)
+    return DiffusersDenoiser(model, scale, offset, cfg.model.num_classes, facts.has_null_class)
+
+
+def build(cfg) -> DiffusersDenoiser:
+    folder = cfg.model.diffusers.path
+    if not folder:
+        raise ConfigError("model.diffusers.path: name the diffusers model's folder (a model built in Python is "
+                          "handed to genkit.from_diffusers instead)")
+    model_class = getattr(diffusers, read_model_config(folder)["_class_name"])
+    model = model_class.from_pretrained(folder)
+    for tensor in [*model.parameters(), *model.buffers()]:  # memory of torch's own (see GenkitNet.from_pretrained)
+        tensor.data = tensor.data.clone()
+    return from_module(cfg, model)
 
 
 def check(cfg) -> None:
-    config = read_model_config(cfg.model.diffusers.path)
-    channels, size = config.get("in_channels", 3), config.get("sample_size")
     if cfg.method.name not in ("ddpm", "flow"):
         raise ConfigError(f"method.name: a diffusers model runs on DDPM's path or a rectified flow, not "
                           f"{cfg.method.name}")
-    if (cfg.data.channels, cfg.data.image_size) != (channels, size if isinstance(size, int) else cfg.data.image_size):
-        raise ConfigError(f"data.channels, data.image_size: the diffusers model takes {channels} x {size} images, "
-                          f"not {cfg.data.channels} x {cfg.data.image_size}")
-    if (config.get("num_class_embeds") or 0) != cfg.model.num_classes:
-        raise ConfigError(f"model.num_classes: the diffusers model has {config.get('num_class_embeds') or 0} "
-                          f"classes, not {cfg.model.num_classes}")
+    if not cfg.model.diffusers.path:  # a model built in Python: `genkit.from_diffusers` read its config
+        return
+    facts = model_facts(read_model_config(cfg.model.diffusers.path), cfg.model.diffusers.path)
+    size = facts.size if isinstance(facts.size, int) else cfg.data.image_size
+    if (cfg.data.channels, cfg.data.image_size) != (facts.channels, size):
+        raise ConfigError(f"data.channels, data.image_size: the diffusers model takes {facts.channels} x {facts.size} "
+                          f"images, not {cfg.data.channels} x {cfg.data.image_size}")
+    if facts.num_classes != cfg.model.num_classes:
+        raise ConfigError(f"model.num_classes: the diffusers model has {facts.num_classes} classes, not "
+                          f"{cfg.model.num_classes}")
