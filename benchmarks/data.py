@@ -58,8 +58,8 @@ def measure(cfg: DataConfig, steps: int, batch_size: int, workers: int) -> dict:
 
 def make_folder(root: Path, n: int, size: int = 32, classes: int = 10) -> Path:
     """root/train/<class>/<i>.png: n RGB PNGs of `size` px (a colour gradient per class, with noise),
-    made once (`root/complete` marks a finished folder)."""
-    if (root / "complete").is_file() and int((root / "complete").read_text()) == n:
+    made once (`ROOT.complete` beside it marks a finished folder)."""
+    if complete(root, n):
         return root
     rng = np.random.default_rng(0)
     ramp = np.linspace(0, 1, size)[None, :, None]
@@ -70,13 +70,18 @@ def make_folder(root: Path, n: int, size: int = 32, classes: int = 10) -> Path:
         colour = np.array([(c * 37) % 256, (c * 91) % 256, (c * 151) % 256])
         image = ramp * colour + rng.integers(0, 64, (size, size, 3))
         Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / "train" / str(c) / f"{i}.png")
-    (root / "complete").write_text(str(n))
+    root.with_suffix(".complete").write_text(str(n))
     return root
+
+
+def complete(folder: Path, n: int) -> bool:
+    marker = folder.with_suffix(".complete")
+    return marker.is_file() and int(marker.read_text()) == n
 
 
 def subset(folder: Path, out: Path, n: int) -> Path:
     """The first n images of `folder` (by index) as a folder of hard links."""
-    if (out / "complete").is_file() and int((out / "complete").read_text()) == n:
+    if complete(out, n):
         return out
     for path in (folder / "train").glob("*/*.png"):
         if int(path.stem) < n:
@@ -84,7 +89,7 @@ def subset(folder: Path, out: Path, n: int) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             if not target.exists():
                 os.link(path, target)
-    (out / "complete").write_text(str(n))
+    out.with_suffix(".complete").write_text(str(n))
     return out
 
 
