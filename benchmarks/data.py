@@ -9,7 +9,8 @@ or on worker processes ahead of the trainer. Reported: seconds to open, images p
 Trainer (`--folder-images N`, 0 to skip): a generated image folder of N RGB PNGs at 32 px in ten
 class folders, trained with the RF-UNet recipe (only the data changed) for `--train-steps` steps
 from disk (`data.loader=disk`, two decoding workers), against the same recipe on 60,000 of those
-images decoded into memory (MNIST's size). Reported: the trainer's peak resident memory
+images decoded into memory (MNIST's size), and from disk on 2,000 of them (what the trainer holds
+whatever the data: `peak_rss_growth_gb_from_2000_images`). Reported: the trainer's peak resident memory
 (`peak_rss_gb`, its /proc high-water mark; `peak_rss_with_workers_gb` adds its workers', sampled
 every 0.2 s) and `throughput_ratio`, the trained images per second from disk over in memory (the
 first logged steps left out).
@@ -157,12 +158,16 @@ def main() -> None:
         workdir = Path(args.workdir)
         folder = make_folder(workdir / f"folder_{args.folder_images}", args.folder_images)
         small = subset(folder, workdir / "folder_60000", 60_000)
+        tiny = subset(folder, workdir / "folder_2000", 2_000)
         disk = train_run(folder, workdir / "run_disk", args.train_steps, "data.loader=disk", "data.workers=2")
         print(disk, flush=True)
+        disk_tiny = train_run(tiny, workdir / "run_disk_2000", args.train_steps, "data.loader=disk", "data.workers=2")
+        print(disk_tiny, flush=True)
         in_memory = train_run(small, workdir / "run_memory", args.train_steps, "data.loader=memory")
         print(in_memory, flush=True)
         result.update(trainer={"recipe": "rf_unet_mnist", "folder_images": args.folder_images, "image_size": 32,
-                               "channels": 3, "disk": disk, "memory_60000": in_memory},
+                               "channels": 3, "disk": disk, "disk_2000": disk_tiny, "memory_60000": in_memory},
+                      peak_rss_growth_gb_from_2000_images=round(disk["peak_rss_gb"] - disk_tiny["peak_rss_gb"], 3),
                       peak_rss_gb=disk["peak_rss_gb"],
                       throughput_ratio=round(disk["images_per_second"] / in_memory["images_per_second"], 3))
     write_results("data", result, args.json)
