@@ -106,6 +106,9 @@ def from_diffusers(source, device: str | torch.device = "cpu") -> GenerativeMode
         model = {**module.config, "_class_name": type(module).__name__}
         scheduler = {**source.scheduler.config, "_class_name": type(source.scheduler).__name__}
         path, denoiser, where = None, "", "the pipeline's denoiser"
+    if (path is not None and (path / "vae").is_dir()) or getattr(source, "vae", None) is not None:
+        raise ArgumentError("path", f"{where} denoises an autoencoder's latents (the pipeline has a vae); genkit "
+                                    f"takes pixel-space diffusers pipelines only, for now")
     facts = model_facts(model, where, built=module is not None)
     if not isinstance(facts.size, int):
         raise ArgumentError("path", f"{where} has sample_size {facts.size!r}; genkit samples square images")
