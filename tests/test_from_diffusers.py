@@ -240,3 +240,31 @@ def test_an_exact_mixture_denoiser_as_a_diffusers_model_gives_the_closed_form_li
                            prior_logp=lambda z: mixture.log_prob(z.reshape(len(z), -1), 1.0, path))
     exact = mixture.log_prob(x.reshape(6, -1), t_min, path)
     assert torch.allclose(log_p, exact, atol=2e-3), (log_p - exact).abs().max()
+
+
+def test_a_diffusers_unet_fine_tunes_with_genkits_trainer_resumes_and_loads(tmp_path, imagefolder):
+    """`model.name=diffusers` with `model.diffusers.path` trains a diffusers UNet with genkit's trainer
+    (its path and prediction as the scheduler's, set in the config), resumes, and loads for sampling;
+    label dropout, which needs a null class the UNet lacks, is refused before training."""
+    from genkit.config import ConfigError, load_config
+    from genkit.training import train
+    from tests.conftest import tiny_overrides
+
+    unet = UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4, num_class_embeds=4)
+    folder = save_pipeline(tmp_path / "pipe", unet, DDIMScheduler(prediction_type="v_prediction"))
+    wrapped = genkit.load(folder).cfg.method
+    overrides = tiny_overrides(imagefolder, tmp_path / "run") + [
+        "model.name=diffusers", f"model.diffusers.path={folder / 'unet'}", f"method.name={wrapped.name}",
+        f"method.prediction={wrapped.prediction}", "sample.sampler=ddim", "train.max_steps=2",
+        "train.checkpoint_every=1"]
+    with pytest.raises(ConfigError, match="method.p_uncond: .* no null class"):
+        load_config(None, overrides)
+    final = train(load_config(None, overrides + ["method.p_uncond=0"]))
+    resumed = train(load_config(None, overrides + ["method.p_uncond=0", "train.max_steps=3", "train.resume=latest"]))
+    assert final.name == "step-000002" and resumed.name == "step-000003"
+    tuned = genkit.load(tmp_path / "run")
+    assert tuned.training["step"] == 3 and tuned.sample(2, steps=3, progress=False).images.shape == (2, 1, 16, 16)
+    original = UNet2DModel.from_pretrained(folder, subfolder="unet").state_dict()
+    assert any(not torch.equal(v, original[k]) for k, v in tuned.net.model.state_dict().items())  # it learnt

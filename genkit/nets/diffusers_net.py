@@ -132,3 +132,6 @@ def check(cfg) -> None:
     if facts.num_classes != cfg.model.num_classes:
         raise ConfigError(f"model.num_classes: the diffusers model has {facts.num_classes} classes, not "
                           f"{cfg.model.num_classes}")
+    if facts.num_classes and not facts.has_null_class and cfg.method.p_uncond > 0:
+        raise ConfigError(f"method.p_uncond: the diffusers {facts.class_name}'s class embedding has no null class to "
+                          f"drop labels to; train it with method.p_uncond=0")
