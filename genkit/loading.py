@@ -113,7 +113,7 @@ def from_diffusers(source, device: str | torch.device = "cpu") -> GenerativeMode
     if not isinstance(facts.size, int):
         raise ArgumentError("path", f"{where} has sample_size {facts.size!r}; genkit samples square images")
     cfg = config_from_dict({
-        "method": {**method_from_scheduler(scheduler), "p_uncond": 0.1 if facts.has_null_class else 0.0},
+        "method": {**method_from_scheduler(scheduler), **({} if facts.has_null_class else {"p_uncond": 0.0})},
         "model": {"name": "diffusers", "num_classes": facts.num_classes, "diffusers": {"path": str(denoiser)}},
         "data": {"path": str(path or ""), "image_size": facts.size, "channels": facts.channels,
                  "label_column": "label" if facts.num_classes else ""},  # the data are unknown
