@@ -30,7 +30,7 @@ from genkit.training import CheckpointNotWritten, TrainingDiverged, TrainingInte
 # flag each parameter comes from. Any other name is a sampler option, given with --option.
 FLAGS = {"n": "--num", "labels": "--class-label", "steps": "--steps", "seed": "--seed", "device": "--device",
          "metrics": "--metrics", "sampler": "--sampler", "schedule": "--schedule", "guidance": "--guidance",
-         "batch_size": "--batch-size",
+         "batch_size": "--batch-size", "shard_size": "--shard-size",
          "path": "--checkpoint", "model": "--checkpoint", "out": "--out", "out_dir": "--out", "runs": "RUN",
          "ema": "--raw-weights", "directory": "--out", "repo_id": "--push", "npz": "--npz",
          "outdir": "--outdir", "compile": "--compile", "bpd": "--bpd", "bpd_probes": "--bpd-probes",
@@ -214,8 +214,11 @@ def reflow_parser(prog: str = "genkit reflow") -> Parser:
     p.add_argument("--sampler", help="sampler (default: the run's sample.sampler, on its stored grid)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--shard-size", type=int, default=1000,
+                   help="pairs per file: what a rerun resumes from and the processes of a launch share (default: 1000)")
     _precision_flags(p)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps; under a launch of several "
+                                                  "processes, auto is each one's own device (default: auto)")
     return p
 
 
@@ -338,19 +341,20 @@ def _sampler_options(items: list[str]) -> dict:
     return options
 
 
-def _load(args):
-    """The checkpoint's model, on `--device`, or under a launch of several processes (`accelerate
-    launch`, `torchrun`) with `--device auto`, on the device the launch gave this process."""
+def _load(args, ema: bool = True):
+    """The checkpoint's model (its EMA weights, or the raw ones), on `--device`, or under a launch of
+    several processes (`accelerate launch`, `torchrun`) with `--device auto`, on the device the
+    launch gave this process."""
     state = launch()
     device = state.device if state.num_processes > 1 and args.device == "auto" else args.device
-    return genkit.load(args.checkpoint, ema=not args.raw_weights, device=device)
+    return genkit.load(args.checkpoint, ema=ema, device=device)
 
 
 def _draw(args):
     """Load the checkpoint and draw `args.num` images, shared among the processes of a launch:
     (model, `Samples`). Flags a model's kind does not take, and sampler options, are refused by
     `sample` itself, before anything is drawn."""
-    model = _load(args)
+    model = _load(args, ema=not args.raw_weights)
     drawn = sample_across_processes(model, args.num, seed=args.seed, labels=args.class_label,
                                     batch_size=args.batch_size, precision=args.precision, **_sampling_arguments(args))
     return model, drawn
@@ -396,7 +400,7 @@ def _sample(args) -> None:
 
 def _eval(args) -> None:
     _check_sampling_flags(args)
-    model = _load(args)
+    model = _load(args, ema=not args.raw_weights)
     report = evaluation_report(model, args.num, seed=args.seed, batch_size=args.batch_size, precision=args.precision,
                                labels=args.class_label, bpd=args.bpd, bpd_estimator=args.bpd_estimator,
                                bpd_probes=args.bpd_probes, bpd_tol=args.bpd_tol, feature_net=args.feature_net,
@@ -436,10 +440,11 @@ def _eval(args) -> None:
 def _reflow(args) -> None:
     args.guidance = None
     _check_sampling_flags(args)
-    model = genkit.load(args.checkpoint, device=args.device)
+    model = _load(args)
     out = generate_pairs(model, args.out, args.num, steps=args.steps, sampler=args.sampler, seed=args.seed,
-                         batch_size=args.batch_size, precision=args.precision)
-    print(f"wrote {args.num} pairs to {out}; train on them with data.path={out} train.init_from={args.checkpoint}")
+                         shard_size=args.shard_size, batch_size=args.batch_size, precision=args.precision)
+    if launch().is_main_process:
+        print(f"wrote {args.num} pairs to {out}; train on them with data.path={out} train.init_from={args.checkpoint}")
 
 
 def _export(args) -> None:

@@ -120,6 +120,7 @@ class TrainConfig:
     max_bad_steps: int = 20  # stop after this many consecutive non-finite steps
     cpu_threads: int = 0  # torch threads per process on CPU; 0 = cores / local processes
     compile: bool = False  # torch.compile the net (minutes of compilation before the first step)
+    fsdp: bool = False  # shard weights, gradients and optimizer state across the processes (FSDP2)
     resume: str = ""  # "", a checkpoint directory, or "latest"
     allow_config_changes: bool = False  # resume even where this config changes the checkpoint's trajectory
     overwrite: bool = False  # replace a run already in output_dir (its checkpoints, logs and samples)
@@ -249,6 +250,9 @@ def validate(cfg: Config) -> None:
     require(cfg.train, "train", positive=["max_steps", "batch_size", "grad_accum", "lr", "log_every", "max_bad_steps"],
             non_negative=["weight_decay", "warmup_steps", "grad_clip", "sample_every", "checkpoint_every",
                           "checkpoints_keep", "cpu_threads", "max_minutes"], unit=["ema_decay"])
+    if cfg.train.fsdp and (cfg.train.compile or cfg.train.mixed_precision == "fp16"):
+        raise ConfigError("train.fsdp: sharded training runs without train.compile and in bf16 or fp32 (fp16's loss "
+                          "scaling is not sharded here); set train.compile=false, train.mixed_precision=bf16 or no")
     if not 0 <= cfg.train.seed < 2**32:  # accelerate seeds numpy too, whose seeds are 32-bit
         raise ConfigError(f"train.seed: must lie in 0..2**32-1, got {cfg.train.seed}")
     require(cfg.data, "data", positive=["image_size"])

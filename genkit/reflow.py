@@ -3,7 +3,8 @@ flow's samples, then train a new flow on the pairs, whose paths are straighter.
 
 Pairs live in a directory of safetensors shards plus `pairs.json`; a shard is written under a
 temporary name and renamed, so generation resumes where a killed run stopped, and pass the
-directory as `data.path` to train on it.
+directory as `data.path` to train on it. Under a launch of several processes (`accelerate launch`,
+`torchrun`) process r of W draws shards r, r + W, ...: the same shards one process draws.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 
 from genkit.arguments import MAX_NUM, check_draw, integer
 from genkit.files import atomic_path, write_text
+from genkit.inference.distributed import launch
 from genkit.registry import ArgumentError, ConfigError
 from genkit.samplers import euler
 
@@ -33,7 +35,8 @@ def generate_pairs(model, out_dir: str | Path, num: int, steps: int = 20, sample
     """Draw `num` (noise, sample) pairs from a trained flow (`genkit.load(...)`), resumably.
 
     Sample i uses the noise stream (seed, i) and, for a conditional model, class i mod K; `sampler`
-    defaults to the model's `sample.sampler`, on the grid stored with it (`genkit fit-grid`)."""
+    defaults to the model's `sample.sampler`, on the grid stored with it (`genkit fit-grid`). Every
+    process of a launch takes part (each on its own `model`); all return once every shard is written."""
     if model.cfg.method.name != "flow":
         raise ArgumentError("model", f"reflow needs a flow model, this one is '{model.cfg.method.name}'")
     if model.codec is not None:
@@ -47,16 +50,20 @@ def generate_pairs(model, out_dir: str | Path, num: int, steps: int = 20, sample
     if out.exists() and (not out.is_dir() or any(out.iterdir()) and not is_pairs_dir(out)):
         raise ArgumentError("out_dir", f"{out} exists and holds no reflow pairs; name a new or empty directory "
                                        f"(training on it would read only the pairs)")
-    out.mkdir(parents=True, exist_ok=True)
     meta = {"num": num, "steps": steps, "sampler": sampler, "seed": seed, "shard_size": shard_size,
             "checkpoint": str(model.directory), "num_classes": model.num_classes}
     if is_pairs_dir(out) and any(out.glob("pairs-*.safetensors")):  # settings without pairs may change
         old = _read_meta(out)
         if old != meta:
             raise ArgumentError("out_dir", f"{out} holds pairs drawn with other settings ({old}); choose a new directory")
-    write_text(out / META_FILE, json.dumps(meta, indent=2))
-    shards = math.ceil(num / shard_size)
-    for shard in tqdm(range(shards), desc="pairs", disable=not progress):
+    state = launch()
+    state.wait_for_everyone()  # every process has checked the directory before one writes to it
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / META_FILE, json.dumps(meta, indent=2))
+    state.wait_for_everyone()
+    shards = range(state.process_index, math.ceil(num / shard_size), state.num_processes)
+    for shard in tqdm(shards, desc="pairs", disable=not (progress and state.is_main_process)):
         path = out / f"pairs-{shard:05d}.safetensors"
         if path.exists():
             continue
@@ -70,6 +77,7 @@ def generate_pairs(model, out_dir: str | Path, num: int, steps: int = 20, sample
             tensors["labels"] = labels
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp))
+    state.wait_for_everyone()
     return out
 
 

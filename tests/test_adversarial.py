@@ -320,7 +320,7 @@ COMMANDS = {  # every flag of each command that costs seconds, not hours, at any
     "sample": ["--steps", "--num", "--seed", "--batch-size", "--guidance", "--class-label", "--sampler",
                "--schedule", "--nrow", "--option", "--out"],
     "eval": ["--steps", "--seed", "--guidance", "--bpd-tol", "--sampler", "--class-label", "--json"],
-    "reflow": ["--num", "--steps", "--sampler", "--seed", "--batch-size", "--out"],
+    "reflow": ["--num", "--steps", "--sampler", "--seed", "--batch-size", "--shard-size", "--out"],
     "plot-loss": ["--out"],
 }
 DEFAULTS = {"sample": ["--num", "2", "--steps", "1"], "eval": ["--num", "5", "--steps", "1"],

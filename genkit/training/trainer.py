@@ -36,6 +36,7 @@ from genkit.training.disk import WRITE_ERRORS, CheckpointNotWritten, write_error
 from genkit.training.ema import EMA
 from genkit.training.run_dir import RunLock, claim, config_changes
 from genkit.training.schedules import lr_schedule, mixed_precision
+from genkit.training.sharding import ShardedState, all_ranks, gathered, is_sharded, refuse_other_sharding, shard, whole
 from genkit.training.signals import StopRequests, TrainingInterrupted
 from genkit.training.trackers import Heard, check_tracker
 
@@ -63,6 +64,7 @@ class Trainer:
         self.grids = None  # the grids fitted to the final weights (`fit_grid`)
         tc = cfg.train
         check_tracker(tc.report_to)
+        refuse_other_sharding()
         self.out = Path(cfg.output_dir)
         self.accelerator = Accelerator(
             cpu=launched_on_cpus() or None,
@@ -71,6 +73,8 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
         )
         world = self.accelerator.num_processes
+        if tc.fsdp and self.accelerator.mixed_precision == "fp16":
+            raise ConfigError("train.fsdp: fp16's loss scaling is not sharded here; set train.mixed_precision=bf16 or no")
         if self.accelerator.device.type == "cpu":
             # `accelerate launch` defaults to one thread per process, which halves CPU throughput
             local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -108,11 +112,17 @@ class Trainer:
         self.num_params = sum(p.numel() for p in net.parameters())
         if tc.compile:
             net.compile()  # in place: parameter names, hence checkpoints, stay as they are
+        if tc.fsdp:  # genkit shards (below) and checkpoints the whole state (`ShardedState`), not accelerate
+            net = net.to(self.accelerator.device)
+            if self.accelerator.num_processes > 1:
+                shard(net)
         optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = lr_schedule(optimizer, tc)
-        self.net, self.optimizer = self.accelerator.prepare(net, optimizer)
+        self.net, self.optimizer = (net, optimizer) if tc.fsdp else self.accelerator.prepare(net, optimizer)
         self.ema = EMA(self.accelerator.unwrap_model(self.net), tc.ema_decay)
         self.accelerator.register_for_checkpointing(self.scheduler, self.ema)
+        if tc.fsdp:
+            self.accelerator.register_for_checkpointing(ShardedState(self.net, self.optimizer))
         self.step, self.bad_steps_total = 0, 0
         self.seconds_before, self.fit_started = 0.0, time.perf_counter()  # training time of earlier sessions; this one's start
 
@@ -252,7 +262,8 @@ class Trainer:
         """Write a complete checkpoint atomically; every process takes part. Weights that are not
         finite are never published."""
         acc = self.accelerator
-        if not all(torch.isfinite(v).all() for v in self.ema.shadow.values()):
+        ema, net_state = self.ema.whole(), gathered(acc.unwrap_model(self.net).state_dict())  # collectives
+        if not all(torch.isfinite(v).all() for v in ema.values()):
             raise TrainingDiverged(f"the EMA weights at step {self.step} are not finite; no checkpoint written")
         final = ckpt.checkpoint_dir(self.out, self.step)
         tmp = final.parent / f".tmp-{final.name}"
@@ -265,8 +276,7 @@ class Trainer:
             if acc.is_main_process:
                 seconds = self.seconds_before + time.perf_counter() - self.fit_started
                 state = {"step": self.step, "bad_steps_total": self.bad_steps_total, "train_seconds": round(seconds, 1)}
-                net_state = acc.unwrap_model(self.net).state_dict()
-                ckpt.write_export(tmp, self.cfg, net_state, self.ema.shadow, state)
+                ckpt.write_export(tmp, self.cfg, net_state, ema, state)
                 if self.codec is not None:  # a latent model travels with its autoencoder
                     self.codec.save(tmp / AUTOENCODER_DIR)
                 ckpt.publish(tmp, final, self.cfg.train.checkpoints_keep)
@@ -316,23 +326,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ samples
 
-    def ema_model(self):
-        """The EMA weights as a model for inference (`genkit.inference`), where the run trains, with the
-        grids fitted to it so far (none until the run ends: `fit_grid`)."""
+    def ema_model(self, weights: dict):
+        """The EMA `weights` (`EMA.whole`) as a model for inference (`genkit.inference`), where the run
+        trains, with the grids fitted to it so far (none until the run ends: `fit_grid`)."""
         net = build_net(self.cfg)
-        net.load_state_dict(self.ema.shadow)
+        net.load_state_dict(weights)
         model = build_model(self.cfg, net.eval(), self.accelerator.device, self.codec)
         if self.grids is not None:
             model.grids = self.grids
         return model
 
-    def fit_grid(self, checkpoint: Path) -> None:
+    def fit_grid(self, checkpoint: Path, weights: dict) -> None:
         """Fit the grid the config's sampler samples on by default to the EMA weights (`sample.fit_grid`;
         only for samplers that take a fitted grid) and store it in `checkpoint` (`genkit.checkpoint.write_grids`)."""
         sc = self.cfg.sample
         if not (sc.fit_grid and takes_fitted_grid(sc.sampler)):
             return
-        model = self.ema_model()
+        model = self.ema_model(weights)
         tqdm.write(f"genkit: fitting the {sc.sampler} grid at {sc.steps} steps (once; `genkit fit-grid` fits others)")
         model.fit_grid(progress=True)
         self.grids = model.grids
@@ -342,10 +352,10 @@ class Trainer:
             log.warning(f"could not store the fitted grid in {checkpoint} ({write_error(err)}); the run is saved: "
                         f"`genkit fit-grid {self.out}` fits it again")
 
-    def sample_grid(self) -> Path:
-        """An 8x8 grid from the EMA weights (`preview`: samples with the config's sampler and seed 0,
+    def sample_grid(self, weights: dict) -> Path:
+        """An 8x8 grid from the EMA `weights` (`preview`: samples with the config's sampler and seed 0,
         or an autoencoder's reconstructions)."""
-        model = self.ema_model()
+        model = self.ema_model(weights)
         with warnings.catch_warnings():  # a preview before the grid is fitted runs on the fixed one, as meant
             warnings.simplefilter("ignore", UnfittedGrid)
             images = model.preview(self.data, 64)
@@ -373,21 +383,28 @@ class Trainer:
         noise = None if noise is None else noise.to(acc.device)
         y = y.to(acc.device) if (y is not None and self.cfg.model.num_classes > 0) else None
         total = 0.0
+        sharded = is_sharded(self.net)
         for i, micro in enumerate(torch.arange(len(idx)).chunk(tc.grad_accum)):
             sync = i == tc.grad_accum - 1
-            with nullcontext() if sync else acc.no_sync(self.net):
+            if sharded:  # gradients reduce-scattered once, after the last micro-batch
+                self.net.set_requires_gradient_sync(sync)
+            # a prepared net autocasts in its forward; one genkit shards is not prepared
+            with nullcontext() if sync or sharded else acc.no_sync(self.net), \
+                    acc.autocast() if tc.fsdp else nullcontext():
                 loss = self.method.loss(self.net, x0[micro], None if y is None else y[micro], gen,
                                         noise=None if noise is None else noise[micro])
                 acc.backward(loss / tc.grad_accum)
             total += loss.item() / tc.grad_accum
         max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
-        grad_norm = acc.clip_grad_norm_(self.net.parameters(), max_norm)
+        grad_norm = whole(acc.clip_grad_norm_(self.net.parameters(), max_norm))  # the norm over every shard
         ok = bool(torch.isfinite(grad_norm)) and math.isfinite(total)
         if ok:
             params = list(self.net.parameters())
-            before = [p.detach().clone() for p in params]  # about 1 ms a step for the MNIST nets
+            before = [p.detach().clone() for p in params]  # about 1 ms a step for the MNIST nets; shards when sharded
             self.optimizer.step()
-            ok = bool(torch.stack([p.isfinite().all() for p in params]).all())  # one device sync
+            ok = bool(torch.stack([whole(p, local=True).isfinite().all() for p in params]).all())  # one device sync
+            if sharded:  # each process saw its own shards: all undo, or none
+                ok = all_ranks(ok, acc.device)
             if ok:
                 self.ema.update(acc.unwrap_model(self.net))
             else:  # a finite gradient gave non-finite weights (a huge learning rate): undo the update
@@ -479,8 +496,10 @@ class Trainer:
                     shown = {"nats": f"{record['nats_per_image']:.2f}"} if "nats_per_image" in record else {}
                     bar.set_postfix(loss=f"{mean:.4f}", **shown, img_s=f"{rate:.0f}", bad=self.bad_steps_total)
                     window = []
-                if main and tc.sample_every and self.step % tc.sample_every == 0 and self.step < tc.max_steps:
-                    self.sample_grid()
+                if tc.sample_every and self.step % tc.sample_every == 0 and self.step < tc.max_steps:
+                    weights = self.ema.whole()  # every process: a collective where the net is sharded
+                    if main:
+                        self.sample_grid(weights)
                 if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < tc.max_steps:
                     last_saved = self.save()
                 reason = self.should_stop(started, stop.signum)
@@ -491,10 +510,11 @@ class Trainer:
         finally:
             bar.close()
         last_saved = self.save()
+        weights = self.ema.whole()
         if main and not self.stop_signal:  # the run's end (its steps or train.max_minutes), not a signal
-            self.fit_grid(last_saved)
+            self.fit_grid(last_saved, weights)
         if main and tc.sample_every and not self.stop_signal:
-            self.sample_grid()
+            self.sample_grid(weights)
         acc.end_training()
         return last_saved
 
