@@ -13,7 +13,7 @@ from genkit.export.hub import is_pretrained, load_pretrained, resolve
 from genkit.inference import GenerativeModel, TrainedModel, build_model
 from genkit.latents import LatentCodec
 from genkit.nets import build_net
-from genkit.nets.diffusers_net import from_module, model_facts, read_model_config
+from genkit.nets.diffusers_net import from_module, model_config, model_facts, read_model_config
 from genkit.registry import ArgumentError
 
 DIFFUSERS_DENOISERS = ("unet", "transformer")  # a pipeline folder's denoiser, by its subfolder
@@ -51,6 +51,18 @@ def is_diffusers_pipeline(path: str | Path) -> bool:
     path = Path(path)
     return (path / "model_index.json").is_file() and (path / "scheduler").is_dir() and \
         any((path / sub / "config.json").is_file() for sub in DIFFUSERS_DENOISERS)
+
+
+def diffusers_model_folder(path: str | Path) -> Path | None:
+    """The folder of the diffusers model in `path`: a pipeline folder's denoiser (`unet/` or
+    `transformer/`), or `path` itself where it holds a model (`config.json` naming its class), else None."""
+    path = Path(path)
+    if is_diffusers_pipeline(path):
+        return next(path / sub for sub in DIFFUSERS_DENOISERS if (path / sub / "config.json").is_file())
+    try:
+        return path if "_class_name" in json.loads((path / "config.json").read_text()) else None
+    except (OSError, ValueError):
+        return None
 
 
 def method_from_scheduler(scheduler: dict) -> dict:
@@ -91,7 +103,7 @@ def from_diffusers(source, device: str | torch.device = "cpu") -> GenerativeMode
         if not is_diffusers_pipeline(path):
             raise ArgumentError("path", f"{path} is not a diffusers pipeline folder (model_index.json, scheduler/ "
                                         f"and one of {', '.join(f'{d}/' for d in DIFFUSERS_DENOISERS)})")
-        denoiser = next(path / sub for sub in DIFFUSERS_DENOISERS if (path / sub / "config.json").is_file())
+        denoiser = diffusers_model_folder(path)
         model = read_model_config(denoiser)
         scheduler_file = path / "scheduler" / "scheduler_config.json"
         if not scheduler_file.is_file():
@@ -103,7 +115,7 @@ def from_diffusers(source, device: str | torch.device = "cpu") -> GenerativeMode
         if module is None or getattr(source, "scheduler", None) is None:
             raise ArgumentError("source", f"a {type(source).__name__} is neither a pipeline folder nor a pipeline "
                                           f"with a scheduler and a unet or transformer")
-        model = {**module.config, "_class_name": type(module).__name__}
+        model = model_config(module)
         scheduler = {**source.scheduler.config, "_class_name": type(source.scheduler).__name__}
         path, denoiser, where = None, "", "the pipeline's denoiser"
     if (path is not None and (path / "vae").is_dir()) or getattr(source, "vae", None) is not None:
@@ -114,7 +126,8 @@ def from_diffusers(source, device: str | torch.device = "cpu") -> GenerativeMode
         raise ArgumentError("path", f"{where} has sample_size {facts.size!r}; genkit samples square images")
     cfg = config_from_dict({
         "method": {**method_from_scheduler(scheduler), **({} if facts.has_null_class else {"p_uncond": 0.0})},
-        "model": {"name": "diffusers", "num_classes": facts.num_classes, "diffusers": {"path": str(denoiser)}},
+        "model": {"name": "diffusers", "num_classes": facts.num_classes,
+                  "diffusers": {"path": str(denoiser), "config": model}},
         "data": {"path": str(path or ""), "image_size": facts.size, "channels": facts.channels,
                  "label_column": "label" if facts.num_classes else ""},  # the data are unknown
         "sample": {"guidance": 1.0}})

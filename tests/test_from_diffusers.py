@@ -268,3 +268,84 @@ def test_a_diffusers_unet_fine_tunes_with_genkits_trainer_resumes_and_loads(tmp_
     assert tuned.training["step"] == 3 and tuned.sample(2, steps=3, progress=False).images.shape == (2, 1, 16, 16)
     original = UNet2DModel.from_pretrained(folder, subfolder="unet").state_dict()
     assert any(not torch.equal(v, original[k]) for k, v in tuned.net.model.state_dict().items())  # it learnt
+
+
+def test_a_wrapped_model_exports_and_loads_without_its_folder(tmp_path):
+    """`genkit.save_pretrained` on a diffusers model (from a folder, or a pipeline object) writes an
+    export that carries the model's architecture (`model.diffusers.config`) with its weights: once
+    the original folder is gone, the export samples what the wrapped model sampled."""
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=2.0)
+    folder = save_pipeline(tmp_path / "flow", tiny_unet(classes=3, seed=4), scheduler)
+    for source in (folder, DDPMPipeline.from_pretrained(folder)):
+        model = genkit.from_diffusers(source)
+        before = model.sample(3, seed=1, sampler="heun", steps=3, labels=[0, 1, 2], progress=False).images
+        export = genkit.save_pretrained(model, tmp_path / f"export-{type(source).__name__}", grid=0)
+        moved = folder.rename(tmp_path / "elsewhere")
+        try:
+            loaded = genkit.load(export)
+            after = loaded.sample(3, seed=1, sampler="heun", steps=3, labels=[0, 1, 2], progress=False).images
+        finally:
+            moved.rename(folder)
+        assert loaded.cfg.model.diffusers.config["_class_name"] == "UNet2DModel"
+        assert torch.equal(before, after)
+
+
+def test_init_from_a_diffusers_folder_starts_from_its_weights_and_a_genkit_net_is_refused(tmp_path, imagefolder):
+    """`train.init_from=FOLDER` (a pipeline folder) loads its denoiser's weights into a diffusers net of
+    the same architecture (here the architecture of another folder, seeded differently); naming it for
+    a genkit net is refused in one line saying how to fine-tune it."""
+    from genkit.config import ConfigError, load_config
+    from genkit.training import train
+    from tests.conftest import tiny_overrides
+
+    def unet(seed):
+        torch.manual_seed(seed)
+        return UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                           layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                           up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
+    architecture = save_pipeline(tmp_path / "a", unet(0), DDIMScheduler())
+    weights = save_pipeline(tmp_path / "b", unet(1), DDIMScheduler())
+    base = tiny_overrides(imagefolder, tmp_path / "run") + [
+        "model.num_classes=0", "data.label_column=", "method.p_uncond=0", "train.max_steps=1", "train.lr=1e-9",
+        "train.ema_decay=0.5", f"train.init_from={weights}"]
+    run = train(load_config(None, base + ["model.name=diffusers", f"model.diffusers.path={architecture / 'unet'}"]))
+    tuned = genkit.load(run).net.model.state_dict()
+    for source, near in ((weights, True), (architecture, False)):
+        reference = UNet2DModel.from_pretrained(source, subfolder="unet").state_dict()
+        apart = max((tuned[k] - reference[k]).abs().max().item() for k in reference)
+        assert (apart < 1e-6) == near, (source, apart)
+    with pytest.raises(ConfigError, match=r"train.init_from: .* holds a diffusers model; .*model.name=diffusers"):
+        train(load_config(None, base + ["train.overwrite=true"]))
+
+
+def test_a_diffusers_model_teaches_consistency_distillation_and_draws_reflow_pairs(tmp_path, imagefolder):
+    """A diffusers pipeline folder is a teacher like a genkit run: consistency distillation of a DDPM
+    UNet into a genkit UNet trains (without label dropout, which would ask the teacher for the null
+    class its class embedding lacks: refused in one line), and `genkit reflow` draws pairs from a flow-matching folder, on
+    which a 2-rectified flow starting from that folder's weights trains."""
+    from genkit.config import ConfigError, load_config
+    from genkit.reflow import load_pairs
+    from genkit.training import train
+    from tests.conftest import tiny_overrides
+
+    def unet(seed):
+        torch.manual_seed(seed)
+        return UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                           layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                           up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4, num_class_embeds=4)
+    ddpm = save_pipeline(tmp_path / "ddpm", unet(0), DDIMScheduler(prediction_type="v_prediction"))
+    distil = tiny_overrides(imagefolder, tmp_path / "student") + [
+        "method.name=consistency", f"method.consistency.teacher={ddpm}", "train.max_steps=2"]
+    with pytest.raises(ConfigError, match="method.p_uncond: the teacher was trained without label dropout"):
+        train(load_config(None, distil))  # the UNet's class embedding has no null class
+    student = train(load_config(None, distil + ["method.p_uncond=0"]))
+    assert genkit.load(student).sample(2, steps=1, progress=False).images.isfinite().all()
+
+    flow = save_pipeline(tmp_path / "flow", unet(1), FlowMatchEulerDiscreteScheduler(shift=1.0))
+    pairs = tmp_path / "pairs"
+    assert main(["reflow", "--checkpoint", str(flow), "--out", str(pairs), "--num", "8", "--steps", "2"]) == 0
+    assert len(load_pairs(pairs)) == 8
+    reflowed = train(load_config(None, tiny_overrides(imagefolder, tmp_path / "reflow") + [
+        "model.name=diffusers", f"model.diffusers.path={flow / 'unet'}", "method.name=flow", "method.p_uncond=0",
+        "method.prediction=velocity", f"data.path={pairs}", f"train.init_from={flow}", "train.max_steps=2"]))
+    assert genkit.load(reflowed).sample(2, steps=2, progress=False).images.isfinite().all()

@@ -74,6 +74,12 @@ class TrainedModel:
     def num_classes(self) -> int:
         return self.cfg.model.num_classes
 
+    @property
+    def predicts_unconditionally(self) -> bool:
+        """Whether the model has learnt to predict without a label (its null class, under label dropout),
+        as classifier-free guidance needs; an unconditional model does."""
+        return self.num_classes == 0 or self.cfg.method.p_uncond > 0
+
     def default_labels(self, n: int) -> torch.Tensor | None:
         """Class i mod num_classes for sample i (every class appears in a grid), or None."""
         return class_labels(None, n, self.num_classes)

@@ -88,6 +88,11 @@ class Consistency:
         if teacher is not None and teacher.num_classes != num_classes:
             raise ConfigError(f"method.consistency.teacher: the teacher has {teacher.num_classes} classes, "
                               f"this model {num_classes}")
+        dropped = cfg.p_uncond > 0 or cfg.consistency.teacher_guidance != 1  # the teacher's null class is asked
+        if teacher is not None and num_classes and dropped and not getattr(teacher, "predicts_unconditionally", True):
+            raise ConfigError("method.p_uncond: the teacher was trained without label dropout, so it has no prediction "
+                              "for the dropped labels or for guidance; distil with method.p_uncond=0 and "
+                              "method.consistency.teacher_guidance=1")
         # distillation's teacher (loaded by the trainer from `teacher`): a `GenerativeModel`, or
         # anything with its `path`, `num_classes` and `denoiser(labels, guidance, precision)`
         self.teacher = teacher

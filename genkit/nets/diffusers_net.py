@@ -15,7 +15,7 @@ its training dropped labels to (Peebles & Xie 2023), which is genkit's null clas
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import diffusers
@@ -29,11 +29,14 @@ CLASSES = ("UNet2DModel", "DiTTransformer2DModel")  # the diffusers model classe
 
 @dataclass
 class DiffusersNetConfig:
-    """`model.diffusers`: the folder of a diffusers model (its `config.json` and weights), and the
-    number of training timesteps its timestep counts (a flow scheduler's `num_train_timesteps`;
-    DDPM's is `method.ddpm.num_timesteps`)."""
+    """`model.diffusers`: the folder of a diffusers model (its `config.json` and weights), the
+    model's `config.json` itself (filled in from the folder when the config is checked, so that
+    checkpoints and exports rebuild the net without the folder), and the number of training
+    timesteps its timestep counts (a flow scheduler's `num_train_timesteps`; DDPM's is
+    `method.ddpm.num_timesteps`)."""
 
     path: str = ""
+    config: dict = field(default_factory=dict)
     flow_timesteps: int = 1000
 
 
@@ -47,6 +50,10 @@ class DiffusersDenoiser(nn.Module):
         super().__init__()
         self.model, self.scale, self.offset, self.num_classes = model, scale, offset, num_classes
         self.has_null_class = has_null_class
+
+    def load_pretrained(self, folder: str | Path) -> None:
+        """Take the weights of the diffusers model in `folder` (of this architecture)."""
+        self.model.load_state_dict(model_class(read_model_config(folder)).from_pretrained(folder).state_dict())
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         k = t.double() * self.scale - self.offset  # [B] the scheduler's timesteps
@@ -96,9 +103,14 @@ def read_model_config(folder: str | Path) -> dict:
     return config
 
 
+def model_config(model: nn.Module) -> dict:
+    """A built diffusers model's `config.json`, as plain data."""
+    return json.loads(model.to_json_string())
+
+
 def from_module(cfg, model: nn.Module) -> DiffusersDenoiser:
     """A built diffusers `model` as the denoiser `cfg` describes (its path's time convention)."""
-    facts = model_facts({**model.config, "_class_name": type(model).__name__}, "the model given", built=True)
+    facts = model_facts(model_config(model), "the model given", built=True)
     if cfg.method.name == "flow":
         scale, offset = cfg.model.diffusers.flow_timesteps, 0.0
     else:
@@ -106,15 +118,30 @@ def from_module(cfg, model: nn.Module) -> DiffusersDenoiser:
     return DiffusersDenoiser(model, scale, offset, cfg.model.num_classes, facts.has_null_class)
 
 
+def model_class(config: dict) -> type:
+    """The class a diffusers `config.json` names: diffusers' own, or, for a model built in Python
+    (`genkit.from_diffusers(pipeline)`), the class of that name the diffusers package has, if any."""
+    found = getattr(diffusers, config.get("_class_name", ""), None)
+    if not isinstance(found, type):
+        raise ConfigError(f"model.diffusers.config: the diffusers package has no model class "
+                          f"{config.get('_class_name')!r} to rebuild this net from")
+    return found
+
+
 def build(cfg) -> DiffusersDenoiser:
-    folder = cfg.model.diffusers.path
-    if not folder:
+    """The denoiser with the folder's weights where `model.diffusers.path` is a folder (a model to
+    sample or fine-tune), else built from `model.diffusers.config` (the weights of a checkpoint or an
+    export are loaded into it next)."""
+    folder, config = cfg.model.diffusers.path, cfg.model.diffusers.config
+    if folder and Path(folder).is_dir():
+        model = model_class(read_model_config(folder)).from_pretrained(folder)
+        for tensor in [*model.parameters(), *model.buffers()]:  # memory of torch's own (see GenkitNet.from_pretrained)
+            tensor.data = tensor.data.clone()
+    elif config:
+        model = model_class(config).from_config(config)
+    else:
         raise ConfigError("model.diffusers.path: name the diffusers model's folder (a model built in Python is "
                           "handed to genkit.from_diffusers instead)")
-    model_class = getattr(diffusers, read_model_config(folder)["_class_name"])
-    model = model_class.from_pretrained(folder)
-    for tensor in [*model.parameters(), *model.buffers()]:  # memory of torch's own (see GenkitNet.from_pretrained)
-        tensor.data = tensor.data.clone()
     return from_module(cfg, model)
 
 
@@ -122,9 +149,12 @@ def check(cfg) -> None:
     if cfg.method.name not in ("ddpm", "flow"):
         raise ConfigError(f"method.name: a diffusers model runs on DDPM's path or a rectified flow, not "
                           f"{cfg.method.name}")
-    if not cfg.model.diffusers.path:  # a model built in Python: `genkit.from_diffusers` read its config
+    dc = cfg.model.diffusers
+    if dc.path and not dc.config:  # the checkpoints this config writes will not need the folder
+        dc.config = read_model_config(dc.path)
+    if not dc.config:  # a model built in Python: `genkit.from_diffusers` read its config
         return
-    facts = model_facts(read_model_config(cfg.model.diffusers.path), cfg.model.diffusers.path)
+    facts = model_facts(dc.config, dc.path or "model.diffusers.config", built=True)
     size = facts.size if isinstance(facts.size, int) else cfg.data.image_size
     if (cfg.data.channels, cfg.data.image_size) != (facts.channels, size):
         raise ConfigError(f"data.channels, data.image_size: the diffusers model takes {facts.channels} x {facts.size} "

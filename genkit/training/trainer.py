@@ -26,9 +26,10 @@ from genkit.images import make_grid, save_grid, to_uint8
 from genkit.inference import GenerativeModel, build_model
 from genkit.inference.devices import launched_on_cpus
 from genkit.latents import AUTOENCODER_DIR, LatentCodec, LatentData, encode_dataset
-from genkit.loading import load
+from genkit.loading import diffusers_model_folder, load
 from genkit.methods import METHODS, build_method
 from genkit.nets import build_net, input_shape
+from genkit.nets.diffusers_net import DiffusersDenoiser
 from genkit.reflow import is_pairs_dir, load_pairs
 from genkit.registry import ArgumentError
 from genkit.samplers import UnfittedGrid, takes_fitted_grid
@@ -128,10 +129,18 @@ class Trainer:
 
     @staticmethod
     def _init_weights(net: torch.nn.Module, source: str) -> None:
-        """Start from another run's EMA weights (the nets must have the same shape)."""
+        """Start from another run's EMA weights, or, for a diffusers net, from the weights of a diffusers
+        model or pipeline folder (the nets must have the same shape)."""
         from safetensors.torch import load_file
 
+        folder = diffusers_model_folder(source)
         try:
+            if folder is not None:
+                if not isinstance(net, DiffusersDenoiser):
+                    raise ConfigError(f"train.init_from: {source} holds a diffusers model; fine-tune it as one, with "
+                                      f"model.name=diffusers and model.diffusers.path={folder}")
+                net.load_pretrained(folder)
+                return
             net.load_state_dict(load_file(str(ckpt.resolve_checkpoint(source) / ckpt.EMA_FILE)))
         except ArgumentError as err:
             raise ConfigError(f"train.init_from: {err.problem}") from None
