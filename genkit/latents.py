@@ -105,6 +105,36 @@ class LatentCodec:
                               f"({reason(err)})") from None
 
 
+class DiffusersAutoencoder(LatentCodec):
+    """A diffusers `AutoencoderKL` (a latent diffusers pipeline's `vae`) as a latent model's codec,
+    its latents normalised as diffusers' pipelines do, z = (E(x) - shift_factor) * scaling_factor."""
+
+    def __init__(self, vae: torch.nn.Module, source: str = ""):
+        config = vae.config
+        super().__init__(None, vae, config.get("shift_factor") or 0.0, config.scaling_factor, source)
+        self.factor = 2 ** (len(config.block_out_channels) - 1)  # pixels per latent, each way
+
+    def image_shape(self, latent_size: int) -> tuple[int, int, int]:
+        """The images (channels, size, size) that latents of `latent_size` decode to."""
+        return self.net.config.in_channels, latent_size * self.factor, latent_size * self.factor
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, normalise: bool = True) -> torch.Tensor:
+        mean = self.net.encode(x.to(self.device).float()).latent_dist.mean  # [B, C, H, W] -> [B, c, H/f, W/f]
+        return (mean - self.shift) * self.scale if normalise else mean
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net.decode(z.to(self.device).float() / self.scale + self.shift).sample  # [B, c, h, w] -> [B, C, fh, fw]
+
+    def fit(self, latents: torch.Tensor) -> "LatentCodec":
+        raise ConfigError("data.autoencoder: a diffusers autoencoder keeps its own scaling_factor and shift_factor")
+
+    def save(self, directory: Path) -> None:
+        raise ArgumentError("model", "a diffusers pipeline's autoencoder stays in its pipeline folder; genkit does not "
+                                     "write it into a checkpoint")
+
+
 class LatentData(ImageData):
     """A data set as normalised latents (`images` [N, c, h, w], float) with its labels: the
     trainer's data protocol."""

@@ -11,7 +11,7 @@ from genkit.checkpoint import AUTOENCODER_DIR, load_export, read_grids, read_tra
 from genkit.config import config_from_dict
 from genkit.export.hub import is_pretrained, load_pretrained, resolve
 from genkit.inference import GenerativeModel, TrainedModel, build_model
-from genkit.latents import LatentCodec
+from genkit.latents import DiffusersAutoencoder, LatentCodec
 from genkit.nets import build_net
 from genkit.nets.diffusers_net import from_module, model_config, model_facts, read_model_config
 from genkit.registry import ArgumentError
@@ -91,6 +91,31 @@ def method_from_scheduler(scheduler: dict) -> dict:
                      "zero_terminal_snr": bool(scheduler.get("rescale_betas_zero_snr", False))}}
 
 
+def latent_codec(path: Path | None, pipeline) -> DiffusersAutoencoder | None:
+    """The `AutoencoderKL` of a latent pipeline (folder `path`, else the `pipeline` object) as a codec,
+    or None for a pixel-space pipeline."""
+    from diffusers import AutoencoderKL
+
+    if path is not None:
+        if not (path / "vae").is_dir():
+            return None
+        try:
+            name = json.loads((path / "vae" / "config.json").read_text()).get("_class_name")
+        except (OSError, ValueError, AttributeError):
+            name = None
+        if name != "AutoencoderKL":
+            raise ArgumentError("path", f"{path / 'vae'} holds {name or 'no diffusers model'}; genkit decodes a latent "
+                                        f"pipeline's latents with an AutoencoderKL")
+        return DiffusersAutoencoder(AutoencoderKL.from_pretrained(path / "vae"), str(path / "vae"))
+    vae = getattr(pipeline, "vae", None)
+    if vae is None:
+        return None
+    if not isinstance(vae, AutoencoderKL):
+        raise ArgumentError("source", f"the pipeline's vae is a {type(vae).__name__}; genkit decodes a latent "
+                                      f"pipeline's latents with an AutoencoderKL")
+    return DiffusersAutoencoder(vae, "the pipeline's vae")
+
+
 def from_diffusers(source, device: str | torch.device = "cpu") -> GenerativeModel:
     """A diffusers pipeline as a genkit model: a folder (`model_index.json`, `scheduler/`, and `unet/`
     or `transformer/`) or a pipeline object (its `unet` or `transformer` and `scheduler`). Its
@@ -118,20 +143,22 @@ def from_diffusers(source, device: str | torch.device = "cpu") -> GenerativeMode
         model = model_config(module)
         scheduler = {**source.scheduler.config, "_class_name": type(source.scheduler).__name__}
         path, denoiser, where = None, "", "the pipeline's denoiser"
-    if (path is not None and (path / "vae").is_dir()) or getattr(source, "vae", None) is not None:
-        raise ArgumentError("path", f"{where} denoises an autoencoder's latents (the pipeline has a vae); genkit "
-                                    f"takes pixel-space diffusers pipelines only, for now")
     facts = model_facts(model, where, built=module is not None)
     if not isinstance(facts.size, int):
         raise ArgumentError("path", f"{where} has sample_size {facts.size!r}; genkit samples square images")
+    codec = latent_codec(path, source)
+    data = {"image_size": facts.size, "channels": facts.channels}
+    if codec is not None:  # the denoiser's size and channels are the latents'
+        channels, size, _ = codec.image_shape(facts.size)
+        data = {"image_size": size, "channels": channels, "autoencoder": codec.source, "latent_size": facts.size,
+                "latent_channels": facts.channels}
     cfg = config_from_dict({
         "method": {**method_from_scheduler(scheduler), **({} if facts.has_null_class else {"p_uncond": 0.0})},
         "model": {"name": "diffusers", "num_classes": facts.num_classes,
                   "diffusers": {"path": str(denoiser), "config": model}},
-        "data": {"path": str(path or ""), "image_size": facts.size, "channels": facts.channels,
-                 "label_column": "label" if facts.num_classes else ""},  # the data are unknown
+        "data": {"path": str(path or ""), **data, "label_column": "label" if facts.num_classes else ""},  # data unknown
         "sample": {"guidance": 1.0}})
-    loaded = build_model(cfg, build_net(cfg) if module is None else from_module(cfg, module), device)
+    loaded = build_model(cfg, build_net(cfg) if module is None else from_module(cfg, module), device, codec)
     loaded.directory = path
     loaded.grids = read_grids(path) if path is not None else loaded.grids
     return loaded

@@ -199,9 +199,46 @@ def test_a_dit_folder_samples_with_guidance_as_diffusers_dit_loop(tmp_path):
     assert (ours - theirs).abs().max().item() < 1e-5 * max(1.0, theirs.abs().max().item())
     unguided = SAMPLERS["ddim"].build(model.denoiser(labels=labels), x.clone(), ts)
     assert (unguided - theirs).abs().max().item() > 1e-3  # guidance changed the images
-    (folder / "vae").mkdir()  # DiTPipeline's own layout: a latent model, which genkit does not take yet
-    with pytest.raises(ArgumentError, match="latents .* has a vae"):
+    (folder / "vae").mkdir()  # a latent pipeline's autoencoder, but not one genkit can decode with
+    with pytest.raises(ArgumentError, match="vae holds no diffusers model; .* AutoencoderKL"):
         genkit.load(folder)
+
+
+def test_a_latent_dit_pipeline_samples_as_dit_pipeline_through_its_autoencoder(tmp_path):
+    """A latent DiTPipeline (`transformer/`, `vae/` an AutoencoderKL, `scheduler/`), as a folder or an
+    object, is a latent genkit model: the DiT denoises latents, genkit's `ddim` with guidance 1.5 and
+    the decoder reproduce DiTPipeline's loop and its decode (latents / scaling_factor) to 1e-5, and
+    `sample` draws pixels at the autoencoder's scale."""
+    from diffusers import AutoencoderKL, DiTPipeline
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                        norm_num_groups=4, sample_size=16, scaling_factor=0.5).eval()
+    dit, scheduler = tiny_dit(channels=4).eval(), DDIMScheduler(timestep_spacing="trailing", clip_sample=False)
+    folder = tmp_path / "latent_dit"
+    DiTPipeline(transformer=dit, vae=vae, scheduler=scheduler).save_pretrained(folder)
+    model = genkit.load(folder)
+    data = model.cfg.data
+    assert (data.channels, data.image_size, data.latent_channels, data.latent_size) == (3, 16, 4, 8)
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels, guidance = torch.tensor([0, 2]), 1.5
+    scheduler.set_timesteps(5)  # DDIM steps to k - T // steps: on its own timesteps where steps divides T
+    theirs = z.clone()
+    with torch.no_grad():
+        for k in scheduler.timesteps:
+            out = dit(torch.cat([theirs, theirs]), timestep=k.expand(4), class_labels=torch.tensor([0, 2, 3, 3])).sample
+            cond, null = out[:, :4].chunk(2)
+            theirs = scheduler.step(null + guidance * (cond - null), k, theirs, eta=0.0).prev_sample
+        theirs = vae.decode(theirs / vae.config.scaling_factor).sample  # [2, 4, 8, 8] -> [2, 3, 16, 16]
+    ts = torch.cat([model.path.timestep_to_t(scheduler.timesteps), torch.zeros(1, dtype=torch.float64)])
+    ours = model.codec.decode(SAMPLERS["ddim"].build(model.denoiser(labels=labels, guidance=guidance), z.clone(), ts))
+    assert ours.shape == (2, 3, 16, 16)
+    assert (ours - theirs).abs().max().item() < 1e-5 * max(1.0, theirs.abs().max().item())
+    drawn = model.sample(2, seed=3, steps=3, labels=[0, 1], guidance=1.5, progress=False).images
+    from_object = genkit.from_diffusers(DiTPipeline.from_pretrained(folder))
+    again = from_object.sample(2, seed=3, steps=3, labels=[0, 1], guidance=1.5, progress=False).images
+    assert drawn.shape == (2, 3, 16, 16) and torch.allclose(drawn, again, atol=1e-6)
 
 
 def test_an_exact_mixture_denoiser_as_a_diffusers_model_gives_the_closed_form_likelihood():

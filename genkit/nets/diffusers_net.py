@@ -155,10 +155,13 @@ def check(cfg) -> None:
     if not dc.config:  # a model built in Python: `genkit.from_diffusers` read its config
         return
     facts = model_facts(dc.config, dc.path or "model.diffusers.config", built=True)
-    size = facts.size if isinstance(facts.size, int) else cfg.data.image_size
-    if (cfg.data.channels, cfg.data.image_size) != (facts.channels, size):
-        raise ConfigError(f"data.channels, data.image_size: the diffusers model takes {facts.channels} x {facts.size} "
-                          f"images, not {cfg.data.channels} x {cfg.data.image_size}")
+    data, latent = cfg.data, bool(cfg.data.autoencoder)  # a latent model's net takes the latents
+    channels, given = (data.latent_channels, data.latent_size) if latent else (data.channels, data.image_size)
+    size = facts.size if isinstance(facts.size, int) else given
+    if (channels, given) != (facts.channels, size):
+        keys = "data.latent_channels, data.latent_size" if latent else "data.channels, data.image_size"
+        raise ConfigError(f"{keys}: the diffusers model takes {facts.channels} x {facts.size} "
+                          f"{'latents' if latent else 'images'}, not {channels} x {given}")
     if facts.num_classes != cfg.model.num_classes:
         raise ConfigError(f"model.num_classes: the diffusers model has {facts.num_classes} classes, not "
                           f"{cfg.model.num_classes}")
