@@ -35,7 +35,7 @@ FLAGS = {"n": "--num", "labels": "--class-label", "steps": "--steps", "seed": "-
          "ema": "--raw-weights", "directory": "--out", "repo_id": "--push", "npz": "--npz",
          "outdir": "--outdir", "compile": "--compile", "bpd": "--bpd", "bpd_probes": "--bpd-probes",
          "bpd_tol": "--bpd-tol", "bpd_estimator": "--bpd-estimator", "feature_net": "--feature-net",
-         "inception_weights": "--inception-weights", "data_path": "--data"}
+         "inception_weights": "--inception-weights", "data_path": "--data", "embeddings": "--checkpoint"}
 
 
 class Parser(argparse.ArgumentParser):

@@ -12,8 +12,7 @@ from genkit.config import config_from_dict
 from genkit.export.hub import is_pretrained, load_pretrained, resolve
 from genkit.inference import GenerativeModel, TrainedModel, build_model
 from genkit.latents import DiffusersAutoencoder, LatentCodec
-from genkit.nets import build_net
-from genkit.nets.diffusers_net import from_module, model_config, model_facts, read_model_config
+from genkit.nets.diffusers_net import Embeddings, from_module, model_config, model_facts, pretrained, read_model_config
 from genkit.registry import ArgumentError
 
 DIFFUSERS_DENOISERS = ("unet", "transformer")  # a pipeline folder's denoiser, by its subfolder
@@ -116,13 +115,17 @@ def latent_codec(path: Path | None, pipeline) -> DiffusersAutoencoder | None:
     return DiffusersAutoencoder(vae, "the pipeline's vae")
 
 
-def from_diffusers(source, device: str | torch.device = "cpu") -> GenerativeModel:
+def from_diffusers(source, device: str | torch.device = "cpu", embeddings: Embeddings | None = None) -> GenerativeModel:
     """A diffusers pipeline as a genkit model: a folder (`model_index.json`, `scheduler/`, and `unet/`
     or `transformer/`) or a pipeline object (its `unet` or `transformer` and `scheduler`). Its
     denoiser (`genkit.nets.diffusers_net`) runs on the path its scheduler defines
     (`method_from_scheduler`), so that every genkit sampler, the fitted grids and the exact
     likelihood run on it. A class-conditional UNet samples with guidance 1 (its class embedding has
-    no null class); a DiT takes guidance."""
+    no null class); a DiT takes guidance. A latent pipeline's `vae` (an `AutoencoderKL`) decodes its
+    samples. An SD3 transformer takes `embeddings` (`Embeddings`, or a (prompt, pooled) pair: its
+    text-encoder outputs per class, the null class last): a class-conditional model with guidance, or with one row an unconditional one."""
+    if isinstance(embeddings, tuple):
+        embeddings = Embeddings(*embeddings)
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not is_diffusers_pipeline(path):
@@ -133,7 +136,7 @@ def from_diffusers(source, device: str | torch.device = "cpu") -> GenerativeMode
         scheduler_file = path / "scheduler" / "scheduler_config.json"
         if not scheduler_file.is_file():
             raise ArgumentError("path", f"{path}/scheduler holds no scheduler_config.json")
-        scheduler, module, where = json.loads(scheduler_file.read_text()), None, str(denoiser)
+        scheduler, module, where = json.loads(scheduler_file.read_text()), pretrained(denoiser), str(denoiser)
     else:
         module = next((getattr(source, sub) for sub in DIFFUSERS_DENOISERS if getattr(source, sub, None) is not None),
                       None)
@@ -143,7 +146,8 @@ def from_diffusers(source, device: str | torch.device = "cpu") -> GenerativeMode
         model = model_config(module)
         scheduler = {**source.scheduler.config, "_class_name": type(source.scheduler).__name__}
         path, denoiser, where = None, "", "the pipeline's denoiser"
-    facts = model_facts(model, where, built=module is not None)
+    facts = model_facts(model, where, built=path is None)
+    classes, null = (embeddings.num_classes, True) if embeddings is not None else (facts.num_classes, facts.has_null_class)
     if not isinstance(facts.size, int):
         raise ArgumentError("path", f"{where} has sample_size {facts.size!r}; genkit samples square images")
     codec = latent_codec(path, source)
@@ -153,12 +157,12 @@ def from_diffusers(source, device: str | torch.device = "cpu") -> GenerativeMode
         data = {"image_size": size, "channels": channels, "autoencoder": codec.source, "latent_size": facts.size,
                 "latent_channels": facts.channels}
     cfg = config_from_dict({
-        "method": {**method_from_scheduler(scheduler), **({} if facts.has_null_class else {"p_uncond": 0.0})},
-        "model": {"name": "diffusers", "num_classes": facts.num_classes,
+        "method": {**method_from_scheduler(scheduler), **({} if null else {"p_uncond": 0.0})},
+        "model": {"name": "diffusers", "num_classes": classes,
                   "diffusers": {"path": str(denoiser), "config": model}},
-        "data": {"path": str(path or ""), **data, "label_column": "label" if facts.num_classes else ""},  # data unknown
+        "data": {"path": str(path or ""), **data, "label_column": "label" if classes else ""},  # the data are unknown
         "sample": {"guidance": 1.0}})
-    loaded = build_model(cfg, build_net(cfg) if module is None else from_module(cfg, module), device, codec)
+    loaded = build_model(cfg, from_module(cfg, module, embeddings), device, codec)
     loaded.directory = path
     loaded.grids = read_grids(path) if path is not None else loaded.grids
     return loaded

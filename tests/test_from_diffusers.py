@@ -11,6 +11,7 @@ from diffusers import (DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMult
 
 import genkit
 from genkit.cli import main
+from tests.conftest import call
 from genkit.loading import method_from_scheduler
 from genkit.registry import ArgumentError
 from genkit.samplers import SAMPLERS
@@ -386,3 +387,58 @@ def test_a_diffusers_model_teaches_consistency_distillation_and_draws_reflow_pai
         "model.name=diffusers", f"model.diffusers.path={flow / 'unet'}", "method.name=flow", "method.p_uncond=0",
         "method.prediction=velocity", f"data.path={pairs}", f"train.init_from={flow}", "train.max_steps=2"]))
     assert genkit.load(reflowed).sample(2, steps=2, progress=False).images.isfinite().all()
+
+
+def test_an_sd3_transformer_with_class_embeddings_samples_as_the_sd3_loop(tmp_path):
+    """An SD3-style latent pipeline (SD3Transformer2DModel, an AutoencoderKL with SD3's shift factor,
+    FlowMatchEulerDiscreteScheduler with shift 3), conditioned on given text-encoder outputs, one
+    pair per class and the empty prompt's last: genkit's `euler` at guidance 2 on the scheduler's
+    sigmas and the decoder reproduce the SD3 pipeline's loop (negative and positive halves, guidance
+    on the velocity) and its decode (latents / scaling_factor + shift_factor) to 1e-5. Without the
+    embeddings it is refused in one line."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+
+    torch.manual_seed(0)
+    sd3 = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
+                                num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16,
+                                pooled_projection_dim=8, out_channels=4, pos_embed_max_size=8).eval()
+    with torch.no_grad():
+        for p in sd3.parameters():  # zero-initialised modulation and output: give them weights
+            p.add_(torch.randn_like(p) * 0.05)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                        norm_num_groups=4, sample_size=16, scaling_factor=1.5, shift_factor=0.1).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    pipeline = SimpleNamespace(transformer=sd3, vae=vae, scheduler=scheduler)
+    prompt, pooled = torch.randn(3, 5, 16), torch.randn(3, 8)  # classes 0 and 1, then the empty prompt
+    with pytest.raises(ArgumentError, match="embeddings: a SD3Transformer2DModel is conditioned on text-encoder"):
+        genkit.from_diffusers(pipeline)
+    model = genkit.from_diffusers(pipeline, embeddings=(prompt, pooled))
+    data = model.cfg.data
+    assert model.num_classes == 2 and model.path.shift == 3.0
+    assert (data.channels, data.image_size, data.latent_channels, data.latent_size) == (3, 16, 4, 8)
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    labels, guidance = torch.tensor([1, 0]), 2.0
+    scheduler.set_timesteps(4)
+    theirs = z.clone()
+    with torch.no_grad():
+        for k in scheduler.timesteps:
+            rows = torch.tensor([2, 2, 1, 0])  # the pipeline's negative (empty) halves, then the positive
+            out = sd3(hidden_states=torch.cat([theirs, theirs]), timestep=k.expand(4), encoder_hidden_states=prompt[rows],
+                      pooled_projections=pooled[rows]).sample
+            null, cond = out.chunk(2)
+            theirs = scheduler.step(null + guidance * (cond - null), k, theirs).prev_sample
+        theirs = vae.decode(theirs / 1.5 + 0.1).sample  # [2, 4, 8, 8] -> [2, 3, 16, 16]
+    ts = scheduler.sigmas.double()  # descending to 0: the flow's times
+    ours = model.codec.decode(SAMPLERS["euler"].build(model.denoiser(labels=labels, guidance=guidance), z.clone(), ts))
+    assert (ours - theirs).abs().max().item() < 1e-5 * max(1.0, theirs.abs().max().item())
+    drawn = model.sample(2, seed=0, steps=3, labels=[0, 1], guidance=2.0, progress=False).images
+    assert drawn.shape == (2, 3, 16, 16) and drawn.isfinite().all()
+    unconditional = genkit.from_diffusers(pipeline, embeddings=(prompt[2:], pooled[2:]))
+    assert unconditional.num_classes == 0 and unconditional.sample(1, steps=2, progress=False).images.isfinite().all()
+    folder = tmp_path / "sd3"  # as a folder, from the command line, which has no embeddings to give
+    for name, part in (("transformer", sd3), ("vae", vae), ("scheduler", scheduler)):
+        part.save_pretrained(folder / name)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
+    code, stderr = call(main, ["sample", "--checkpoint", str(folder), "--out", str(tmp_path / "x.png")])
+    assert code == 2 and "--checkpoint: a SD3Transformer2DModel is conditioned" in stderr and stderr.count("\n") == 1

@@ -10,7 +10,10 @@ model's); a model that also predicts its variance (twice the input channels) giv
 
 Classes: a UNet's class embedding (`num_class_embeds`) has no null class, so it samples with
 guidance 1; DiT's label table (`num_embeds_ada_norm` classes) has one more row, the null class
-its training dropped labels to (Peebles & Xie 2023), which is genkit's null class too.
+its training dropped labels to (Peebles & Xie 2023), which is genkit's null class too. An SD3
+transformer (Esser et al. 2024) is conditioned on text-encoder outputs, which genkit takes as
+given `Embeddings`: one (prompt, pooled) pair per class and a last one, the null class (the
+empty prompt's), or a single pair for a model sampled unconditionally.
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ from torch import nn
 
 from genkit.registry import ArgumentError, ConfigError
 
-CLASSES = ("UNet2DModel", "DiTTransformer2DModel")  # the diffusers model classes genkit can call as denoisers
+CLASSES = ("UNet2DModel", "DiTTransformer2DModel", "SD3Transformer2DModel")  # diffusers denoisers genkit calls
+EMBEDDED = ("SD3Transformer2DModel",)  # conditioned on text-encoder outputs (`Embeddings`), not on labels
 
 
 @dataclass
@@ -40,28 +44,57 @@ class DiffusersNetConfig:
     flow_timesteps: int = 1000
 
 
+@dataclass
+class Embeddings:
+    """An SD3 transformer's conditioning per class: `prompt` [K + 1, L, D] (its `encoder_hidden_states`)
+    and `pooled` [K + 1, P] (its `pooled_projections`), row K the null class (the empty prompt); or
+    one row each, a model sampled unconditionally. The outputs of the pipeline's `encode_prompt`."""
+
+    prompt: torch.Tensor
+    pooled: torch.Tensor
+
+    def __post_init__(self):
+        if self.prompt.ndim != 3 or self.pooled.ndim != 2 or len(self.prompt) != len(self.pooled):
+            raise ArgumentError("embeddings", f"expected prompt [K + 1, L, D] and pooled [K + 1, P] embeddings, got "
+                                              f"{list(self.prompt.shape)} and {list(self.pooled.shape)}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.prompt) - 1 if len(self.prompt) > 1 else 0
+
+
 class DiffusersDenoiser(nn.Module):
     """`model` (a diffusers denoiser) called at timestep k = t `scale` - `offset` (see the module);
     `num_classes` > 0 for a class-conditional model, whose label `num_classes` is the null class
-    where `has_null_class`."""
+    where `has_null_class`; an SD3 transformer with its `embeddings` (`Embeddings`)."""
 
     def __init__(self, model: nn.Module, scale: float, offset: float, num_classes: int = 0,
-                 has_null_class: bool = False):
+                 has_null_class: bool = False, embeddings: Embeddings | None = None):
         super().__init__()
         self.model, self.scale, self.offset, self.num_classes = model, scale, offset, num_classes
         self.has_null_class = has_null_class
+        self.embeddings = embeddings
+        if embeddings is not None:  # buffers: they move with the net
+            self.register_buffer("prompt_embeds", embeddings.prompt.float(), persistent=False)
+            self.register_buffer("pooled_embeds", embeddings.pooled.float(), persistent=False)
 
     def load_pretrained(self, folder: str | Path) -> None:
         """Take the weights of the diffusers model in `folder` (of this architecture)."""
-        self.model.load_state_dict(model_class(read_model_config(folder)).from_pretrained(folder).state_dict())
+        self.model.load_state_dict(pretrained(folder).state_dict())
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         k = t.double() * self.scale - self.offset  # [B] the scheduler's timesteps
         if self.num_classes and y is not None and not self.has_null_class and bool((y >= self.num_classes).any()):
             raise ArgumentError("guidance", "this diffusers model's class embedding has no null class: sample it "
                                             "with guidance 1")
-        labels = {"class_labels": y} if self.num_classes else {}
-        out = self.model(x, k.to(x.dtype), **labels).sample  # [B, C or 2C, H, W]
+        if self.embeddings is not None:
+            rows = y if self.num_classes and y is not None else torch.full((len(x),), len(self.prompt_embeds) - 1,
+                                                                           device=x.device)
+            out = self.model(hidden_states=x, timestep=k.to(x.dtype), encoder_hidden_states=self.prompt_embeds[rows].to(
+                x.dtype), pooled_projections=self.pooled_embeds[rows].to(x.dtype)).sample  # [B, C, H, W]
+        else:
+            labels = {"class_labels": y} if self.num_classes else {}
+            out = self.model(x, k.to(x.dtype), **labels).sample  # [B, C or 2C, H, W]
         return out[:, :x.shape[1]]
 
 
@@ -108,14 +141,22 @@ def model_config(model: nn.Module) -> dict:
     return json.loads(model.to_json_string())
 
 
-def from_module(cfg, model: nn.Module) -> DiffusersDenoiser:
-    """A built diffusers `model` as the denoiser `cfg` describes (its path's time convention)."""
+def from_module(cfg, model: nn.Module, embeddings: Embeddings | None = None) -> DiffusersDenoiser:
+    """A built diffusers `model` as the denoiser `cfg` describes (its path's time convention), with
+    its `embeddings` where it takes them (an SD3 transformer)."""
     facts = model_facts(model_config(model), "the model given", built=True)
+    if embeddings is not None and facts.class_name not in EMBEDDED:
+        raise ArgumentError("embeddings", f"a {facts.class_name} takes no embeddings")
+    if embeddings is None and facts.class_name in EMBEDDED:
+        raise ArgumentError("embeddings", f"a {facts.class_name} is conditioned on text-encoder outputs: pass them, "
+                                          f"genkit.from_diffusers(..., embeddings=Embeddings(prompt, pooled)); genkit "
+                                          f"does not store them in checkpoints or exports yet")
     if cfg.method.name == "flow":
         scale, offset = cfg.model.diffusers.flow_timesteps, 0.0
     else:
         scale, offset = cfg.method.ddpm.num_timesteps, 1.0
-    return DiffusersDenoiser(model, scale, offset, cfg.model.num_classes, facts.has_null_class)
+    null = facts.has_null_class or embeddings is not None
+    return DiffusersDenoiser(model, scale, offset, cfg.model.num_classes, null, embeddings)
 
 
 def model_class(config: dict) -> type:
@@ -128,15 +169,21 @@ def model_class(config: dict) -> type:
     return found
 
 
+def pretrained(folder: str | Path) -> nn.Module:
+    """The diffusers model in `folder`, with its weights."""
+    model = model_class(read_model_config(folder)).from_pretrained(folder)
+    for tensor in [*model.parameters(), *model.buffers()]:  # memory of torch's own (see GenkitNet.from_pretrained)
+        tensor.data = tensor.data.clone()
+    return model
+
+
 def build(cfg) -> DiffusersDenoiser:
     """The denoiser with the folder's weights where `model.diffusers.path` is a folder (a model to
     sample or fine-tune), else built from `model.diffusers.config` (the weights of a checkpoint or an
     export are loaded into it next)."""
     folder, config = cfg.model.diffusers.path, cfg.model.diffusers.config
     if folder and Path(folder).is_dir():
-        model = model_class(read_model_config(folder)).from_pretrained(folder)
-        for tensor in [*model.parameters(), *model.buffers()]:  # memory of torch's own (see GenkitNet.from_pretrained)
-            tensor.data = tensor.data.clone()
+        model = pretrained(folder)
     elif config:
         model = model_class(config).from_config(config)
     else:
@@ -162,7 +209,7 @@ def check(cfg) -> None:
         keys = "data.latent_channels, data.latent_size" if latent else "data.channels, data.image_size"
         raise ConfigError(f"{keys}: the diffusers model takes {facts.channels} x {facts.size} "
                           f"{'latents' if latent else 'images'}, not {channels} x {given}")
-    if facts.num_classes != cfg.model.num_classes:
+    if facts.class_name not in EMBEDDED and facts.num_classes != cfg.model.num_classes:
         raise ConfigError(f"model.num_classes: the diffusers model has {facts.num_classes} classes, not "
                           f"{cfg.model.num_classes}")
     if facts.num_classes and not facts.has_null_class and cfg.method.p_uncond > 0:
