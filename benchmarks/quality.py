@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 
 import torch
-from harness import (PATCH_2_UNET, benchmark_parser, fit_grid, steps_for_sampler, train_for_minutes, train_for_steps,
-                     write_results)
+from harness import (PATCH_2_UNET, STARTED_AT, benchmark_parser, fit_grid, machine, steps_for_sampler,
+                     train_for_minutes, train_for_steps, write_results)
 from tqdm.auto import tqdm
 
 import genkit
@@ -270,8 +270,12 @@ def main() -> None:
         rows = [r for r in map(with_data, previous["rows"]) if not rerun(r)] + rows
         training = [t for t in map(with_data, previous.get("training", [])) if not rerun(t)] + \
             [{"data": data, **t} for t in training if rerun({"data": data, **t})]
-    result = {k: v for k, v in previous.items() if k not in ("commit", "machine")} if data != "mnist" else {}
-    result.update(rows=rows, training=training, over_floor_nfe_le_20=over_floor(rows))
+    # where each data set's rows were measured; the file's own commit and machine stay MNIST's
+    measured = dict(previous.get("measured") or ({"mnist": {k: previous[k] for k in ("commit", "machine")}}
+                                                 if "commit" in previous else {}))
+    measured[data] = {"commit": STARTED_AT, "machine": machine()}
+    result = {**previous, **measured.get("mnist", {})} if data != "mnist" else {}
+    result.update(rows=rows, training=training, over_floor_nfe_le_20=over_floor(rows), measured=measured)
     if data == "mnist":
         genkit_rows = [r for r in rows if r["library"] == "genkit" and r["nfe"] <= 20 and r["data"] == "mnist"]
         best = min(genkit_rows, key=lambda r: r["fid"]) if genkit_rows else None
