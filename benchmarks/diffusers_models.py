@@ -30,6 +30,7 @@ MNIST feature net beside the real-data floor; `ratio_default_vs_diffusers_best` 
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -45,6 +46,7 @@ from genkit.data import batch_indices, load_images
 from genkit.evaluation import Evaluator
 
 NFES = (5, 10, 20)
+TRAINING_FILE = "genkit_training.json"  # what training measured, beside the pipeline it saved
 BATCH_SIZES = (32, 64, 128)
 LR = 2e-3  # genkit's DDPM-UNet recipe's
 SNR_GAMMA = 5.0
@@ -139,9 +141,11 @@ def train(data, minutes: float, out: Path, dry_run: bool) -> dict:
     seconds = time.perf_counter() - started
     trainer.ema.copy_to(trainer.unet.parameters())
     DDPMPipeline(unet=trainer.unet, scheduler=trainer.scheduler).save_pretrained(out)
-    return {"steps": trainer.steps, "batch_size": batch_size, "images_per_second_by_batch": rates,
-            "train_seconds": round(seconds, 1), "bf16": has_bf16(), "lr": LR, "snr_gamma": SNR_GAMMA,
-            "params": sum(p.numel() for p in trainer.unet.parameters())}
+    training = {"steps": trainer.steps, "horizon": total, "batch_size": batch_size,
+                "images_per_second_by_batch": rates, "train_seconds": round(seconds, 1), "bf16": has_bf16(),
+                "lr": LR, "snr_gamma": SNR_GAMMA, "params": sum(p.numel() for p in trainer.unet.parameters())}
+    (out / TRAINING_FILE).write_text(json.dumps(training, indent=2))  # for --phase eval
+    return training
 
 
 def candidates() -> dict[str, tuple[type, dict]]:
@@ -234,7 +238,8 @@ def main() -> None:
     data = load_images(DataConfig(path="data/mnist"))
     if args.dry_run:
         data.images, data.labels = data.images[:64], data.labels[:64]
-    training = train(data, args.minutes, folder, args.dry_run) if args.phase != "eval" else {}
+    training = train(data, args.minutes, folder, args.dry_run) if args.phase != "eval" else \
+        json.loads((folder / TRAINING_FILE).read_text())
     if args.phase == "train":
         print(training)
         return

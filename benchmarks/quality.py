@@ -16,10 +16,9 @@ the same name in an earlier results file fit in its budget, instead of timing it
 training whatever else the machine runs, only slower. Rows carry their `data` and `floor_fid`;
 a run on another data set adds its rows to `--json`, keeping the rest.
 
-The diffusers baseline follows diffusers' unconditional training example
-(examples/unconditional_image_generation): UNet2DModel of about the genkit UNet's size,
-DDPMScheduler (1000 linear steps), AdamW lr 2e-4 with warm-up and cosine decay, EMA, fp32,
-batch 64; sampled with DDIMScheduler at the same NFEs.
+The diffusers rows are the fair baseline of `benchmarks/diffusers_models.py` (diffusers'
+UNet2DModel trained as its docs recommend for few-step sampling, sampled by its best scheduler
+per NFE), read from its results file with the commit, machine and floor of its own run.
 
     python benchmarks/quality.py --budget-minutes 10 --plot docs/quality.png
     python benchmarks/quality.py --phase train ...   # train only (the timed part)
@@ -31,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -128,87 +126,21 @@ def eval_recipe(recipe: str, workdir: Path, evaluator: Evaluator, num: int, devi
 # ------------------------------------------------------------------------------------- diffusers
 
 
-def diffusers_unet():
-    from diffusers import UNet2DModel
-
-    # 1.62M parameters, against genkit's 1.65M UNet
-    return UNet2DModel(sample_size=32, in_channels=1, out_channels=1, block_out_channels=(32, 64, 64),
-                       layers_per_block=2, norm_num_groups=32,
-                       down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
+FAIR_BASELINE = "diffusers_models.json"  # benchmarks/diffusers_models.py's results, beside --json
 
 
-def train_diffusers(workdir: Path, minutes: float, data: str, batch_size: int = 64, lr: float = 2e-4) -> dict:
-    """diffusers' unconditional example loop: noise, predict eps, MSE, AdamW, cosine LR, EMA."""
-    import torch.nn.functional as F
-    from diffusers import DDPMScheduler
-    from diffusers.optimization import get_cosine_schedule_with_warmup
-    from diffusers.training_utils import EMAModel
-
-    from genkit.config import DataConfig
-    from genkit.data import batch_indices, load_images
-
-    torch.manual_seed(0)
-    data = load_images(DataConfig(path=data_path(data)))
-    unet = diffusers_unet()
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
-    ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
-
-    def step(i: int) -> float:
-        x0, _, _ = data.batch(batch_indices(len(data), batch_size, 0, i))
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, 1000, (batch_size,))
-        loss = F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t).sample, noise)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        lr_sched.step()
-        opt.zero_grad()
-        ema.step(unet.parameters())
-        return loss.item()
-
-    lr_sched = get_cosine_schedule_with_warmup(opt, 500, 10**9)  # calibrated below
-    started = time.perf_counter()
-    for i in range(5):  # calibration steps count towards the budget here: they train too
-        step(i)
-    rate = 5 / (time.perf_counter() - started)
-    total = max(10, int(rate * minutes * 60))
-    lr_sched = get_cosine_schedule_with_warmup(opt, min(500, total // 10), total, last_epoch=4)
-    i = 5
-    with tqdm(total=total, initial=5, desc="diffusers") as bar:
-        while time.perf_counter() - started < minutes * 60 and i < total:
-            loss = step(i)
-            i += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
-    ema.copy_to(unet.parameters())
-    unet.save_pretrained(workdir / "diffusers_baseline")
-    return {"recipe": "DDPM-UNet2DModel", "library": "diffusers", "data": data, "steps": i,
-            "train_seconds": time.perf_counter() - started, "params": sum(p.numel() for p in unet.parameters())}
-
-
-@torch.no_grad()
-def eval_diffusers(workdir: Path, evaluator: Evaluator, num: int, device: str, batch_size: int = 250) -> list[dict]:
-    from diffusers import DDIMScheduler, UNet2DModel
-
-    unet = UNet2DModel.from_pretrained(workdir / "diffusers_baseline").to(device).eval()
-    rows = []
-    for nfe in NFES:
-        scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
-        scheduler.set_timesteps(nfe)
-        images = []
-        g = torch.Generator().manual_seed(0)
-        for start in range(0, num, batch_size):
-            x = torch.randn(min(batch_size, num - start), 1, 32, 32, generator=g).to(device)
-            for t in scheduler.timesteps:
-                x = scheduler.step(unet(x, t).sample, t, x).prev_sample
-            images.append(((x.clamp(-1, 1) + 1) / 2).cpu())
-        fid = evaluator.score(torch.cat(images))["fid"]
-        tqdm.write(f"diffusers    NFE {nfe:3d} ddim         FID {fid:8.2f}")
-        rows.append({"recipe": "DDPM-UNet2DModel", "library": "diffusers", "nfe": nfe, "nfe_used": nfe, "fid": fid,
-                     "sampler": "ddim"})
-    return rows
+def diffusers_rows(json_path: str, data: str) -> list[dict]:
+    """The diffusers rows: the fair baseline of `benchmarks/diffusers_models.py` (its own training and
+    machine, its best scheduler per NFE), read from its results file beside `json_path`."""
+    path = Path(json_path).with_name(FAIR_BASELINE)
+    if data != "mnist" or not path.is_file():
+        raise SystemExit(f"the diffusers rows come from {path} (MNIST): run benchmarks/diffusers_models.py first")
+    fair = json.loads(path.read_text())
+    if fair.get("dry_run"):
+        raise SystemExit(f"{path} holds a dry run")
+    return [{"recipe": "UNet2DModel (fair baseline)", "library": "diffusers", "nfe": r["nfe"], "nfe_used": r["nfe"],
+             "fid": r["fid"], "sampler": r["scheduler"], "floor_fid": fair["floor_fid"], "steps": fair["training"]["steps"],
+             "commit": fair["commit"], "machine": fair["machine"]} for r in fair["rows"] if r["library"] == "diffusers"]
 
 
 # ------------------------------------------------------------------------------------- main
@@ -246,9 +178,9 @@ def main() -> None:
         for recipe in args.recipes:
             tqdm.write(f"training {recipe} on {data} for " +
                        (f"{steps[recipe]} steps" if recipe in steps else f"{args.budget_minutes} minutes"))
-            trained.append(train_diffusers(workdir, args.budget_minutes, data) if recipe == "diffusers"
-                           else train_recipe(recipe, workdir, args.budget_minutes, args.vae_minutes, data,
-                                             steps.get(recipe)))
+            if recipe != "diffusers":  # the fair baseline trains in its own benchmark
+                trained.append(train_recipe(recipe, workdir, args.budget_minutes, args.vae_minutes, data,
+                                            steps.get(recipe)))
             training_log.write_text(json.dumps({"budget_minutes": args.budget_minutes, "runs": trained}, indent=2))
     if args.phase == "train":
         return
@@ -256,10 +188,12 @@ def main() -> None:
     floor = evaluator.floor(args.num)["fid"]
     rows = []
     for recipe in args.recipes:
-        rows += (eval_diffusers(workdir, evaluator, args.num, args.device) if recipe == "diffusers"
-                 else eval_recipe(recipe, workdir, evaluator, args.num, args.device))
+        if recipe != "diffusers":
+            rows += eval_recipe(recipe, workdir, evaluator, args.num, args.device)
     for row in rows:
         row.update(data=data, floor_fid=floor)
+    if "diffusers" in args.recipes:  # scored in the fair baseline's own run, beside its own floor
+        rows += [{**row, "data": data} for row in diffusers_rows(args.json, data)]
     training = json.loads(training_log.read_text())["runs"] if training_log.is_file() else []
     previous = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
     keep_others = args.update or data != "mnist"  # another data set's rows join MNIST's

@@ -3,6 +3,7 @@ model ready to sample; `genkit.from_diffusers`: a diffusers pipeline (folder or 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -64,30 +65,41 @@ def diffusers_model_folder(path: str | Path) -> Path | None:
         return None
 
 
-def method_from_scheduler(scheduler: dict) -> dict:
+def method_from_scheduler(scheduler: dict, tokens: int | None = None) -> dict:
     """genkit's `method` section for a diffusers scheduler config: DDPM's discrete path from its
     betas (`beta_schedule`, `beta_start`, `beta_end`, `num_train_timesteps`,
-    `rescale_betas_zero_snr`) and `prediction_type`, or a rectified flow with SD3's `shift` for the
-    flow-matching schedulers. Inference settings (`timestep_spacing`, `steps_offset`) are a sampler's
-    choice in genkit (`schedule`), not the model's."""
+    `rescale_betas_zero_snr`, or `trained_betas`) and `prediction_type`, or a rectified flow with
+    SD3's `shift` for the flow-matching schedulers; with `use_dynamic_shifting`, the shift e^mu its
+    pipelines give for the denoiser's `tokens` (SD3's `calculate_shift`: mu linear in the token
+    count between `base_shift` at `base_image_seq_len` and `max_shift` at `max_image_seq_len`).
+    Inference settings (`timestep_spacing`, `steps_offset`) are a sampler's choice in genkit
+    (`schedule`), not the model's."""
     name = scheduler.get("_class_name", "")
     if name.startswith("FlowMatch"):
+        shift = float(scheduler.get("shift", 1.0))
         if scheduler.get("use_dynamic_shifting"):
-            raise ArgumentError("path", f"{name} shifts its times by the image size (use_dynamic_shifting); genkit "
-                                        f"takes one fixed shift")
-        return {"name": "flow", "prediction": "velocity", "flow": {"shift": float(scheduler.get("shift", 1.0))}}
-    if scheduler.get("trained_betas") is not None:
-        raise ArgumentError("path", f"{name} has trained_betas; genkit's DDPM takes a named beta_schedule")
-    schedule = scheduler.get("beta_schedule", "linear")
+            if scheduler.get("time_shift_type", "exponential") != "exponential" or tokens is None:
+                raise ArgumentError("path", f"{name} shifts its times {scheduler.get('time_shift_type')}ly by the "
+                                            f"image size; genkit takes SD3's exponential shift at a known size")
+            low, high = scheduler.get("base_image_seq_len", 256), scheduler.get("max_image_seq_len", 4096)
+            base, top = scheduler.get("base_shift", 0.5), scheduler.get("max_shift", 1.15)
+            shift = math.exp(base + (top - base) * (tokens - low) / (high - low))
+        return {"name": "flow", "prediction": "velocity", "flow": {"shift": shift}}
+    trained = scheduler.get("trained_betas")
+    schedule = "given" if trained is not None else scheduler.get("beta_schedule", "linear")
     prediction = scheduler.get("prediction_type", "epsilon")
-    if schedule not in BETA_SCHEDULES or prediction not in PREDICTIONS:
+    if schedule not in (*BETA_SCHEDULES, "given") or prediction not in PREDICTIONS:
         raise ArgumentError("path", f"{name}: beta_schedule {schedule!r} with prediction_type {prediction!r} "
-                                    f"(genkit takes {', '.join(BETA_SCHEDULES)}; {', '.join(PREDICTIONS)})")
-    return {"name": "ddpm", "prediction": PREDICTIONS[prediction],
-            "ddpm": {"beta_schedule": BETA_SCHEDULES[schedule], "beta_start": float(scheduler.get("beta_start", 1e-4)),
-                     "beta_end": float(scheduler.get("beta_end", 0.02)),
-                     "num_timesteps": int(scheduler.get("num_train_timesteps", 1000)),
-                     "zero_terminal_snr": bool(scheduler.get("rescale_betas_zero_snr", False))}}
+                                    f"(genkit takes {', '.join(BETA_SCHEDULES)} or trained_betas; "
+                                    f"{', '.join(PREDICTIONS)})")
+    zero_snr = bool(scheduler.get("rescale_betas_zero_snr", False))
+    if trained is not None:
+        chain = {"trained_betas": [float(b) for b in trained], "num_timesteps": len(trained)}
+    else:
+        chain = {"beta_schedule": BETA_SCHEDULES[schedule], "beta_start": float(scheduler.get("beta_start", 1e-4)),
+                 "beta_end": float(scheduler.get("beta_end", 0.02)),
+                 "num_timesteps": int(scheduler.get("num_train_timesteps", 1000))}
+    return {"name": "ddpm", "prediction": PREDICTIONS[prediction], "ddpm": {**chain, "zero_terminal_snr": zero_snr}}
 
 
 def latent_codec(path: Path | None, pipeline) -> DiffusersAutoencoder | None:
@@ -157,7 +169,8 @@ def from_diffusers(source, device: str | torch.device = "cpu", embeddings: Embed
         data = {"image_size": size, "channels": channels, "autoencoder": codec.source, "latent_size": facts.size,
                 "latent_channels": facts.channels}
     cfg = config_from_dict({
-        "method": {**method_from_scheduler(scheduler), **({} if null else {"p_uncond": 0.0})},
+        "method": {**method_from_scheduler(scheduler, (facts.size // int(model.get("patch_size") or 1)) ** 2),
+                   **({} if null else {"p_uncond": 0.0})},
         "model": {"name": "diffusers", "num_classes": classes,
                   "diffusers": {"path": str(denoiser), "config": model}},
         "data": {"path": str(path or ""), **data, "label_column": "label" if classes else ""},  # the data are unknown

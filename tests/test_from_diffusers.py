@@ -2,6 +2,7 @@
 randomly initialised UNet2DModels saved locally; genkit's samplers on the wrapped model against
 diffusers' own DDIM and flow-matching loops on diffusers' own tables."""
 import json
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -98,6 +99,37 @@ def test_wrapped_flow_through_genkit_euler_reproduces_flow_match_euler(tmp_path)
     assert (ours - theirs).abs().max().item() < 1e-5 * max(1.0, theirs.abs().max().item())
 
 
+def test_trained_betas_and_dynamic_shifting_reproduce_diffusers_loops(tmp_path):
+    """A DDPM scheduler with `trained_betas` (here a chain no named schedule gives) becomes genkit's
+    chain on those betas: `ddim` reproduces DDIMScheduler's trailing loop to 1e-5. A flow-matching
+    scheduler with `use_dynamic_shifting` becomes a flow with the shift e^mu its pipeline computes
+    for the model's token count (SD3's `calculate_shift`): `euler` reproduces its loop at that mu."""
+    betas = (torch.linspace(1e-4, 0.03, 1000) ** 1.5 + 1e-5).tolist()
+    folder = save_pipeline(tmp_path / "trained", tiny_unet(seed=6), DDIMScheduler(
+        trained_betas=betas, prediction_type="v_prediction", timestep_spacing="trailing", clip_sample=False))
+    model = genkit.load(folder)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    theirs = diffusers_loop(folder, DDIMScheduler, x, 10, eta=0.0)
+    ours = SAMPLERS["ddim"].build(model.denoiser(), x.clone(), model.path.timesteps(10, "trailing"))
+    assert (ours - theirs).abs().max().item() < 1e-5 * max(1.0, theirs.abs().max().item())
+
+    options = dict(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=16,
+                   max_image_seq_len=256)
+    folder = save_pipeline(tmp_path / "dynamic", tiny_unet(seed=7), FlowMatchEulerDiscreteScheduler(**options))
+    model = genkit.load(folder)  # an 8 x 8 UNet: 64 tokens
+    mu = 0.5 + (1.15 - 0.5) * (64 - 16) / (256 - 16)  # SD3's calculate_shift (its module needs transformers)
+    assert model.path.shift == pytest.approx(math.exp(mu), rel=1e-12)
+    reference = FlowMatchEulerDiscreteScheduler(**options)
+    reference.set_timesteps(6, mu=mu)
+    unet = UNet2DModel.from_pretrained(folder, subfolder="unet")
+    theirs = x.clone()
+    with torch.no_grad():
+        for k in reference.timesteps:
+            theirs = reference.step(unet(theirs, k).sample, k, theirs).prev_sample
+    ours = SAMPLERS["euler"].build(model.denoiser(), x.clone(), reference.sigmas.double())
+    assert (ours - theirs).abs().max().item() < 1e-5 * max(1.0, theirs.abs().max().item())
+
+
 def test_wrapped_model_takes_every_sampler_and_class_labels(tmp_path):
     """A class-conditional UNet samples its classes with any genkit sampler (here DPM-Solver++ with its
     corrector, and the default on its fixed grid), the same image for the same (seed, i) whatever the
@@ -128,10 +160,11 @@ def test_scheduler_configs_map_to_genkit_paths_or_are_refused(tmp_path):
     assert ddpm == {"name": "ddpm", "prediction": "x0",
                     "ddpm": {"beta_schedule": "cosine", "beta_start": 1e-4, "beta_end": 0.02, "num_timesteps": 1000,
                              "zero_terminal_snr": True}}
-    with pytest.raises(ArgumentError, match="trained_betas"):
-        method_from_scheduler({"_class_name": "DDPMScheduler", "trained_betas": [0.1, 0.2]})
-    with pytest.raises(ArgumentError, match="use_dynamic_shifting"):
-        method_from_scheduler({"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": True})
+    with pytest.raises(ArgumentError, match="beta_schedule 'laplace'"):
+        method_from_scheduler({"_class_name": "DDPMScheduler", "beta_schedule": "laplace"})
+    with pytest.raises(ArgumentError, match="shifts its times linearly"):
+        method_from_scheduler({"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": True,
+                               "time_shift_type": "linear"}, tokens=64)
     with pytest.raises(ArgumentError, match="not a diffusers pipeline folder"):
         genkit.from_diffusers(tmp_path)
     folder = save_pipeline(tmp_path / "pipe", tiny_unet(), DDIMScheduler())

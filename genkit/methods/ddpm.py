@@ -24,6 +24,7 @@ class DDPMConfig:
     beta_start: float = 0.0001
     beta_end: float = 0.02
     zero_terminal_snr: bool = False  # rescale betas so that t = 1 is pure noise (Lin et al. 2024)
+    trained_betas: tuple[float, ...] = ()  # beta_k given (diffusers' trained_betas): replaces the schedule
     loss_weighting: str = "plain"  # plain | min_snr | trunc_snr
     snr_gamma: float = 5.0  # gamma of min_snr
     timestep_density: str = "uniform"  # uniform | log_snr_normal (steps drawn by their log-SNR: LogSNRNormal)
@@ -39,6 +40,9 @@ def check(cfg) -> None:
     require(d, "method.ddpm", positive=["num_timesteps", "snr_gamma", "log_snr_std"])
     if not 0 < d.beta_start < d.beta_end < 1:
         raise ConfigError("method.ddpm.beta_start, method.ddpm.beta_end: need 0 < beta_start < beta_end < 1")
+    if d.trained_betas and (len(d.trained_betas) != d.num_timesteps or not all(0 < b <= 1 for b in d.trained_betas)):
+        raise ConfigError(f"method.ddpm.trained_betas: need method.ddpm.num_timesteps ({d.num_timesteps}) numbers in "
+                          f"(0, 1], got {len(d.trained_betas)}")
     if d.zero_terminal_snr and cfg.method.resolved_prediction == "eps":
         raise ConfigError("method.prediction: eps cannot be inverted at zero terminal SNR; use v or x0")
 
@@ -46,7 +50,8 @@ def check(cfg) -> None:
 def build_path(method_cfg) -> DiscreteVPPath:
     """The discrete VP chain of a `method` config section."""
     d = method_cfg.ddpm
-    betas = make_betas(d.beta_schedule, d.num_timesteps, d.beta_start, d.beta_end)
+    betas = torch.tensor(d.trained_betas, dtype=torch.float64) if d.trained_betas else \
+        make_betas(d.beta_schedule, d.num_timesteps, d.beta_start, d.beta_end)
     return DiscreteVPPath(rescale_zero_terminal_snr(betas) if d.zero_terminal_snr else betas)
 
 
