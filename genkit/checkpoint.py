@@ -196,9 +196,16 @@ def _meta_net(cfg: Config) -> torch.nn.Module:
         return build_net(cfg)
 
 
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"  # a diffusers model's weights in its folder
+
+
 def _autoencoder_problem(directory: Path, cfg: Config) -> str | None:
     """What is wrong with a latent checkpoint's autoencoder (its config, weights and latent
-    statistics, and that its latents have the shape the denoiser takes), or None."""
+    statistics, and that its latents have the shape the denoiser takes), or None. A diffusers
+    AutoencoderKL (`genkit.latents.DiffusersAutoencoder`: `config.json` and its weights) is read
+    when it loads."""
+    if (directory / "config.json").is_file():
+        return None if (directory / DIFFUSERS_WEIGHTS).is_file() else f"{DIFFUSERS_WEIGHTS} is missing"
     for name in (CONFIG_FILE, EMA_FILE, STATS_FILE):
         if not (directory / name).is_file():
             return f"{name} is missing (a latent model keeps its autoencoder beside its weights)"

@@ -41,7 +41,11 @@ class LatentCodec:
     @classmethod
     def from_run(cls, path: str | Path) -> "LatentCodec":
         """The autoencoder of a run or checkpoint directory trained with `method.name: vae` (EMA
-        weights), not yet normalised."""
+        weights), not yet normalised; or a diffusers `AutoencoderKL` (`DiffusersAutoencoder`) in a
+        folder of its own or a pipeline folder's `vae/`."""
+        folder = DiffusersAutoencoder.folder_in(path)
+        if folder is not None:
+            return DiffusersAutoencoder.from_folder(folder)
         try:
             cfg, net, directory = load_export(path)
         except ArgumentError as err:
@@ -54,6 +58,15 @@ class LatentCodec:
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         return self.net.latent_shape(self.cfg.data.image_size)
+
+    def latent_shape_for(self, channels: int, image_size: int) -> tuple[int, int, int]:
+        """The latents (c, h, w) of `channels`-channel images of `image_size`, which must be the ones
+        the autoencoder was trained on (`ConfigError` naming `data.autoencoder` if not)."""
+        if (self.cfg.data.channels, self.cfg.data.image_size) != (channels, image_size):
+            raise ConfigError(f"data.autoencoder: {self.source} was trained on {self.cfg.data.channels}-channel "
+                              f"{self.cfg.data.image_size} px images; this run's data.channels and data.image_size "
+                              f"are {channels} and {image_size}")
+        return self.latent_shape
 
     @property
     def device(self) -> torch.device:
@@ -94,6 +107,8 @@ class LatentCodec:
 
     @classmethod
     def load(cls, directory: Path) -> "LatentCodec":
+        if DiffusersAutoencoder.folder_in(directory) == Path(directory):
+            return DiffusersAutoencoder.from_folder(directory)
         try:
             cfg = load_config(directory / CONFIG_FILE)
             net = build_net(cfg)
@@ -114,6 +129,37 @@ class DiffusersAutoencoder(LatentCodec):
         super().__init__(None, vae, config.get("shift_factor") or 0.0, config.scaling_factor, source)
         self.factor = 2 ** (len(config.block_out_channels) - 1)  # pixels per latent, each way
 
+    @staticmethod
+    def folder_in(path: str | Path) -> Path | None:
+        """The folder of a diffusers `AutoencoderKL` at `path`: `path` itself, or a pipeline's `path/vae`."""
+        for folder in (Path(path), Path(path) / "vae"):
+            try:
+                if json.loads((folder / "config.json").read_text()).get("_class_name") == "AutoencoderKL":
+                    return folder
+            except (OSError, ValueError, AttributeError):
+                continue
+        return None
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> "DiffusersAutoencoder":
+        from diffusers import AutoencoderKL
+
+        try:
+            vae = AutoencoderKL.from_pretrained(folder)
+        except (OSError, ValueError, RuntimeError) as err:
+            raise ConfigError(f"data.autoencoder: the AutoencoderKL in {folder} does not load ({reason(err)})") from None
+        for tensor in [*vae.parameters(), *vae.buffers()]:  # memory of torch's own (see GenkitNet.from_pretrained)
+            tensor.data = tensor.data.clone()
+        return cls(vae, str(folder))
+
+    def latent_shape_for(self, channels: int, image_size: int) -> tuple[int, int, int]:
+        config = self.net.config
+        if channels != config.in_channels or image_size % self.factor:
+            raise ConfigError(f"data.autoencoder: {self.source} encodes {config.in_channels}-channel images whose size "
+                              f"is a multiple of {self.factor}; this run's data.channels and data.image_size are "
+                              f"{channels} and {image_size}")
+        return config.latent_channels, image_size // self.factor, image_size // self.factor
+
     def image_shape(self, latent_size: int) -> tuple[int, int, int]:
         """The images (channels, size, size) that latents of `latent_size` decode to."""
         return self.net.config.in_channels, latent_size * self.factor, latent_size * self.factor
@@ -128,11 +174,13 @@ class DiffusersAutoencoder(LatentCodec):
         return self.net.decode(z.to(self.device).float() / self.scale + self.shift).sample  # [B, c, h, w] -> [B, C, fh, fw]
 
     def fit(self, latents: torch.Tensor) -> "LatentCodec":
-        raise ConfigError("data.autoencoder: a diffusers autoencoder keeps its own scaling_factor and shift_factor")
+        """Nothing: the latents keep the autoencoder's own scaling and shift factors, those a diffusers
+        denoiser of them was trained with."""
+        return self
 
     def save(self, directory: Path) -> None:
-        raise ArgumentError("model", "a diffusers pipeline's autoencoder stays in its pipeline folder; genkit does not "
-                                     "write it into a checkpoint")
+        """The AutoencoderKL in diffusers' layout (`config.json` and its weights), which `load` reads."""
+        self.net.save_pretrained(directory, safe_serialization=True)
 
 
 class LatentData(ImageData):

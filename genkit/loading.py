@@ -110,14 +110,10 @@ def latent_codec(path: Path | None, pipeline) -> DiffusersAutoencoder | None:
     if path is not None:
         if not (path / "vae").is_dir():
             return None
-        try:
-            name = json.loads((path / "vae" / "config.json").read_text()).get("_class_name")
-        except (OSError, ValueError, AttributeError):
-            name = None
-        if name != "AutoencoderKL":
-            raise ArgumentError("path", f"{path / 'vae'} holds {name or 'no diffusers model'}; genkit decodes a latent "
-                                        f"pipeline's latents with an AutoencoderKL")
-        return DiffusersAutoencoder(AutoencoderKL.from_pretrained(path / "vae"), str(path / "vae"))
+        if DiffusersAutoencoder.folder_in(path / "vae") is None:
+            raise ArgumentError("path", f"{path / 'vae'} holds no diffusers AutoencoderKL; genkit decodes a latent "
+                                        f"pipeline's latents with one")
+        return DiffusersAutoencoder.from_folder(path / "vae")
     vae = getattr(pipeline, "vae", None)
     if vae is None:
         return None

@@ -205,7 +205,8 @@ def check(cfg) -> None:
     data, latent = cfg.data, bool(cfg.data.autoencoder)  # a latent model's net takes the latents
     channels, given = (data.latent_channels, data.latent_size) if latent else (data.channels, data.image_size)
     size = facts.size if isinstance(facts.size, int) else given
-    if (channels, given) != (facts.channels, size):
+    known = channels or not latent  # latents are filled in from the autoencoder as training starts, then checked
+    if known and (channels, given) != (facts.channels, size):
         keys = "data.latent_channels, data.latent_size" if latent else "data.channels, data.image_size"
         raise ConfigError(f"{keys}: the diffusers model takes {facts.channels} x {facts.size} "
                           f"{'latents' if latent else 'images'}, not {channels} x {given}")

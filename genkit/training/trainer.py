@@ -176,11 +176,7 @@ class Trainer:
         if not data.autoencoder:
             return None
         codec = LatentCodec.from_run(data.autoencoder)
-        if (codec.cfg.data.channels, codec.cfg.data.image_size) != (data.channels, data.image_size):
-            raise ConfigError(f"data.autoencoder: {data.autoencoder} was trained on {codec.cfg.data.channels}-channel "
-                              f"{codec.cfg.data.image_size} px images; this run's data.channels and data.image_size "
-                              f"are {data.channels} and {data.image_size}")
-        channels, size, _ = codec.latent_shape
+        channels, size, _ = codec.latent_shape_for(data.channels, data.image_size)
         for key, value in (("latent_channels", channels), ("latent_size", size)):
             if getattr(data, key) not in (0, value):
                 raise ConfigError(f"data.{key}: {getattr(data, key)}, but {data.autoencoder} makes latents of "
