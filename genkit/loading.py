@@ -168,7 +168,8 @@ def from_diffusers(source, device: str | torch.device = "cpu", embeddings: Embed
         "method": {**method_from_scheduler(scheduler, (facts.size // int(model.get("patch_size") or 1)) ** 2),
                    **({} if null else {"p_uncond": 0.0})},
         "model": {"name": "diffusers", "num_classes": classes,
-                  "diffusers": {"path": str(denoiser), "config": model}},
+                  "diffusers": {"path": str(denoiser), "config": model,
+                                "embeddings_shape": list(embeddings.shape) if embeddings is not None else []}},
         "data": {"path": str(path or ""), **data, "label_column": "label" if classes else ""},  # the data are unknown
         "sample": {"guidance": 1.0}})
     loaded = build_model(cfg, from_module(cfg, module, embeddings), device, codec)

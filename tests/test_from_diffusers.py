@@ -502,3 +502,51 @@ def test_a_latent_diffusers_pipeline_fine_tunes_through_its_autoencoder_and_load
     assert tuned.codec.scale == 0.7 and (tuned.cfg.data.latent_channels, tuned.cfg.data.latent_size) == (4, 8)
     assert tuned.sample(2, steps=2, progress=False).images.shape == (2, 1, 16, 16)
     assert moved.is_dir()
+
+
+def tiny_sd3(channels: int, size: int):
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(0)
+    sd3 = SD3Transformer2DModel(sample_size=size, patch_size=2, in_channels=channels, num_layers=1,
+                                attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
+                                caption_projection_dim=16, pooled_projection_dim=8, out_channels=channels,
+                                pos_embed_max_size=size)
+    with torch.no_grad():
+        for p in sd3.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return sd3.eval()
+
+
+def test_an_sd3_transformer_keeps_its_embeddings_in_exports_and_fine_tunes_from_a_file(tmp_path, imagefolder):
+    """The embeddings are part of the model's weights: an export of an SD3 transformer samples what the
+    wrapped model sampled; fine-tuning takes them from a safetensors file (`model.diffusers.embeddings`,
+    its rows checked against the classes), and the run loads once the file is gone."""
+    from safetensors.torch import save_file
+
+    from genkit.config import ConfigError, load_config
+    from genkit.training import train
+    from tests.conftest import tiny_overrides
+
+    prompt, pooled = torch.randn(3, 5, 16), torch.randn(3, 8)
+    pipeline = SimpleNamespace(transformer=tiny_sd3(1, 8), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    model = genkit.from_diffusers(pipeline, embeddings=(prompt, pooled))
+    before = model.sample(2, seed=0, sampler="euler", steps=3, labels=[0, 1], guidance=2.0, progress=False).images
+    loaded = genkit.load(genkit.save_pretrained(model, tmp_path / "export", grid=0))
+    after = loaded.sample(2, seed=0, sampler="euler", steps=3, labels=[0, 1], guidance=2.0, progress=False).images
+    assert torch.equal(before, after)
+
+    folder = tmp_path / "sd3"
+    tiny_sd3(1, 16).save_pretrained(folder / "transformer")
+    embeddings = tmp_path / "classes.safetensors"
+    save_file({"prompt": torch.randn(5, 5, 16), "pooled": torch.randn(5, 8)}, str(embeddings))  # 4 classes, null
+    overrides = tiny_overrides(imagefolder, tmp_path / "run") + [
+        "model.name=diffusers", f"model.diffusers.path={folder / 'transformer'}", f"model.diffusers.embeddings={embeddings}",
+        "method.name=flow", "method.prediction=velocity", "sample.sampler=euler", "train.max_steps=2"]
+    with pytest.raises(ConfigError, match="model.num_classes: 3, but model.diffusers.embeddings holds 5 rows"):
+        load_config(None, overrides + ["model.num_classes=3"])
+    run = train(load_config(None, overrides))
+    embeddings.unlink()
+    tuned = genkit.load(run)
+    assert tuned.cfg.model.diffusers.embeddings_shape == (5, 5, 16, 8)
+    assert tuned.sample(2, steps=2, labels=[0, 3], guidance=1.5, progress=False).images.shape == (2, 1, 16, 16)

@@ -42,6 +42,8 @@ class DiffusersNetConfig:
     path: str = ""
     config: dict = field(default_factory=dict)
     flow_timesteps: int = 1000
+    embeddings: str = ""  # an SD3 transformer's `Embeddings`: a safetensors file holding `prompt` and `pooled`
+    embeddings_shape: tuple[int, ...] = ()  # (K + 1, L, D, P), filled in: checkpoints keep the embeddings themselves
 
 
 @dataclass
@@ -62,6 +64,28 @@ class Embeddings:
     def num_classes(self) -> int:
         return len(self.prompt) - 1 if len(self.prompt) > 1 else 0
 
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (*self.prompt.shape, self.pooled.shape[1])
+
+    @classmethod
+    def read(cls, path: str | Path) -> "Embeddings":
+        """The embeddings in a safetensors file (`prompt`, `pooled`)."""
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(path))
+            return cls(tensors["prompt"], tensors["pooled"])
+        except (OSError, KeyError, ValueError) as err:
+            raise ConfigError(f"model.diffusers.embeddings: {path} holds no `prompt` and `pooled` embeddings "
+                              f"({type(err).__name__})") from None
+
+    @classmethod
+    def zeros(cls, shape: tuple[int, ...]) -> "Embeddings":
+        """Placeholders of `shape` (K + 1, L, D, P), for weights that hold the embeddings to load into."""
+        rows, tokens, width, pooled = shape
+        return cls(torch.zeros(rows, tokens, width), torch.zeros(rows, pooled))
+
 
 class DiffusersDenoiser(nn.Module):
     """`model` (a diffusers denoiser) called at timestep k = t `scale` - `offset` (see the module);
@@ -74,9 +98,9 @@ class DiffusersDenoiser(nn.Module):
         self.model, self.scale, self.offset, self.num_classes = model, scale, offset, num_classes
         self.has_null_class = has_null_class
         self.embeddings = embeddings
-        if embeddings is not None:  # buffers: they move with the net
-            self.register_buffer("prompt_embeds", embeddings.prompt.float(), persistent=False)
-            self.register_buffer("pooled_embeds", embeddings.pooled.float(), persistent=False)
+        if embeddings is not None:  # buffers: they move with the net and are saved with its weights
+            self.register_buffer("prompt_embeds", embeddings.prompt.float().clone())
+            self.register_buffer("pooled_embeds", embeddings.pooled.float().clone())
 
     def load_pretrained(self, folder: str | Path) -> None:
         """Take the weights of the diffusers model in `folder` (of this architecture)."""
@@ -143,14 +167,21 @@ def model_config(model: nn.Module) -> dict:
 
 def from_module(cfg, model: nn.Module, embeddings: Embeddings | None = None) -> DiffusersDenoiser:
     """A built diffusers `model` as the denoiser `cfg` describes (its path's time convention), with
-    its `embeddings` where it takes them (an SD3 transformer)."""
+    its `embeddings` where it takes them (an SD3 transformer): those given, else the config's file,
+    else placeholders of the config's `embeddings_shape` (a checkpoint's weights hold them)."""
     facts = model_facts(model_config(model), "the model given", built=True)
+    dc = cfg.model.diffusers
     if embeddings is not None and facts.class_name not in EMBEDDED:
         raise ArgumentError("embeddings", f"a {facts.class_name} takes no embeddings")
     if embeddings is None and facts.class_name in EMBEDDED:
-        raise ArgumentError("embeddings", f"a {facts.class_name} is conditioned on text-encoder outputs: pass them, "
-                                          f"genkit.from_diffusers(..., embeddings=Embeddings(prompt, pooled)); genkit "
-                                          f"does not store them in checkpoints or exports yet")
+        if dc.embeddings and Path(dc.embeddings).is_file():
+            embeddings = Embeddings.read(dc.embeddings)
+        elif dc.embeddings_shape:
+            embeddings = Embeddings.zeros(dc.embeddings_shape)
+        else:
+            raise ArgumentError("embeddings", f"a {facts.class_name} is conditioned on text-encoder outputs: pass them, "
+                                              f"genkit.from_diffusers(..., embeddings=(prompt, pooled)), or name a "
+                                              f"file of them in model.diffusers.embeddings")
     if cfg.method.name == "flow":
         scale, offset = cfg.model.diffusers.flow_timesteps, 0.0
     else:
@@ -202,6 +233,13 @@ def check(cfg) -> None:
     if not dc.config:  # a model built in Python: `genkit.from_diffusers` read its config
         return
     facts = model_facts(dc.config, dc.path or "model.diffusers.config", built=True)
+    if dc.embeddings and not dc.embeddings_shape:  # checkpoints keep the embeddings: they will not need the file
+        dc.embeddings_shape = Embeddings.read(dc.embeddings).shape
+    if facts.class_name in EMBEDDED and dc.embeddings_shape:
+        rows = dc.embeddings_shape[0]
+        if rows != cfg.model.num_classes + 1 and not (rows == 1 and cfg.model.num_classes == 0):
+            raise ConfigError(f"model.num_classes: {cfg.model.num_classes}, but model.diffusers.embeddings holds "
+                              f"{rows} rows (one per class, then the null class; or one for an unconditional model)")
     data, latent = cfg.data, bool(cfg.data.autoencoder)  # a latent model's net takes the latents
     channels, given = (data.latent_channels, data.latent_size) if latent else (data.channels, data.image_size)
     size = facts.size if isinstance(facts.size, int) else given
