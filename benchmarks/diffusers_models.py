@@ -168,9 +168,9 @@ def candidates() -> dict[str, tuple[type, dict]]:
 def draw(unet, scheduler, nfe: int, num: int, batch_size: int = 250) -> torch.Tensor:
     """diffusers' pipeline loop with `scheduler` at `nfe` steps: `num` images in [0, 1], classes in
     turn, the noise of seed 0 (the same for every scheduler)."""
-    scheduler.set_timesteps(nfe)
     images, generator = [], torch.Generator().manual_seed(0)
     for start in range(0, num, batch_size):
+        scheduler.set_timesteps(nfe)  # also resets a multistep scheduler's history
         n = min(batch_size, num - start)
         x = torch.randn(n, 1, 32, 32, generator=generator) * scheduler.init_noise_sigma
         labels = torch.arange(start, start + n) % 10
@@ -198,7 +198,7 @@ def diffusers_best(folder: Path, evaluator: Evaluator, nfe: int, pilot: int, num
     for name, (kind, options) in candidates().items():
         try:
             tried[name] = score(evaluator, draw(unet, kind.from_config(config, **options), nfe, pilot))
-        except (ValueError, RuntimeError, IndexError) as err:  # a setting this scheduler refuses here
+        except (ValueError, RuntimeError, IndexError, AssertionError) as err:  # a setting it refuses here
             tqdm.write(f"  {name}: refused ({str(err).splitlines()[0][:80]})")
             tried[name] = math.inf
         tqdm.write(f"diffusers NFE {nfe:3d} {name:24s} FID {tried[name]:8.2f} ({pilot} samples)")
