@@ -392,8 +392,9 @@ def test_init_from_a_diffusers_folder_starts_from_its_weights_and_a_genkit_net_i
 def test_a_diffusers_model_teaches_consistency_distillation_and_draws_reflow_pairs(tmp_path, imagefolder):
     """A diffusers pipeline folder is a teacher like a genkit run: consistency distillation of a DDPM
     UNet into a genkit UNet trains (without label dropout, which would ask the teacher for the null
-    class its class embedding lacks: refused in one line), and `genkit reflow` draws pairs from a flow-matching folder, on
-    which a 2-rectified flow starting from that folder's weights trains."""
+    class its class embedding lacks: refused in one line), and `genkit reflow` draws pairs from a
+    flow-matching folder, on which a 2-rectified flow starting from that folder's weights trains,
+    then InstaFlow's one-step stage."""
     from genkit.config import ConfigError, load_config
     from genkit.reflow import load_pairs
     from genkit.training import train
@@ -420,6 +421,11 @@ def test_a_diffusers_model_teaches_consistency_distillation_and_draws_reflow_pai
         "model.name=diffusers", f"model.diffusers.path={flow / 'unet'}", "method.name=flow", "method.p_uncond=0",
         "method.prediction=velocity", f"data.path={pairs}", f"train.init_from={flow}", "train.max_steps=2"]))
     assert genkit.load(reflowed).sample(2, steps=2, progress=False).images.isfinite().all()
+    one_step = train(load_config(None, tiny_overrides(imagefolder, tmp_path / "instaflow") + [  # InstaFlow's stage
+        "model.name=diffusers", f"model.diffusers.path={flow / 'unet'}", "method.name=flow", "method.p_uncond=0",
+        "method.prediction=velocity", "method.flow.time_density=noise_end", f"data.path={pairs}",
+        f"train.init_from={reflowed}", "train.max_steps=2"]))
+    assert genkit.load(one_step).sample(2, sampler="euler", steps=1, progress=False).nfe == 1
 
 
 def test_an_sd3_transformer_with_class_embeddings_samples_as_the_sd3_loop(tmp_path):
