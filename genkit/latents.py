@@ -147,7 +147,8 @@ class DiffusersAutoencoder(LatentCodec):
         try:
             vae = AutoencoderKL.from_pretrained(folder)
         except (OSError, ValueError, RuntimeError) as err:
-            raise ConfigError(f"data.autoencoder: the AutoencoderKL in {folder} does not load ({reason(err)})") from None
+            raise ConfigError(f"data.autoencoder: the AutoencoderKL in {folder} does not load "
+                              f"({reason(err)})") from None
         for tensor in [*vae.parameters(), *vae.buffers()]:  # memory of torch's own (see GenkitNet.from_pretrained)
             tensor.data = tensor.data.clone()
         return cls(vae, str(folder))
@@ -171,7 +172,8 @@ class DiffusersAutoencoder(LatentCodec):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net.decode(z.to(self.device).float() / self.scale + self.shift).sample  # [B, c, h, w] -> [B, C, fh, fw]
+        z = z.to(self.device).float() / self.scale + self.shift
+        return self.net.decode(z).sample  # [B, c, h, w] -> [B, C, fh, fw]
 
     def fit(self, latents: torch.Tensor) -> "LatentCodec":
         """Nothing: the latents keep the autoencoder's own scaling and shift factors, those a diffusers

@@ -131,7 +131,8 @@ def from_diffusers(source, device: str | torch.device = "cpu", embeddings: Embed
     likelihood run on it. A class-conditional UNet samples with guidance 1 (its class embedding has
     no null class); a DiT takes guidance. A latent pipeline's `vae` (an `AutoencoderKL`) decodes its
     samples. An SD3 transformer takes `embeddings` (`Embeddings`, or a (prompt, pooled) pair: its
-    text-encoder outputs per class, the null class last): a class-conditional model with guidance, or with one row an unconditional one."""
+    text-encoder outputs per class, the null class last): a class-conditional model with guidance,
+    or with one row an unconditional one."""
     if isinstance(embeddings, tuple):
         embeddings = Embeddings(*embeddings)
     if isinstance(source, (str, Path)):
@@ -155,7 +156,7 @@ def from_diffusers(source, device: str | torch.device = "cpu", embeddings: Embed
         scheduler = {**source.scheduler.config, "_class_name": type(source.scheduler).__name__}
         path, denoiser, where = None, "", "the pipeline's denoiser"
     facts = model_facts(model, where, built=path is None)
-    classes, null = (embeddings.num_classes, True) if embeddings is not None else (facts.num_classes, facts.has_null_class)
+    classes, null = (facts.num_classes, facts.has_null_class) if embeddings is None else (embeddings.num_classes, True)
     if not isinstance(facts.size, int):
         raise ArgumentError("path", f"{where} has sample_size {facts.size!r}; genkit samples square images")
     codec = latent_codec(path, source)
