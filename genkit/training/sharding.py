@@ -37,10 +37,6 @@ def refuse_other_sharding() -> None:
                               f"genkit shards the net itself: launch plain data parallel and set train.fsdp=true")
 
 
-def is_sharded(net: nn.Module) -> bool:
-    return any(isinstance(p, DTensor) for p in net.parameters())
-
-
 def whole(tensor: torch.Tensor, local: bool = False) -> torch.Tensor:
     """A plain tensor: the whole of a `DTensor` (a collective), or with `local` this process's part."""
     if not isinstance(tensor, DTensor):
@@ -50,7 +46,7 @@ def whole(tensor: torch.Tensor, local: bool = False) -> torch.Tensor:
 
 def gathered(tensors: dict) -> dict:
     """`tensors` with each shard replaced by the whole tensor, on the CPU (a collective)."""
-    return {k: whole(v).cpu() if isinstance(v, DTensor) else v for k, v in tensors.items()}
+    return {k: whole(v).cpu() if isinstance(v, DTensor) else v for k, v in tensors.items()}  # plain ones stay put
 
 
 def sharded_like(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

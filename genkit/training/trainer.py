@@ -29,7 +29,6 @@ from genkit.latents import AUTOENCODER_DIR, LatentCodec, LatentData, encode_data
 from genkit.loading import diffusers_model_folder, load
 from genkit.methods import METHODS, build_method
 from genkit.nets import build_net, input_shape
-from genkit.nets.diffusers_net import DiffusersDenoiser
 from genkit.reflow import is_pairs_dir, load_pairs
 from genkit.registry import ArgumentError
 from genkit.samplers import UnfittedGrid, takes_fitted_grid
@@ -37,7 +36,7 @@ from genkit.training.disk import WRITE_ERRORS, CheckpointNotWritten, write_error
 from genkit.training.ema import EMA
 from genkit.training.run_dir import RunLock, claim, config_changes
 from genkit.training.schedules import lr_schedule, mixed_precision
-from genkit.training.sharding import ShardedState, all_ranks, gathered, is_sharded, refuse_other_sharding, shard, whole
+from genkit.training.sharding import ShardedState, all_ranks, gathered, refuse_other_sharding, shard, whole
 from genkit.training.signals import StopRequests, TrainingInterrupted
 from genkit.training.trackers import Heard, check_tracker
 
@@ -113,9 +112,10 @@ class Trainer:
         self.num_params = sum(p.numel() for p in net.parameters())
         if tc.compile:
             net.compile()  # in place: parameter names, hence checkpoints, stay as they are
+        self.sharded = tc.fsdp and self.accelerator.num_processes > 1
         if tc.fsdp:  # genkit shards (below) and checkpoints the whole state (`ShardedState`), not accelerate
             net = net.to(self.accelerator.device)
-            if self.accelerator.num_processes > 1:
+            if self.sharded:
                 shard(net)
         optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = lr_schedule(optimizer, tc)
@@ -136,7 +136,7 @@ class Trainer:
         folder = diffusers_model_folder(source)
         try:
             if folder is not None:
-                if not isinstance(net, DiffusersDenoiser):
+                if not hasattr(net, "load_pretrained"):  # a net that wraps a diffusers model (`diffusers_net`)
                     raise ConfigError(f"train.init_from: {source} holds a diffusers model; fine-tune it as one, with "
                                       f"model.name=diffusers and model.diffusers.path={folder}")
                 net.load_pretrained(folder)
@@ -388,13 +388,12 @@ class Trainer:
         noise = None if noise is None else noise.to(acc.device)
         y = y.to(acc.device) if (y is not None and self.cfg.model.num_classes > 0) else None
         total = 0.0
-        sharded = is_sharded(self.net)
         for i, micro in enumerate(torch.arange(len(idx)).chunk(tc.grad_accum)):
             sync = i == tc.grad_accum - 1
-            if sharded:  # gradients reduce-scattered once, after the last micro-batch
+            if self.sharded:  # gradients reduce-scattered once, after the last micro-batch
                 self.net.set_requires_gradient_sync(sync)
             # a prepared net autocasts in its forward; one genkit shards is not prepared
-            with nullcontext() if sync or sharded else acc.no_sync(self.net), \
+            with nullcontext() if sync or self.sharded else acc.no_sync(self.net), \
                     acc.autocast() if tc.fsdp else nullcontext():
                 loss = self.method.loss(self.net, x0[micro], None if y is None else y[micro], gen,
                                         noise=None if noise is None else noise[micro])
@@ -408,7 +407,7 @@ class Trainer:
             before = [p.detach().clone() for p in params]  # about 1 ms a step for the MNIST nets; shards when sharded
             self.optimizer.step()
             ok = bool(torch.stack([whole(p, local=True).isfinite().all() for p in params]).all())  # one device sync
-            if sharded:  # each process saw its own shards: all undo, or none
+            if self.sharded:  # each process saw its own shards: all undo, or none
                 ok = all_ranks(ok, acc.device)
             if ok:
                 self.ema.update(acc.unwrap_model(self.net))
