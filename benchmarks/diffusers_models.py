@@ -25,6 +25,11 @@ again at `--num` samples, and the best of those is diffusers' best. genkit's def
 model's `sample.sampler` on its fitted grid) draws `--num` samples of the same model. FID in the
 MNIST feature net beside the real-data floor; `ratio_default_vs_diffusers_best` per NFE.
 
+`ode_limit`: the FID of the model's probability-flow ODE solved to convergence (`ODE_STEPS` steps
+of DPM-Solver++(2M), by diffusers' scheduler and by genkit's sampler without clipping, as
+diffusers solves it): where a few-step scheduler scores better than this, its error, not the
+ODE, made the better images.
+
     python benchmarks/diffusers_models.py                 # writes benchmarks/results/diffusers_models.json
     python benchmarks/diffusers_models.py --dry-run       # tiny sizes: checks the script runs
 """
@@ -50,6 +55,7 @@ TRAINING_FILE = "genkit_training.json"  # what training measured, beside the pip
 BATCH_SIZES = (32, 64, 128)
 LR = 2e-3  # genkit's DDPM-UNet recipe's
 SNR_GAMMA = 5.0
+ODE_STEPS = 40  # DPM-Solver++(2M) steps of the ODE limit: at 40 the two libraries' solves agree to about 1 FID
 
 
 def diffusers_unet(classes: int = 10):
@@ -223,6 +229,22 @@ def genkit_default(folder: Path, evaluator: Evaluator, nfe: int, num: int) -> di
     return {"library": "genkit", "nfe": nfe, "nfe_used": drawn.nfe, "sampler": sampler, "fid": fid}
 
 
+def ode_limit(folder: Path, evaluator: Evaluator, num: int, steps: int) -> dict:
+    """FID of the probability-flow ODE solved to convergence by each library (see the module)."""
+    from diffusers import DPMSolverMultistepScheduler, UNet2DModel
+
+    unet = UNet2DModel.from_pretrained(folder, subfolder="unet").eval()
+    scheduler = DPMSolverMultistepScheduler.from_config(training_scheduler().config, algorithm_type="dpmsolver++",
+                                                        solver_order=2, timestep_spacing="trailing")
+    found = {"steps": steps, "diffusers dpmpp_2m trailing": score(evaluator, draw(unet, scheduler, steps, num))}
+    drawn = genkit.from_diffusers(folder).sample(num, seed=0, sampler="dpmpp_2m", schedule="log_snr", steps=steps,
+                                                 labels=torch.arange(num) % 10, clip_x0=False, progress=False,
+                                                 precision="auto")
+    found["genkit dpmpp_2m log_snr"] = score(evaluator, drawn.images)
+    tqdm.write(f"ODE limit ({steps} steps): {found}")
+    return found
+
+
 def main() -> None:
     p = benchmark_parser("diffusers_models", __doc__, workdir=True)
     p.add_argument("--minutes", type=float, default=10.0, help="training wall time (default: %(default)s)")
@@ -250,8 +272,10 @@ def main() -> None:
         rows.append(diffusers_best(folder, evaluator, nfe, args.pilot, args.num, args.finalists))
         rows.append(genkit_default(folder, evaluator, nfe, args.num))
     ratio = {str(r["nfe"]): round(g["fid"] / r["fid"], 3) for r, g in zip(rows[::2], rows[1::2])}
+    limit = ode_limit(folder, evaluator, args.num, 2 if args.dry_run else ODE_STEPS)
     write_results("diffusers_models", {"dry_run": args.dry_run, "minutes": args.minutes, "num_samples": args.num,
-                                       "training": training, "floor_fid": floor, "rows": rows,
+                                       "pilot_samples": args.pilot, "finalists": args.finalists,
+                                       "training": training, "floor_fid": floor, "rows": rows, "ode_limit": limit,
                                        "ratio_default_vs_diffusers_best": ratio}, args.json)
     print(f"genkit's default over diffusers' best, by NFE: {ratio} (floor FID {floor:.2f})")
 

@@ -221,3 +221,20 @@ def test_gpu_benchmark_runs_end_to_end_as_a_dry_run(tmp_path):
     assert result["dry_run"] and {r["net"] for r in result["training"]} == {"unet", "dit"}
     assert all(r["genkit_img_per_s"] > 0 and r["diffusers_img_per_s"] > 0 for r in result["training"] + result["sampling"])
     assert result["quality"]["fid"] > 0 and set(result["precision_max_abs_diff"]) >= {"bf16", "fp16"}
+
+
+@pytest.mark.slow
+def test_diffusers_baseline_benchmark_runs_end_to_end_as_a_dry_run(tmp_path):
+    """`benchmarks/diffusers_models.py --dry-run` trains diffusers' UNet2DModel for two steps, scores
+    its schedulers and genkit's default on it, and writes every part of its results: the ratio per
+    NFE and the ODE limit both libraries solve."""
+    out = tmp_path / "diffusers_models.json"
+    done = subprocess.run([sys.executable, "benchmarks/diffusers_models.py", "--dry-run", "--json", str(out),
+                           "--workdir", str(tmp_path / "runs")], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["dry_run"] and result["training"]["steps"] == 2
+    assert [r["library"] for r in result["rows"]] == ["diffusers", "genkit"]
+    assert set(result["ratio_default_vs_diffusers_best"]) == {"2"}
+    limit = result["ode_limit"]
+    assert limit["steps"] == 2 and limit["diffusers dpmpp_2m trailing"] > 0 and limit["genkit dpmpp_2m log_snr"] > 0
