@@ -231,11 +231,11 @@ def genkit_default(folder: Path, evaluator: Evaluator, nfe: int, num: int) -> di
 
 def ode_limit(folder: Path, evaluator: Evaluator, num: int, steps: int) -> dict:
     """FID of the probability-flow ODE solved to convergence by each library (see the module)."""
-    from diffusers import DPMSolverMultistepScheduler, UNet2DModel
+    from diffusers import UNet2DModel
 
     unet = UNet2DModel.from_pretrained(folder, subfolder="unet").eval()
-    scheduler = DPMSolverMultistepScheduler.from_config(training_scheduler().config, algorithm_type="dpmsolver++",
-                                                        solver_order=2, timestep_spacing="trailing")
+    kind, options = candidates()["dpmpp_2m trailing"]
+    scheduler = kind.from_config(training_scheduler().config, **options)
     found = {"steps": steps, "diffusers dpmpp_2m trailing": score(evaluator, draw(unet, scheduler, steps, num))}
     drawn = genkit.from_diffusers(folder).sample(num, seed=0, sampler="dpmpp_2m", schedule="log_snr", steps=steps,
                                                  labels=torch.arange(num) % 10, clip_x0=False, progress=False,
