@@ -102,6 +102,11 @@ class DiskImageData:
                                              num_workers=workers, prefetch_factor=4 if workers else None)
         self._ahead, self._ready = iter(loader), None
 
+    def close(self) -> None:
+        """Stop the workers of `stream` now (left to the garbage collector, their shutdown stalled a
+        later run for up to 20 s)."""
+        self._ahead = self._ready = None
+
     def batch(self, indices: torch.Tensor, hflip_generator: torch.Generator | None = None):
         """`ImageData.batch` on the same rows: the streamed batch where it is the one asked for, else
         (a step retried, or no stream) decoded here."""

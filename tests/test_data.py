@@ -1,3 +1,4 @@
+import multiprocessing
 import shutil
 
 import pytest
@@ -142,7 +143,7 @@ def test_training_from_disk_matches_memory_bitwise_and_resumes_exactly(tiny_cfg,
 
 def test_an_image_that_does_not_decode_on_a_worker_stops_training_naming_it(imagefolder, tmp_path, tiny_cfg):
     """A damaged file in a split read from disk stops the run with one line naming the file, from a
-    decoding worker as from the main process (not the worker's traceback)."""
+    decoding worker as from the main process (not the worker's traceback), and its workers with it."""
     from genkit.training import train
 
     damaged = tmp_path / "damaged"
@@ -155,6 +156,7 @@ def test_an_image_that_does_not_decode_on_a_worker_stops_training_naming_it(imag
         with pytest.raises(ConfigError, match=f"data.path: image .*{bad.name} of .* cannot be decoded") as caught:
             train(cfg)
         assert "Traceback" not in str(caught.value)
+        assert not multiprocessing.active_children()  # the workers stop with the run, not at a later collection
 
 
 def test_random_crops_take_80_to_100_percent_at_random_and_evaluation_sees_the_centre(tmp_path):

@@ -513,6 +513,8 @@ class Trainer:
                     break
         finally:
             bar.close()
+            if isinstance(on_disk, DiskImageData):
+                on_disk.close()
         last_saved = self.save()
         weights = self.ema.whole()
         if main and not self.stop_signal:  # the run's end (its steps or train.max_minutes), not a signal
