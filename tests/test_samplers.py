@@ -296,7 +296,8 @@ def test_every_sampler_runs_through_the_model_and_reports_every_step(tiny_cfg, s
     meanflow = ["method.name=meanflow", "model.interval=true"]  # a net taking the second time it steps with
     model = tiny_model(tiny_cfg, *(meanflow if sampler == "meanflow" else []))
     seen = []
-    drawn = model.sample(3, sampler=sampler, steps=4, progress=False,
+    loose = {"rtol": 1e-3, "atol": 1e-3} if sampler == "ode" else {}  # the solver's accuracy has tests of its own
+    drawn = model.sample(3, sampler=sampler, steps=4, progress=False, **loose,
                          callback=lambda step, t, x, x0: seen.append((step, t, x.shape, x0.shape)))
     assert drawn.images.shape == (3, 1, 16, 16) and torch.isfinite(drawn.images).all() and drawn.nfe > 0
     if sampler == "ode":  # the solver's steps are its own: it reports its final denoising jump

@@ -21,8 +21,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
 from tqdm.auto import tqdm
 
 from genkit.evaluation.metrics import precision_recall
@@ -271,6 +269,9 @@ def inception_scores(features: torch.Tensor, reference: torch.Tensor, kid_subset
     """The metrics of `InceptionMetrics.score` from features [N, D] and reference features [M, D]:
     FID and KID by torchmetrics, precision and recall by `genkit.evaluation.precision_recall` (on
     equal-sized sets: k-NN radii depend on the set size)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance  # here: importing torchmetrics takes seconds
+    from torchmetrics.image.kid import KernelInceptionDistance
+
     given = nn.Identity()
     given.num_features = features.shape[1]
     fid = FrechetInceptionDistance(feature=given)

@@ -23,7 +23,6 @@ import torch
 
 from genkit.checkpoint import read_grids
 from genkit.config import to_dict
-from genkit.export.diffusers_pipeline import GenkitNet, GenkitPipeline
 from genkit.export.model_card import check_report, model_card
 from genkit.files import write_json
 from genkit.images import save_grid
@@ -70,6 +69,8 @@ def save_pretrained(model, directory: str | Path, metrics: dict | None = None, g
         raise ArgumentError("directory", f"{out} exists and is not a genkit export; name a new directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+    from genkit.export.diffusers_pipeline import GenkitNet, GenkitPipeline  # imports diffusers: seconds
+
     try:
         grids = getattr(model, "grids", None)
         net = GenkitNet(to_dict(model.cfg), grids.to_dict() if grids else None)
@@ -94,6 +95,8 @@ def save_pretrained(model, directory: str | Path, metrics: dict | None = None, g
 
 def load_pretrained(directory: Path, device="cpu"):
     """The genkit model in an export written by `save_pretrained`."""
+    from genkit.export.diffusers_pipeline import GenkitNet  # imports diffusers: seconds
+
     try:
         net = GenkitNet.from_pretrained(str(directory / "model"))
     except (OSError, ValueError, RuntimeError) as err:

@@ -21,7 +21,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import diffusers
 import torch
 from torch import nn
 
@@ -193,6 +192,8 @@ def from_module(cfg, model: nn.Module, embeddings: Embeddings | None = None) -> 
 def model_class(config: dict) -> type:
     """The class a diffusers `config.json` names: diffusers' own, or, for a model built in Python
     (`genkit.from_diffusers(pipeline)`), the class of that name the diffusers package has, if any."""
+    import diffusers  # here, not at the top: importing it takes seconds, and most runs never call it
+
     found = getattr(diffusers, config.get("_class_name", ""), None)
     if not isinstance(found, type):
         raise ConfigError(f"model.diffusers.config: the diffusers package has no model class "

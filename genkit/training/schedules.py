@@ -5,7 +5,6 @@ import math
 import os
 
 import torch
-from diffusers.optimization import get_scheduler
 
 from genkit.inference import hardware_precision
 
@@ -25,6 +24,8 @@ def lr_schedule(optimizer: torch.optim.Optimizer, tc) -> torch.optim.lr_schedule
     warm-up + cosine, or any schedule of `diffusers.optimization.get_scheduler` by name."""
     if tc.lr_schedule == "warmup_cosine":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(tc.warmup_steps, tc.max_steps))
+    from diffusers.optimization import get_scheduler  # importing diffusers takes seconds: only where it is used
+
     return get_scheduler(tc.lr_schedule, optimizer, num_warmup_steps=tc.warmup_steps, num_training_steps=tc.max_steps)
 
 

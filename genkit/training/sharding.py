@@ -6,11 +6,10 @@ checkpoint or an export gathers the whole (a collective: every process calls it)
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 from torch import nn
-from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 from genkit.config import ConfigError
 
@@ -19,6 +18,8 @@ def shard(net: nn.Module) -> nn.Module:
     """Shard `net` in place across the default process group: each block (a member of an
     `nn.ModuleList` with a forward of its own and parameters) is a unit gathered for its own
     forward, the rest of the net one more unit. Children are sharded before their parents."""
+    from torch.distributed.fsdp import fully_shard  # here: importing FSDP takes a second every command would pay
+
     members = {id(m) for lst in net.modules() if isinstance(lst, nn.ModuleList) for m in lst}
     for module in reversed(list(net.modules())):
         own_forward = type(module).forward is not nn.Module.forward
@@ -37,22 +38,31 @@ def refuse_other_sharding() -> None:
                               f"genkit shards the net itself: launch plain data parallel and set train.fsdp=true")
 
 
+def is_dtensor(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` is a shard (a `DTensor`), without importing `torch.distributed.tensor`:
+    none exists before something (`shard`) has imported it."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(tensor, module.DTensor)
+
+
 def whole(tensor: torch.Tensor, local: bool = False) -> torch.Tensor:
     """A plain tensor: the whole of a `DTensor` (a collective), or with `local` this process's part."""
-    if not isinstance(tensor, DTensor):
+    if not is_dtensor(tensor):
         return tensor
     return tensor.to_local() if local else tensor.full_tensor()
 
 
 def gathered(tensors: dict) -> dict:
     """`tensors` with each shard replaced by the whole tensor, on the CPU (a collective)."""
-    return {k: whole(v).cpu() if isinstance(v, DTensor) else v for k, v in tensors.items()}  # plain ones stay put
+    return {k: whole(v).cpu() if is_dtensor(v) else v for k, v in tensors.items()}  # plain ones stay put
 
 
 def sharded_like(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """The whole tensor `value` cut as `like` is (each process keeps its own part: no communication)."""
-    if not isinstance(like, DTensor):
+    if not is_dtensor(like):
         return value.to(like.device, like.dtype)
+    from torch.distributed.tensor import distribute_tensor
+
     return distribute_tensor(value.to(like.device, like.dtype), like.device_mesh, like.placements, src_data_rank=None)
 
 
