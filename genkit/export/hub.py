@@ -67,10 +67,10 @@ def save_pretrained(model, directory: str | Path, metrics: dict | None = None, g
     out = Path(directory).expanduser()
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_pretrained(out))):
         raise ArgumentError("directory", f"{out} exists and is not a genkit export; name a new directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
     from genkit.export.diffusers_pipeline import GenkitNet, GenkitPipeline  # imports diffusers: seconds
 
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
     try:
         grids = getattr(model, "grids", None)
         net = GenkitNet(to_dict(model.cfg), grids.to_dict() if grids else None)
