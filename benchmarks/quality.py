@@ -5,7 +5,8 @@ Each recipe trains with its default config (or a named variant of it, `RECIPES`)
 steps that fit, measured in a short calibration run first; data loading and calibration are not
 counted). The latent RF-DiT first needs an autoencoder: `vae_mnist` trains for `--vae-minutes`,
 reported beside the budget, and the data set's encoding is not counted either. Then, for NFE
-5, 10 and 20, every candidate (sampler, grid) of `CANDIDATES` draws `--num` class-conditional
+5, 10 and 20, every candidate (sampler, grid) of `CANDIDATES`, at each classifier-free guidance
+weight of `--guidance` (default: the recipe's own), draws `--num` class-conditional
 samples (classes in turn) and the best FID in the data set's feature net (the MNIST classifier
 for MNIST) is reported with every candidate's, beside the real-data floor: as many real training
 images scored the same way.
@@ -14,7 +15,9 @@ images scored the same way.
 (the recipes were tuned on MNIST). `--steps-from` trains each recipe for the steps its run of
 the same name in an earlier results file fit in its budget, instead of timing it: the same
 training whatever else the machine runs, only slower. Rows carry their `data` and `floor_fid`;
-a run on another data set adds its rows to `--json`, keeping the rest.
+a run on another data set adds its rows to `--json`, keeping the rest. `--update` re-runs some
+recipes and keeps the others' rows: its rows name their commit, its training entries their
+commit and CPU, and `measured` keeps naming the run the other rows came from.
 
 The diffusers rows are the fair baseline of `benchmarks/diffusers_models.py` (diffusers'
 UNet2DModel trained as its docs recommend for few-step sampling, sampled by its best scheduler
@@ -81,7 +84,8 @@ def train_recipe(recipe: str, workdir: Path, minutes: float, vae_minutes: float,
     """Train a recipe on `data` for `minutes` (its LR horizon: the steps that fit, from a
     calibration run) or for `steps`; a latent recipe first trains its autoencoder for `vae_minutes`."""
     config, overrides = RECIPES[recipe]
-    entry = {"recipe": recipe, "library": "genkit", "data": data, "overrides": list(overrides)}
+    entry = {"recipe": recipe, "library": "genkit", "data": data, "overrides": list(overrides),
+             "commit": STARTED_AT, "cpu": machine()["cpu"], **({} if steps is None else {"steps_from_mnist": True})}
     overrides = (*overrides, f"data.path={data_path(data)}", "train.report_to=none")
     if config == "rf_dit_latent_mnist":
         vae_dir = workdir / "vae_mnist"
@@ -101,26 +105,35 @@ def data_path(data: str) -> str:
 BUNDLED_DATA = ("mnist", "fashion_mnist")
 
 
-def eval_recipe(recipe: str, workdir: Path, evaluator: Evaluator, num: int, device: str) -> list[dict]:
+def eval_recipe(recipe: str, workdir: Path, evaluator: Evaluator, num: int, device: str,
+                guidances: list[float] | None = None) -> list[dict]:
+    """Rows of `recipe`'s best FID per NFE over the candidates (sampler, grid) and the guidance
+    weights `guidances` (default: the recipe's own `sample.guidance`), with every candidate's FID."""
     model = genkit.load(run_dir(workdir, recipe), device=device)
     labels = model.default_labels(num)
     precision = "auto" if device == "cpu" else "no"  # bf16 on CPUs that have it (AMX)
     rows = []
     for nfe in NFES:
-        tried = {}
-        for sampler, schedule in CANDIDATES[model.cfg.method.name]:
-            if schedule is None:
-                fit_grid(model, sampler, steps_for_sampler(sampler, nfe))
-            drawn = model.sample(num, seed=0, sampler=sampler, schedule=schedule,
-                                 steps=steps_for_sampler(sampler, nfe), labels=labels, progress=False,
-                                 precision=precision)
-            name = f"{sampler}[{schedule or 'default'}]"
-            tried[name] = evaluator.score(drawn.images, labels)["fid"]
-            tqdm.write(f"{recipe:18s} NFE {drawn.nfe:3d} {name:24s} FID {tried[name]:8.2f}")
+        tried, guidance_of = {}, {}
+        for guidance in guidances or [model.cfg.sample.guidance]:
+            for sampler, schedule in CANDIDATES[model.cfg.method.name]:
+                steps = steps_for_sampler(sampler, nfe)
+                if schedule is None:
+                    fit_grid(model, sampler, steps, guidance)
+                drawn = model.sample(num, seed=0, sampler=sampler, schedule=schedule, steps=steps, guidance=guidance,
+                                     labels=labels, progress=False, precision=precision)
+                name = candidate_name(sampler, schedule, guidance)
+                tried[name], guidance_of[name] = evaluator.score(drawn.images, labels)["fid"], guidance
+                tqdm.write(f"{recipe:18s} NFE {drawn.nfe:3d} {name:32s} FID {tried[name]:8.2f}")
         best = min(tried, key=tried.get)
         rows.append({"recipe": recipe, "library": "genkit", "nfe": nfe, "fid": tried[best], "sampler": best,
-                     "candidates": tried})
+                     "guidance": guidance_of[best], "candidates": tried})
     return rows
+
+
+def candidate_name(sampler: str, schedule: str | None, guidance: float) -> str:
+    """`sampler[grid]`, with ` guidance W` unless W is 1 (the plain conditional model)."""
+    return f"{sampler}[{schedule or 'default'}]" + (f" guidance {guidance:g}" if guidance != 1 else "")
 
 
 # ------------------------------------------------------------------------------------- diffusers
@@ -162,6 +175,9 @@ def main() -> None:
     p.add_argument("--phase", choices=["all", "train", "eval"], default="all")
     p.add_argument("--update", action="store_true",
                    help="keep the rows and training entries of other recipes already in --json (re-run some recipes only)")
+    p.add_argument("--guidance", type=float, nargs="+", metavar="W",
+                   help="classifier-free guidance weights, tried as one more candidate dimension "
+                        "(default: each recipe's own sample.guidance)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for sampling")
     args = p.parse_args()
     unknown = set(args.recipes) - set(RECIPES) - {"diffusers"}
@@ -189,9 +205,9 @@ def main() -> None:
     rows = []
     for recipe in args.recipes:
         if recipe != "diffusers":
-            rows += eval_recipe(recipe, workdir, evaluator, args.num, args.device)
-    for row in rows:
-        row.update(data=data, floor_fid=floor)
+            rows += eval_recipe(recipe, workdir, evaluator, args.num, args.device, args.guidance)
+    for row in rows:  # rows re-run by --update name their commit: the data set's `measured` names the rest's
+        row.update(data=data, floor_fid=floor, **({"commit": STARTED_AT} if args.update else {}))
     if "diffusers" in args.recipes:  # scored in the fair baseline's own run, beside its own floor
         rows += [{**row, "data": data} for row in diffusers_rows(args.json, data)]
     training = json.loads(training_log.read_text())["runs"] if training_log.is_file() else []
@@ -207,7 +223,8 @@ def main() -> None:
     # where each data set's rows were measured; the file's own commit and machine stay MNIST's
     measured = dict(previous.get("measured") or ({"mnist": {k: previous[k] for k in ("commit", "machine")}}
                                                  if "commit" in previous else {}))
-    measured[data] = {"commit": STARTED_AT, "machine": machine()}
+    if not args.update or data not in measured:  # else each re-run recipe's training entry names its commit and cpu
+        measured[data] = {"commit": STARTED_AT, "machine": machine()}
     result = {**previous, **measured.get("mnist", {})} if data != "mnist" else {}
     result.update(rows=rows, training=training, over_floor_nfe_le_20=over_floor(rows), measured=measured)
     if data == "mnist":
