@@ -225,7 +225,7 @@ def main() -> None:
                                                  if "commit" in previous else {}))
     if not args.update or data not in measured:  # else each re-run recipe's training entry names its commit and cpu
         measured[data] = {"commit": STARTED_AT, "machine": machine()}
-    result = {**previous, **measured.get("mnist", {})} if keep_others else {}  # the file's commit and machine: MNIST's run
+    result = {**previous, **measured.get("mnist", {})} if keep_others else {}  # the file's commit and machine: MNIST's
     result.update(rows=rows, training=training, over_floor_nfe_le_20=over_floor(rows), measured=measured)
     if data == "mnist":
         genkit_rows = [r for r in rows if r["library"] == "genkit" and r["nfe"] <= 20 and r["data"] == "mnist"]

@@ -123,14 +123,16 @@ def latent_codec(path: Path | None, pipeline) -> DiffusersAutoencoder | None:
     return DiffusersAutoencoder(vae, "the pipeline's vae")
 
 
-def from_diffusers(source, device: str | torch.device = "cpu", embeddings: Embeddings | None = None) -> GenerativeModel:
+def from_diffusers(source, device: str | torch.device = "cpu", embeddings: Embeddings | None = None,
+                   null_class: bool = False) -> GenerativeModel:
     """A diffusers pipeline as a genkit model: a folder (`model_index.json`, `scheduler/`, and `unet/`
     or `transformer/`) or a pipeline object (its `unet` or `transformer` and `scheduler`). Its
     denoiser (`genkit.nets.diffusers_net`) runs on the path its scheduler defines
     (`method_from_scheduler`), so that every genkit sampler, the fitted grids and the exact
     likelihood run on it. A class-conditional UNet samples with guidance 1 (its class embedding has
-    no null class); a DiT takes guidance. A latent pipeline's `vae` (an `AutoencoderKL`) decodes its
-    samples. An SD3 transformer takes `embeddings` (`Embeddings`, or a (prompt, pooled) pair: its
+    no null class), unless `null_class`: its training dropped labels to its last class embedding,
+    which then is the null class guidance pushes away from; a DiT takes guidance. A latent
+    pipeline's `vae` (an `AutoencoderKL`) decodes its samples. An SD3 transformer takes `embeddings` (`Embeddings`, or a (prompt, pooled) pair: its
     text-encoder outputs per class, the null class last): a class-conditional model with guidance,
     or with one row an unconditional one."""
     if isinstance(embeddings, tuple):
@@ -155,7 +157,7 @@ def from_diffusers(source, device: str | torch.device = "cpu", embeddings: Embed
         model = model_config(module)
         scheduler = {**source.scheduler.config, "_class_name": type(source.scheduler).__name__}
         path, denoiser, where = None, "", "the pipeline's denoiser"
-    facts = model_facts(model, where, built=path is None)
+    facts = model_facts(model, where, built=path is None, null_class=null_class)
     classes, null = (facts.num_classes, facts.has_null_class) if embeddings is None else (embeddings.num_classes, True)
     if not isinstance(facts.size, int):
         raise ArgumentError("path", f"{where} has sample_size {facts.size!r}; genkit samples square images")
@@ -169,7 +171,7 @@ def from_diffusers(source, device: str | torch.device = "cpu", embeddings: Embed
         "method": {**method_from_scheduler(scheduler, (facts.size // int(model.get("patch_size") or 1)) ** 2),
                    **({} if null else {"p_uncond": 0.0})},
         "model": {"name": "diffusers", "num_classes": classes,
-                  "diffusers": {"path": str(denoiser), "config": model,
+                  "diffusers": {"path": str(denoiser), "config": model, "null_class": null_class,
                                 "embeddings_shape": list(embeddings.shape) if embeddings is not None else []}},
         "data": {"path": str(path or ""), **data, "label_column": "label" if classes else ""},  # the data are unknown
         "sample": {"guidance": 1.0}})

@@ -151,6 +151,61 @@ def test_wrapped_model_takes_every_sampler_and_class_labels(tmp_path):
         model.sample(2, steps=4, guidance=2.0, labels=1, progress=False)
 
 
+def test_a_unet_whose_last_class_embedding_is_its_null_class_samples_with_guidance(tmp_path, imagefolder):
+    """`null_class=True`: a UNet2DModel trained with K + 1 class embeddings, labels dropped to the last,
+    is a K-class model whose null class is that row: genkit's `ddim` at guidance 1.5 reproduces a
+    diffusers DDIM loop with classifier-free guidance on those two labels to 1e-5; an export keeps
+    it; a config fine-tuning it takes label dropout; a DiT, which has its own, or a UNet without a
+    spare embedding is refused."""
+    from genkit.config import ConfigError, load_config
+    from tests.conftest import tiny_overrides
+
+    unet = tiny_unet(classes=4, seed=7).eval()
+    scheduler = DDIMScheduler(timestep_spacing="trailing", clip_sample=False, prediction_type="v_prediction")
+    folder = save_pipeline(tmp_path / "pipe", unet, scheduler)
+    model = genkit.from_diffusers(folder, null_class=True)
+    assert model.num_classes == 3 and genkit.load(folder).num_classes == 4  # without it: four classes, no guidance
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels, guidance = torch.tensor([0, 2]), 1.5
+    scheduler.set_timesteps(10)
+    theirs = x.clone()
+    with torch.no_grad():
+        for k in scheduler.timesteps:
+            out = unet(torch.cat([theirs, theirs]), k, class_labels=torch.tensor([0, 2, 3, 3])).sample
+            cond, null = out.chunk(2)
+            theirs = scheduler.step(null + guidance * (cond - null), k, theirs, eta=0.0).prev_sample
+    ts = torch.cat([model.path.timestep_to_t(scheduler.timesteps), torch.zeros(1, dtype=torch.float64)])
+    ours = SAMPLERS["ddim"].build(model.denoiser(labels=labels, guidance=guidance), x.clone(), ts)
+    assert (ours - theirs).abs().max().item() < 1e-5 * max(1.0, theirs.abs().max().item())
+    unguided = SAMPLERS["ddim"].build(model.denoiser(labels=labels), x.clone(), ts)
+    assert (unguided - theirs).abs().max().item() > 1e-3  # guidance changed the images
+    genkit.save_pretrained(model, tmp_path / "export", grid=0)
+    exported = genkit.load(tmp_path / "export")
+    assert exported.num_classes == 3 and exported.cfg.model.diffusers.null_class
+    drawn = exported.sample(2, steps=4, guidance=2.0, labels=[0, 2], progress=False, seed=3)
+    again = model.sample(2, steps=4, guidance=2.0, labels=[0, 2], progress=False, seed=3)
+    assert torch.allclose(drawn.images, again.images, atol=1e-6)
+    five = save_pipeline(tmp_path / "five", tiny_unet(classes=5), scheduler)  # 4 classes, as the image folder has
+    overrides = tiny_overrides(imagefolder, tmp_path / "run") + [
+        "model.name=diffusers", f"model.diffusers.path={five / 'unet'}", "method.prediction=v", "method.p_uncond=0.1",
+        "data.image_size=8"]
+    with pytest.raises(ConfigError, match="has 5 classes, not 4 .* model.diffusers.null_class=true"):
+        load_config(None, overrides)
+    with pytest.raises(ConfigError, match="method.p_uncond: .* model.diffusers.null_class=true"):
+        load_config(None, overrides + ["model.num_classes=5"])
+    assert load_config(None, overrides + ["model.diffusers.null_class=true"]).method.p_uncond == 0.1
+    with pytest.raises(ConfigError, match="null_class: .* has 0 class embeddings"):
+        genkit.from_diffusers(save_pipeline(tmp_path / "none", tiny_unet(), scheduler), null_class=True)
+    dit = tmp_path / "dit"
+    tiny_dit().save_pretrained(dit / "transformer")
+    scheduler.save_pretrained(dit / "scheduler")
+    (dit / "model_index.json").write_text(json.dumps({"_class_name": "DiTPipeline",
+                                                      "transformer": ["diffusers", "DiTTransformer2DModel"],
+                                                      "scheduler": ["diffusers", "DDIMScheduler"]}))
+    with pytest.raises(ConfigError, match="null_class: a DiTTransformer2DModel has its null class already"):
+        genkit.from_diffusers(dit, null_class=True)
+
+
 def test_scheduler_configs_map_to_genkit_paths_or_are_refused(tmp_path):
     """diffusers' names map onto genkit's (squaredcos_cap_v2 -> cosine, epsilon -> eps, rescaled
     betas -> zero terminal SNR); what genkit's paths cannot hold is refused in one line; the

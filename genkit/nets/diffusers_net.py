@@ -8,9 +8,11 @@ rectified flow the flow-matching schedulers' k is sigma T = t T. Outputs are the
 prediction (its scheduler's `prediction_type`, which `genkit.loading.from_diffusers` makes the
 model's); a model that also predicts its variance (twice the input channels) gives its first half.
 
-Classes: a UNet's class embedding (`num_class_embeds`) has no null class, so it samples with
-guidance 1; DiT's label table (`num_embeds_ada_norm` classes) has one more row, the null class
-its training dropped labels to (Peebles & Xie 2023), which is genkit's null class too. An SD3
+Classes: a UNet's class embedding (`num_class_embeds`) has no null class of its own, so it samples
+with guidance 1, unless `null_class` says its training dropped labels to its last row (then it has
+`num_class_embeds` - 1 classes and takes guidance, with that row as genkit's null class); DiT's
+label table (`num_embeds_ada_norm` classes) has one more row, the null class its training dropped
+labels to (Peebles & Xie 2023), which is genkit's null class too. An SD3
 transformer (Esser et al. 2024) is conditioned on text-encoder outputs, which genkit takes as
 given `Embeddings`: one (prompt, pooled) pair per class and a last one, the null class (the
 empty prompt's), or a single pair for a model sampled unconditionally.
@@ -43,6 +45,7 @@ class DiffusersNetConfig:
     flow_timesteps: int = 1000
     embeddings: str = ""  # an SD3 transformer's `Embeddings`: a safetensors file holding `prompt` and `pooled`
     embeddings_shape: tuple[int, ...] = ()  # (K + 1, L, D, P), filled in: checkpoints keep the embeddings themselves
+    null_class: bool = False  # a UNet2DModel's last class embedding is the null class its training dropped labels to
 
 
 @dataclass
@@ -109,7 +112,8 @@ class DiffusersDenoiser(nn.Module):
         k = t.double() * self.scale - self.offset  # [B] the scheduler's timesteps
         if self.num_classes and y is not None and not self.has_null_class and bool((y >= self.num_classes).any()):
             raise ArgumentError("guidance", "this diffusers model's class embedding has no null class: sample it "
-                                            "with guidance 1")
+                                            "with guidance 1 (a UNet whose training dropped labels to its last class "
+                                            "embedding loads with genkit.from_diffusers(folder, null_class=True))")
         if self.embeddings is not None:
             rows = y if self.num_classes and y is not None else torch.full((len(x),), len(self.prompt_embeds) - 1,
                                                                            device=x.device)
@@ -132,21 +136,28 @@ class ModelFacts:
     has_null_class: bool
 
 
-def model_facts(config: dict, where: str, built: bool = False) -> ModelFacts:
+def model_facts(config: dict, where: str, built: bool = False, null_class: bool = False) -> ModelFacts:
     """`ModelFacts` of a diffusers config (`config.json`, or a `built` model's `config` with its class
     name), checked to be a class genkit calls: one of `CLASSES`, or, built, any model called as
-    UNet2DModel is (`model(sample, timestep, class_labels=None).sample`)."""
+    UNet2DModel is (`model(sample, timestep, class_labels=None).sample`). `null_class`: the UNet's
+    last class embedding is its null class, not a class."""
     name = config.get("_class_name")
     if name not in CLASSES and not built:
         raise ConfigError(f"model.diffusers.path: {where} holds a {name}; genkit calls {', '.join(CLASSES)} as a "
                           f"denoiser")
     size = config.get("sample_size")
+    if null_class and name in ("DiTTransformer2DModel", *EMBEDDED):
+        raise ConfigError(f"model.diffusers.null_class: a {name} has its null class already (set it for a UNet2DModel)")
     if name == "DiTTransformer2DModel":
         classes = int(config.get("num_embeds_ada_norm") or 0)
         if not classes:
             raise ConfigError(f"model.diffusers.path: {where} is a DiT without classes (num_embeds_ada_norm)")
         return ModelFacts(name, int(config.get("in_channels", 4)), size, classes, True)
-    return ModelFacts(name, int(config.get("in_channels", 3)), size, int(config.get("num_class_embeds") or 0), False)
+    embeds = int(config.get("num_class_embeds") or 0)
+    if null_class and embeds < 2:
+        raise ConfigError(f"model.diffusers.null_class: {where} has {embeds} class embeddings; a null class is the "
+                          f"last of at least two")
+    return ModelFacts(name, int(config.get("in_channels", 3)), size, embeds - 1 if null_class else embeds, null_class)
 
 
 def read_model_config(folder: str | Path) -> dict:
@@ -168,8 +179,8 @@ def from_module(cfg, model: nn.Module, embeddings: Embeddings | None = None) -> 
     """A built diffusers `model` as the denoiser `cfg` describes (its path's time convention), with
     its `embeddings` where it takes them (an SD3 transformer): those given, else the config's file,
     else placeholders of the config's `embeddings_shape` (a checkpoint's weights hold them)."""
-    facts = model_facts(model_config(model), "the model given", built=True)
     dc = cfg.model.diffusers
+    facts = model_facts(model_config(model), "the model given", built=True, null_class=dc.null_class)
     if embeddings is not None and facts.class_name not in EMBEDDED:
         raise ArgumentError("embeddings", f"a {facts.class_name} takes no embeddings")
     if embeddings is None and facts.class_name in EMBEDDED:
@@ -233,7 +244,7 @@ def check(cfg) -> None:
         dc.config = read_model_config(dc.path)
     if not dc.config:  # a model built in Python: `genkit.from_diffusers` read its config
         return
-    facts = model_facts(dc.config, dc.path or "model.diffusers.config", built=True)
+    facts = model_facts(dc.config, dc.path or "model.diffusers.config", built=True, null_class=dc.null_class)
     if dc.embeddings and not dc.embeddings_shape:  # checkpoints keep the embeddings: they will not need the file
         dc.embeddings_shape = Embeddings.read(dc.embeddings).shape
     if facts.class_name in EMBEDDED and dc.embeddings_shape:
@@ -250,8 +261,12 @@ def check(cfg) -> None:
         raise ConfigError(f"{keys}: the diffusers model takes {facts.channels} x {facts.size} "
                           f"{'latents' if latent else 'images'}, not {channels} x {given}")
     if facts.class_name not in EMBEDDED and facts.num_classes != cfg.model.num_classes:
+        spare = facts.num_classes == cfg.model.num_classes + 1 and not facts.has_null_class
         raise ConfigError(f"model.num_classes: the diffusers model has {facts.num_classes} classes, not "
-                          f"{cfg.model.num_classes}")
+                          f"{cfg.model.num_classes}" + (" (or, where its last class embedding is the null class its "
+                                                        "training dropped labels to, model.diffusers.null_class=true)"
+                                                        if spare else ""))
     if facts.num_classes and not facts.has_null_class and cfg.method.p_uncond > 0:
         raise ConfigError(f"method.p_uncond: the diffusers {facts.class_name}'s class embedding has no null class to "
-                          f"drop labels to; train it with method.p_uncond=0")
+                          f"drop labels to; train it with method.p_uncond=0 (or, where its last class embedding is "
+                          f"one, with model.diffusers.null_class=true)")
