@@ -6,7 +6,8 @@ steps that fit, measured in a short calibration run first; data loading and cali
 counted). The latent RF-DiT first needs an autoencoder: `vae_mnist` trains for `--vae-minutes`,
 reported beside the budget, and the data set's encoding is not counted either. Then, for NFE
 5, 10 and 20, every candidate (sampler, grid) of `CANDIDATES` draws `--num` class-conditional
-samples (classes in turn) at the recipe's classifier-free guidance weight, and the best FID in
+samples (classes in turn) at the recipe's classifier-free guidance weight (as its file gives it
+now: sampling settings do not change training), and the best FID in
 the data set's feature net (the MNIST classifier for MNIST) is reported with every candidate's,
 beside the real-data floor: as many real training images scored the same way. `--guidance`
 tries other weights as well: the best of them is reported beside the recipe's (`other_guidance`),
@@ -37,12 +38,12 @@ import math
 from pathlib import Path
 
 import torch
-from harness import (PATCH_2_UNET, STARTED_AT, benchmark_parser, fit_grid, machine, steps_for_sampler,
-                     train_for_minutes, train_for_steps, write_results)
+from harness import (PATCH_2_UNET, STARTED_AT, benchmark_parser, fit_grid, machine, recipe_path,
+                     steps_for_sampler, train_for_minutes, train_for_steps, write_results)
 from tqdm.auto import tqdm
 
 import genkit
-from genkit.config import DataConfig
+from genkit.config import DataConfig, load_config
 from genkit.evaluation import Evaluator
 
 WIDTH_256 = ("model.dit.hidden_size=256", "model.dit.num_heads=4")  # the pixel DiT before it took width 128
@@ -114,7 +115,7 @@ def eval_recipe(recipe: str, workdir: Path, evaluator: Evaluator, num: int, devi
     model = genkit.load(run_dir(workdir, recipe), device=device)
     labels = model.default_labels(num)
     precision = "auto" if device == "cpu" else "no"  # bf16 on CPUs that have it (AMX)
-    own = model.cfg.sample.guidance
+    own = recipe_guidance(recipe)
     rows = []
     for nfe in NFES:
         tried, guidance_of = {}, {}
@@ -136,6 +137,13 @@ def eval_recipe(recipe: str, workdir: Path, evaluator: Evaluator, num: int, devi
             other = min(others, key=tried.get)
             rows[-1]["other_guidance"] = {"guidance": guidance_of[other], "sampler": other, "fid": tried[other]}
     return rows
+
+
+def recipe_guidance(recipe: str) -> float:
+    """The guidance weight `recipe` samples at as its file gives it now: the run may have been trained
+    before it changed, and sampling settings do not change training."""
+    config, overrides = RECIPES[recipe]
+    return load_config(recipe_path(config), list(overrides)).sample.guidance
 
 
 def candidate_name(sampler: str, schedule: str | None, guidance: float) -> str:
