@@ -7,11 +7,11 @@ counted). The latent RF-DiT first needs an autoencoder: `vae_mnist` trains for `
 reported beside the budget, and the data set's encoding is not counted either. Then, for NFE
 5, 10 and 20, every candidate (sampler, grid) of `CANDIDATES` draws `--num` class-conditional
 samples (classes in turn) at the recipe's classifier-free guidance weight (as its file gives it
-now: sampling settings do not change training), and the best FID in
-the data set's feature net (the MNIST classifier for MNIST) is reported with every candidate's,
-beside the real-data floor: as many real training images scored the same way. `--guidance`
-tries other weights as well: the best of them is reported beside the recipe's (`other_guidance`),
-not in its place, since the rows measure the recipes as they are.
+now: sampling settings do not change training), and the best FID in the data set's feature net
+(the MNIST classifier for MNIST) is reported with every candidate's, beside the real-data floor:
+as many real training images scored the same way. `--guidance` tries other weights as well: the
+best of them is reported beside the recipe's (`other_guidance`), not in its place, since the rows
+measure the recipes as they are.
 
 `--data` trains and scores the same recipes on another data set with only `data.path` changed
 (the recipes were tuned on MNIST). `--steps-from` trains each recipe for the steps its run of
