@@ -43,6 +43,16 @@ def diffusers_loop(folder, scheduler_class, x, steps, labels=None, **step):
     return x
 
 
+def guided_loop(scheduler, x, guidance, halves):
+    """diffusers' classifier-free guidance loop on DDIM (eta 0): `halves(doubled batch, k)` gives the
+    conditional and the null halves of the model's output, guided on the predicted noise."""
+    with torch.no_grad():
+        for k in scheduler.timesteps:
+            cond, null = halves(torch.cat([x, x]), k)
+            x = scheduler.step(null + guidance * (cond - null), k, x, eta=0.0).prev_sample
+    return x
+
+
 TABLES = {  # diffusers' own tables, each with a scheduler that takes DDIM's step between its own timesteps
     "trailing": (DDIMScheduler, dict(timestep_spacing="trailing", clip_sample=False)),
     "leading": (DDIMScheduler, dict(timestep_spacing="leading", clip_sample=False)),
@@ -168,12 +178,8 @@ def test_a_unet_whose_last_class_embedding_is_its_null_class_samples_with_guidan
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     labels, guidance = torch.tensor([0, 2]), 1.5
     scheduler.set_timesteps(10)
-    theirs = x.clone()
-    with torch.no_grad():
-        for k in scheduler.timesteps:
-            out = unet(torch.cat([theirs, theirs]), k, class_labels=torch.tensor([0, 2, 3, 3])).sample
-            cond, null = out.chunk(2)
-            theirs = scheduler.step(null + guidance * (cond - null), k, theirs, eta=0.0).prev_sample
+    theirs = guided_loop(scheduler, x, guidance, lambda xx, k: unet(xx, k, class_labels=torch.tensor([0, 2, 3, 3]))
+                         .sample.chunk(2))
     ts = torch.cat([model.path.timestep_to_t(scheduler.timesteps), torch.zeros(1, dtype=torch.float64)])
     ours = SAMPLERS["ddim"].build(model.denoiser(labels=labels, guidance=guidance), x.clone(), ts)
     assert (ours - theirs).abs().max().item() < 1e-5 * max(1.0, theirs.abs().max().item())
@@ -277,12 +283,8 @@ def test_a_dit_folder_samples_with_guidance_as_diffusers_dit_loop(tmp_path):
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     labels, guidance = torch.tensor([0, 2]), 1.5
     scheduler.set_timesteps(10)  # its last step lands on t = 0 (k - T / steps < 0), as genkit's grid ends
-    theirs = x.clone()
-    with torch.no_grad():
-        for k in scheduler.timesteps:
-            out = dit(torch.cat([theirs, theirs]), timestep=k.expand(4), class_labels=torch.tensor([0, 2, 3, 3])).sample
-            cond, null = out[:, :1].chunk(2)
-            theirs = scheduler.step(null + guidance * (cond - null), k, theirs, eta=0.0).prev_sample
+    theirs = guided_loop(scheduler, x, guidance, lambda xx, k: dit(xx, timestep=k.expand(4), class_labels=torch.tensor(
+        [0, 2, 3, 3])).sample[:, :1].chunk(2))  # its learnt variance dropped
     ts = torch.cat([model.path.timestep_to_t(scheduler.timesteps), torch.zeros(1, dtype=torch.float64)])
     ours = SAMPLERS["ddim"].build(model.denoiser(labels=labels, guidance=guidance), x.clone(), ts)
     assert (ours - theirs).abs().max().item() < 1e-5 * max(1.0, theirs.abs().max().item())
