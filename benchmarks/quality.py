@@ -130,12 +130,13 @@ def eval_recipe(recipe: str, workdir: Path, evaluator: Evaluator, num: int, devi
                 tried[name], guidance_of[name] = evaluator.score(drawn.images, labels)["fid"], guidance
                 tqdm.write(f"{recipe:18s} NFE {drawn.nfe:3d} {name:32s} FID {tried[name]:8.2f}")
         best = min((name for name in tried if guidance_of[name] == own), key=tried.get)
-        rows.append({"recipe": recipe, "library": "genkit", "nfe": nfe, "fid": tried[best], "sampler": best,
-                     "guidance": own, "candidates": tried})
+        row = {"recipe": recipe, "library": "genkit", "nfe": nfe, "fid": tried[best], "sampler": best,
+               "guidance": own, "candidates": tried}
         others = [name for name in tried if guidance_of[name] != own]
         if others:
             other = min(others, key=tried.get)
-            rows[-1]["other_guidance"] = {"guidance": guidance_of[other], "sampler": other, "fid": tried[other]}
+            row["other_guidance"] = {"guidance": guidance_of[other], "sampler": other, "fid": tried[other]}
+        rows.append(row)
     return rows
 
 

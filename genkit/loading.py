@@ -132,9 +132,9 @@ def from_diffusers(source, device: str | torch.device = "cpu", embeddings: Embed
     likelihood run on it. A class-conditional UNet samples with guidance 1 (its class embedding has
     no null class), unless `null_class`: its training dropped labels to its last class embedding,
     which then is the null class guidance pushes away from; a DiT takes guidance. A latent
-    pipeline's `vae` (an `AutoencoderKL`) decodes its samples. An SD3 transformer takes `embeddings` (`Embeddings`, or a (prompt, pooled) pair: its
-    text-encoder outputs per class, the null class last): a class-conditional model with guidance,
-    or with one row an unconditional one."""
+    pipeline's `vae` (an `AutoencoderKL`) decodes its samples. An SD3 transformer takes
+    `embeddings` (`Embeddings`, or a (prompt, pooled) pair: its text-encoder outputs per class, the
+    null class last): a class-conditional model with guidance, or with one row an unconditional one."""
     if isinstance(embeddings, tuple):
         embeddings = Embeddings(*embeddings)
     if isinstance(source, (str, Path)):

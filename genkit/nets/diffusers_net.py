@@ -12,10 +12,10 @@ Classes: a UNet's class embedding (`num_class_embeds`) has no null class of its 
 with guidance 1, unless `null_class` says its training dropped labels to its last row (then it has
 `num_class_embeds` - 1 classes and takes guidance, with that row as genkit's null class); DiT's
 label table (`num_embeds_ada_norm` classes) has one more row, the null class its training dropped
-labels to (Peebles & Xie 2023), which is genkit's null class too. An SD3
-transformer (Esser et al. 2024) is conditioned on text-encoder outputs, which genkit takes as
-given `Embeddings`: one (prompt, pooled) pair per class and a last one, the null class (the
-empty prompt's), or a single pair for a model sampled unconditionally.
+labels to (Peebles & Xie 2023), which is genkit's null class too. An SD3 transformer (Esser et al.
+2024) is conditioned on text-encoder outputs, which genkit takes as given `Embeddings`: one
+(prompt, pooled) pair per class and a last one, the null class (the empty prompt's), or a single
+pair for a model sampled unconditionally.
 """
 from __future__ import annotations
 
