@@ -160,8 +160,10 @@ def write_results(name: str, result: dict, path: str | Path | None = None) -> Pa
 STARTED_AT = commit()  # at import: the code the benchmark runs
 
 
-def fit_grid(model, sampler: str, steps: int, guidance: float | None = None) -> None:
+def fit_grid(model, sampler: str, steps: int, guidance: float | None = None, guidance_interval=None) -> None:
     """What `genkit fit-grid` stores, for a sampler that samples on a fitted grid (others: nothing), so
-    that a benchmark scores the grid a user samples on once it is fitted (at `guidance`, default the config's)."""
+    that a benchmark scores the grid a user samples on once it is fitted (at `guidance` within
+    `guidance_interval`, default the config's)."""
     if takes_fitted_grid(sampler):
-        model.fit_grid(steps=steps, guidance=guidance, sampler=sampler, progress=False)
+        model.fit_grid(steps=steps, guidance=guidance, sampler=sampler, progress=False,
+                       guidance_interval=guidance_interval)

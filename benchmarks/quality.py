@@ -6,12 +6,12 @@ steps that fit, measured in a short calibration run first; data loading and cali
 counted). The latent RF-DiT first needs an autoencoder: `vae_mnist` trains for `--vae-minutes`,
 reported beside the budget, and the data set's encoding is not counted either. Then, for NFE
 5, 10 and 20, every candidate (sampler, grid) of `CANDIDATES` draws `--num` class-conditional
-samples (classes in turn) at the recipe's classifier-free guidance weight (as its file gives it
-now: sampling settings do not change training), and the best FID in the data set's feature net
+samples (classes in turn) at the recipe's classifier-free guidance weight and interval (as its
+file gives them now: sampling settings do not change training), and the best FID in the data set's feature net
 (the MNIST classifier for MNIST) is reported with every candidate's, beside the real-data floor:
-as many real training images scored the same way. `--guidance` tries other weights as well: the
-best of them is reported beside the recipe's (`other_guidance`), not in its place, since the rows
-measure the recipes as they are.
+as many real training images scored the same way. `--guidance` tries other weights as well (within
+the recipe's interval): the best of them is reported beside the recipe's (`other_guidance`), not in
+its place, since the rows measure the recipes as they are.
 
 `--data` trains and scores the same recipes on another data set with only `data.path` changed
 (the recipes were tuned on MNIST). `--steps-from` trains each recipe for the steps its run of
@@ -110,12 +110,13 @@ BUNDLED_DATA = ("mnist", "fashion_mnist")
 def eval_recipe(recipe: str, workdir: Path, evaluator: Evaluator, num: int, device: str,
                 guidances: list[float] | None = None) -> list[dict]:
     """Rows of `recipe`'s best FID per NFE over the candidates (sampler, grid) at the recipe's own
-    `sample.guidance`, with every candidate's FID; other guidance weights in `guidances` are tried
-    too, and the best of them is reported beside it (`other_guidance`), not in its place."""
+    `sample.guidance` and `sample.guidance_interval`, with every candidate's FID; other guidance
+    weights in `guidances` are tried too (within the same interval), and the best of them is reported
+    beside it (`other_guidance`), not in its place."""
     model = genkit.load(run_dir(workdir, recipe), device=device)
     labels = model.default_labels(num)
     precision = "auto" if device == "cpu" else "no"  # bf16 on CPUs that have it (AMX)
-    own = recipe_guidance(recipe)
+    own, interval = recipe_guidance(recipe)
     rows = []
     for nfe in NFES:
         tried, guidance_of = {}, {}
@@ -123,15 +124,15 @@ def eval_recipe(recipe: str, workdir: Path, evaluator: Evaluator, num: int, devi
             for sampler, schedule in CANDIDATES[model.cfg.method.name]:
                 steps = steps_for_sampler(sampler, nfe)
                 if schedule is None:
-                    fit_grid(model, sampler, steps, guidance)
+                    fit_grid(model, sampler, steps, guidance, interval)
                 drawn = model.sample(num, seed=0, sampler=sampler, schedule=schedule, steps=steps, guidance=guidance,
-                                     labels=labels, progress=False, precision=precision)
-                name = candidate_name(sampler, schedule, guidance)
+                                     guidance_interval=interval, labels=labels, progress=False, precision=precision)
+                name = candidate_name(sampler, schedule, guidance, interval)
                 tried[name], guidance_of[name] = evaluator.score(drawn.images, labels)["fid"], guidance
                 tqdm.write(f"{recipe:18s} NFE {drawn.nfe:3d} {name:32s} FID {tried[name]:8.2f}")
         best = min((name for name in tried if guidance_of[name] == own), key=tried.get)
         row = {"recipe": recipe, "library": "genkit", "nfe": nfe, "fid": tried[best], "sampler": best,
-               "guidance": own, "candidates": tried}
+               "guidance": own, **({"guidance_interval": list(interval)} if interval else {}), "candidates": tried}
         others = [name for name in tried if guidance_of[name] != own]
         if others:
             other = min(others, key=tried.get)
@@ -140,16 +141,19 @@ def eval_recipe(recipe: str, workdir: Path, evaluator: Evaluator, num: int, devi
     return rows
 
 
-def recipe_guidance(recipe: str) -> float:
-    """The guidance weight `recipe` samples at as its file gives it now: the run may have been trained
-    before it changed, and sampling settings do not change training."""
+def recipe_guidance(recipe: str) -> tuple[float, tuple[float, ...]]:
+    """The guidance weight and interval `recipe` samples at as its file gives them now: the run may
+    have been trained before they changed, and sampling settings do not change training."""
     config, overrides = RECIPES[recipe]
-    return load_config(recipe_path(config), list(overrides)).sample.guidance
+    sample = load_config(recipe_path(config), list(overrides)).sample
+    return sample.guidance, tuple(sample.guidance_interval)
 
 
-def candidate_name(sampler: str, schedule: str | None, guidance: float) -> str:
-    """`sampler[grid]`, with ` guidance W` unless W is 1 (the plain conditional model)."""
-    return f"{sampler}[{schedule or 'default'}]" + (f" guidance {guidance:g}" if guidance != 1 else "")
+def candidate_name(sampler: str, schedule: str | None, guidance: float, interval: tuple = ()) -> str:
+    """`sampler[grid]`, with ` guidance W` unless W is 1 (the plain conditional model), and ` in [lo, hi]`
+    where guidance applies only within that sigma/alpha."""
+    guided = f" guidance {guidance:g}" + (f" in [{', '.join(f'{b:g}' for b in interval)}]" if interval else "")
+    return f"{sampler}[{schedule or 'default'}]" + (guided if guidance != 1 else "")
 
 
 # ------------------------------------------------------------------------------------- diffusers

@@ -1,5 +1,5 @@
 """One check of the arguments every way of drawing takes (the command line, `model.sample`, the
-diffusers pipeline, reflow): counts, seeds, steps, guidance and class labels. Each bad value is an
+diffusers pipeline, reflow): counts, seeds, steps, guidance, its interval and class labels. Each bad value is an
 `ArgumentError` named by its parameter, whatever its type; the command line maps the names to
 its flags."""
 from __future__ import annotations
@@ -51,6 +51,24 @@ def check_draw(n, seed, batch_size, steps=None, guidance=None) -> tuple:
             integer(batch_size, "batch_size", 1, MAX_NUM),
             None if steps is None else integer(steps, "steps", 1, MAX_STEPS),
             None if guidance is None else number(guidance, "guidance"))
+
+
+def check_guidance_interval(value, name: str = "guidance_interval") -> tuple[float, ...]:
+    """`value` as the noise levels where classifier-free guidance applies (Kynkäänniemi et al. 2024,
+    "Applying guidance in a limited interval"): bounds on the noise-to-signal ratio sigma/alpha (EDM's
+    sigma), `(lo, hi)` for lo <= sigma/alpha <= hi, `(lo,)` for every level from lo up, `()` for all.
+    Returned as a tuple of floats; `(0,)` and `(0, inf)`, which are all levels too, come back as `()`."""
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)) or len(value) > 2 or \
+            any(isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v) for v in value):
+        raise ArgumentError(name, f"must be [lo, hi], [lo] or [] (bounds on sigma/alpha), got {shorten(value)}")
+    bounds = tuple(float(v) for v in value)
+    if bounds and not (0 <= bounds[0] < math.inf and (len(bounds) == 1 or bounds[0] < bounds[1])):
+        raise ArgumentError(name, f"needs 0 <= lo < hi (finite lo), got {shorten(value)}")
+    if len(bounds) == 2 and bounds[1] == math.inf:
+        bounds = bounds[:1]
+    return () if bounds == (0.0,) else bounds
 
 
 def check_images(images, batch_size) -> None:

@@ -8,7 +8,7 @@ import warnings
 
 from genkit import __version__
 import genkit
-from genkit.arguments import MAX_NUM, check_draw
+from genkit.arguments import MAX_NUM, check_draw, check_guidance_interval
 from genkit.assets import RECIPES, recipe_names
 from genkit.checkpoint import EMA_FILE, STATE_FILE, intact_checkpoints
 from genkit.config import load_config, parse_scalar, to_dict
@@ -30,6 +30,7 @@ from genkit.training import CheckpointNotWritten, TrainingDiverged, TrainingInte
 # flag each parameter comes from. Any other name is a sampler option, given with --option.
 FLAGS = {"n": "--num", "labels": "--class-label", "steps": "--steps", "seed": "--seed", "device": "--device",
          "metrics": "--metrics", "sampler": "--sampler", "schedule": "--schedule", "guidance": "--guidance",
+         "guidance_interval": "--guidance-interval",
          "batch_size": "--batch-size", "shard_size": "--shard-size",
          "path": "--checkpoint", "model": "--checkpoint", "out": "--out", "out_dir": "--out", "runs": "RUN",
          "ema": "--raw-weights", "directory": "--out", "repo_id": "--push", "npz": "--npz",
@@ -139,6 +140,9 @@ def _sampling_flags(p: Parser) -> None:
                    help=f"time grid, one of: {', '.join(sorted(SCHEDULE_NAMES))} (default: the grid stored by "
                         f"genkit fit-grid, else the sampler's own; adaptive: fitted now, by a pilot solve)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight (1 = none)")
+    p.add_argument("--guidance-interval", type=float, nargs="+", metavar="SIGMA",
+                   help="LO [HI]: guide only where the noise-to-signal ratio sigma/alpha lies in [LO, HI] (from LO up "
+                        "without HI; 0 for every level) (default: the run's sample.guidance_interval)")
     p.add_argument("--class-label", type=int, help="draw only this class (default: classes in turn)")
     p.add_argument("--batch-size", type=int, default=256, help="images per network call (default: 256)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
@@ -246,6 +250,9 @@ def fit_grid_parser(prog: str = "genkit fit-grid") -> Parser:
     p.add_argument("--steps", type=int, nargs="+", help="step counts to fit (default: the run's sample.steps)")
     p.add_argument("--sampler", help="the sampler whose grid to fit (default: the run's sample.sampler)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight (default: the run's)")
+    p.add_argument("--guidance-interval", type=float, nargs="+", metavar="SIGMA",
+                   help="LO [HI]: guide only where the noise-to-signal ratio sigma/alpha lies in [LO, HI] (from LO up "
+                        "without HI; 0 for every level) (default: the run's sample.guidance_interval)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     return p
 
@@ -318,6 +325,8 @@ def _list_recipes() -> None:
 
 def _check_sampling_flags(args) -> None:
     check_draw(args.num, args.seed, args.batch_size, args.steps, args.guidance)
+    if getattr(args, "guidance_interval", None) is not None:
+        check_guidance_interval(args.guidance_interval)
     if getattr(args, "nrow", None) is not None and not 0 < args.nrow <= args.num:
         raise ConfigError(f"--nrow: must lie in 1..--num ({args.num}), got {args.nrow}")
 
@@ -362,7 +371,7 @@ def _draw(args):
 
 def _sampling_arguments(args) -> dict:
     """The sampling flags given, as `model.sample`'s keyword arguments (sampler options among them)."""
-    given = {name: getattr(args, name) for name in ("sampler", "steps", "guidance", "schedule")
+    given = {name: getattr(args, name) for name in ("sampler", "steps", "guidance", "guidance_interval", "schedule")
              if getattr(args, name) is not None}
     return {**given, **({"compile": True} if args.compile else {}), **_sampler_options(args.option)}
 
@@ -480,8 +489,9 @@ def _fit_grid(args) -> None:
     if model.family != "denoiser":
         raise ConfigError(f"RUN: a {model.family} model samples on no time grid")
     for steps in args.steps or [None]:
-        grid = model.fit_grid(steps, args.guidance, args.sampler)
-        print(f"{grid.sampler} at {grid.steps} steps, guidance {grid.guidance:g}: {grid.runs} on the {grid.grid} "
+        grid = model.fit_grid(steps, args.guidance, args.sampler, guidance_interval=args.guidance_interval)
+        within = f" within sigma/alpha {list(grid.guidance_interval)}" if grid.guidance_interval else ""
+        print(f"{grid.sampler} at {grid.steps} steps, guidance {grid.guidance:g}{within}: {grid.runs} on the {grid.grid} "
               f"grid (sliced W2 {grid.distance:.4g} to the pilot's reference, {grid.pilot_draws} draws)")
     print(f"wrote {model.save_grids()}")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from genkit.arguments import check_draw, shorten
+from genkit.arguments import check_draw, check_guidance_interval, shorten
 from genkit.assets import find_recipe, recipe_names
 from genkit.methods import METHODS
 from genkit.nets import NETS
@@ -92,6 +92,9 @@ class SampleConfig:
     sampler: str = DEFAULT_SAMPLER  # a `genkit.samplers.SAMPLERS` name; cached | naive for autoregressive models
     steps: int = 50
     guidance: float = 1.0  # classifier-free guidance weight; 1 = plain conditional model
+    # where guidance applies: [lo, hi] bounds on the noise-to-signal ratio sigma/alpha (EDM's sigma), [lo] from lo
+    # up, [] at every level (Kynkäänniemi et al. 2024; their ImageNet interval is [0.28, 2.9])
+    guidance_interval: tuple[float, ...] = ()
     num: int = 64
     options: dict = field(default_factory=dict)  # the sampler's keyword options, e.g. {eta: 0.5} for ddim
     fit_grid: bool = True  # once training ends, fit the sampler's grid (if it takes a fitted one) at these steps
@@ -266,6 +269,7 @@ def validate(cfg: Config) -> None:
     sc = cfg.sample
     try:  # the check every draw makes (`genkit.arguments`), on the draws the run's grids make
         check_draw(sc.num, 0, 1, sc.steps, sc.guidance)
+        check_guidance_interval(sc.guidance_interval)
     except ArgumentError as err:
         key = "num" if err.argument == "n" else err.argument
         raise ConfigError(f"sample.{key}: {err.problem}") from None

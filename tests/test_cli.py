@@ -64,6 +64,7 @@ def test_sample_cli_writes_grid_and_is_deterministic(trained_run, tmp_path):
     (["sample.py", "--checkpoint", "/no/such/run"], "does not exist"),
     (["sample.py", "--checkpoint", ".", "--steps", "0"], "--steps: must lie in 1.."),
     (["sample.py", "--checkpoint", ".", "--sampler", "magic"], "invalid choice"),
+    (["sample.py", "--checkpoint", ".", "--guidance-interval", "3", "1"], "--guidance-interval: needs 0 <= lo < hi"),
     (["sample.py", "--checkpoint", "."], "neither a checkpoint nor a run directory"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, needle):

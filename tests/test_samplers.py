@@ -4,6 +4,7 @@ diffusers keeps its tables in float32, where 1 - abar_t / abar_{t-1} loses about
 at 1000 steps; genkit computes in float64. So that the comparison isolates the update rules and
 the timestep logic, diffusers is handed the same betas in float64.
 """
+import json
 import warnings
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from genkit.methods import make_betas
-from genkit.paths import DiscreteVPPath
+from genkit.paths import DiscreteVPPath, FlowPath
 from genkit.inference import GenerativeModel, half_dtype
 from genkit.registry import ArgumentError
 from genkit.samplers import SAMPLERS, Denoiser, ddim
@@ -289,6 +290,68 @@ def test_guidance_and_nfe(tiny_cfg):
     assert torch.equal(plain.noise, guided.noise)  # the same starting noise, guided differently
     assert not torch.allclose(model.sample(4, steps=3, labels=0, progress=False).images,
                               model.sample(4, steps=3, labels=1, progress=False).images)
+
+
+class LabelNet(torch.nn.Module):
+    """Answers x plus its label (the null class's too), so that what guidance makes of it is known
+    exactly; keeps the batch size of each call."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def forward(self, x, t, y=None):
+        self.batches.append(len(x))
+        return x + y.to(x.dtype)[:, None, None, None]
+
+
+def test_guidance_applies_only_where_sigma_over_alpha_lies_in_its_interval():
+    """Kynkäänniemi et al. 2024: uncond + w (cond - uncond) where sigma/alpha lies in the interval, the
+    conditional net elsewhere; rows at different times are guided each by its own."""
+    net, labels, w, null = LabelNet(), torch.tensor([0, 1, 2, 3]), 3.0, 4
+    t = torch.tensor([0.1, 0.5, 0.7, 1.0], dtype=torch.float64)  # sigma/alpha on a flow: 1/9, 1, 7/3, inf
+    guided = (null + w * (labels - null)).float()
+    for interval, inside, calls in [((), [1, 1, 1, 1], 8), ((0.5, 2.9), [0, 1, 1, 0], 8), ((0.5,), [0, 1, 1, 1], 8),
+                                    ((0.2, 0.9), [0, 0, 0, 0], 4), ((1, 7 / 3), [0, 1, 1, 0], 8)]:
+        denoiser = Denoiser(net, FlowPath(), "velocity", labels, w, null, guidance_interval=interval)
+        out = denoiser.raw(torch.zeros(4, 1, 2, 2), t)  # [4, 1, 2, 2]
+        expected = torch.where(torch.tensor(inside, dtype=torch.bool), guided, labels.float())
+        assert torch.equal(out[:, 0, 0, 0], expected), interval
+        assert denoiser.nfe == 1 and net.batches[-1] == calls  # unguided everywhere: no unconditional pass
+        assert denoiser.rows(torch.tensor([1, 2])).guidance_interval == interval
+
+
+def test_a_model_samples_within_its_guidance_interval_and_fits_grids_per_interval(tiny_cfg):
+    model = tiny_model(tiny_cfg)
+    kw = dict(sampler="ddim", steps=3, progress=False)
+    plain, guided = model.sample(4, guidance=1.0, **kw).images, model.sample(4, guidance=3.0, **kw).images
+    assert torch.equal(model.sample(4, guidance=3.0, guidance_interval=[0], **kw).images, guided)  # every level
+    assert torch.equal(model.sample(4, guidance=3.0, guidance_interval=[1e6, 1e7], **kw).images, plain)  # none
+    between = model.sample(4, guidance=3.0, guidance_interval=[0.5, 5], **kw).images
+    assert not torch.allclose(between, plain) and not torch.allclose(between, guided)
+    configured = tiny_model(tiny_cfg, "sample.guidance_interval=[0.5, 5]")  # the config's interval by default
+    assert torch.equal(configured.sample(4, guidance=3.0, **kw).images, between)
+    assert torch.equal(configured.sample(4, guidance=3.0, guidance_interval=[], **kw).images, guided)
+    with pytest.raises(ArgumentError, match="guidance_interval: needs 0 <= lo < hi"):
+        model.sample(2, guidance_interval=[3, 1], progress=False)
+    with pytest.raises(ArgumentError, match=r"guidance_interval: must be \[lo, hi\]"):
+        model.sample(2, guidance_interval="wide", progress=False)
+
+
+def test_grid_books_keep_a_grid_per_guidance_interval_and_read_books_without_one():
+    from genkit.samplers import FittedGrid, GridBook
+
+    fields = dict(sampler="dpmpp_2m", steps=2, guidance=2.0, options={}, runs="dpmpp_2m", run_options={},
+                  times=[1.0, 0.5, 0.0], grid="flow", distance=0.1, pilot_draws=8)
+    book = GridBook()
+    book.add(FittedGrid(**fields, guidance_interval=(0.28, 2.9)))
+    assert book.find("dpmpp_2m", 2, 2.0, {}, (0.28, 2.9)) is not None and book.find("dpmpp_2m", 2, 2.0, {}) is None
+    older = GridBook.from_dict({"format": 1, "grids": [fields]}, SAMPLERS)  # written before intervals
+    assert older.find("dpmpp_2m", 2, 2.0, {}) is not None
+    again = GridBook.from_dict(json.loads(book.to_json()), SAMPLERS)
+    assert again.find("dpmpp_2m", 2, 2.0, {}, (0.28, 2.9)) is not None
+    with pytest.raises(ValueError, match="guidance_interval"):
+        GridBook.from_dict({"format": 1, "grids": [{**fields, "guidance_interval": [2, 1]}]}, SAMPLERS)
 
 
 @pytest.mark.parametrize("sampler", __import__("genkit.samplers", fromlist=["SAMPLERS"]).SAMPLERS.names("denoiser"))

@@ -18,13 +18,14 @@ from genkit.inference.distributed import sample_across_processes
 from genkit.registry import ArgumentError
 
 INCEPTION_CACHE = "inception_train.npz"  # beside a local data set: its training split's Inception features
-SAMPLING = ("sampler", "steps", "guidance", "labels", "schedule")  # what only a sampled model's report takes
+SAMPLING = ("sampler", "steps", "guidance", "guidance_interval", "labels", "schedule")  # what only a sampled model's report takes
 MAX_PROBES = 1000
 
 
 def evaluation_report(model, num: int = 10_000, seed: int = 0, batch_size: int = 256, precision: str = "no",
                       progress: bool = True, sampler=None, steps: int | None = None, guidance: float | None = None,
-                      labels=None, schedule=None, compile: bool = False, bpd: int = 0, bpd_estimator: str = "auto",
+                      labels=None, schedule=None, compile: bool = False, guidance_interval=None, bpd: int = 0,
+                      bpd_estimator: str = "auto",
                       bpd_probes: int = 4, bpd_tol: float = 1e-5, feature_net=None, inception_weights=None,
                       inception_reference=None, data_path: str | None = None, **options) -> dict:
     """The report of `model` (`genkit.load(...)`), as a JSON-ready dict; see the module. Sampling
@@ -43,7 +44,8 @@ def evaluation_report(model, num: int = 10_000, seed: int = 0, batch_size: int =
     bpd_tol = number(bpd_tol, "bpd_tol")
     if not 0 < bpd_tol < 1:
         raise ArgumentError("bpd_tol", f"must lie in (0, 1), got {bpd_tol}")
-    given = {"sampler": sampler, "steps": steps, "guidance": guidance, "labels": labels, "schedule": schedule}
+    given = {"sampler": sampler, "steps": steps, "guidance": guidance, "guidance_interval": guidance_interval,
+             "labels": labels, "schedule": schedule}
     if model.family != "denoiser":
         why = {"autoregressive": "an autoregressive model, whose likelihood is exact and needs no sampling",
                "autoencoder": "an autoencoder, which is scored on its reconstructions of the test split"}[model.family]
@@ -76,13 +78,16 @@ def evaluation_report(model, num: int = 10_000, seed: int = 0, batch_size: int =
                 "real_data_floor": {"fid": floor["fid"], "images": floor["images"]}}
     drawn = sample_across_processes(model, num, seed=seed, sampler=sampler, steps=steps, guidance=guidance,
                                     labels=labels, schedule=schedule, batch_size=batch_size, precision=precision,
-                                    progress=progress, compile=compile, **options)
+                                    progress=progress, compile=compile, guidance_interval=guidance_interval, **options)
     scores = evaluator.score(drawn.images, drawn.labels, seed=seed)
     inception_report = _inception(inception, data, drawn.images, inception_reference) if inception else None
     sc = model.cfg.sample
     report = {**head, "num": num, "sampler": sampler if isinstance(sampler, str) else sc.sampler,
               "steps": steps or sc.steps, "guidance": sc.guidance if guidance is None else guidance,
               "nfe": drawn.nfe, "metrics": scores, "real_data_floor": evaluator.floor(num, seed=seed)}
+    interval = model.interval_for(guidance_interval)
+    if interval:  # guidance applied within these sigma/alpha only
+        report["guidance_interval"] = list(interval)
     if inception_report is not None:
         report["inception"] = inception_report
     if bpd:

@@ -41,7 +41,8 @@ def _metrics_table(report: dict) -> str:
     """A `genkit eval` report (`check_report`) as a table: each metric beside the same metric on
     real data."""
     scores, floor = report["metrics"], report.get("real_data_floor") or {}
-    how = ", ".join(f"{k} {report[k]}" for k in ("num", "sampler", "steps", "nfe", "guidance", "seed") if k in report)
+    shown = ("num", "sampler", "steps", "nfe", "guidance", "guidance_interval", "seed")
+    how = ", ".join(f"{k.replace('_', ' ')} {report[k]}" for k in shown if k in report)
     rows = "\n".join(f"| {key} | {_number(value)} | {_number(floor.get(key))} |" for key, value in scores.items())
     return (f"Scored by `genkit eval` ({how}) in the feature space of genkit's MNIST classifier; the real-data "
             f"column is the same metric for as many real training images (the floor).\n\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from genkit.arguments import check_draw, check_images, class_labels
+from genkit.arguments import check_draw, check_guidance_interval, check_images, class_labels
 from genkit.checkpoint import write_grids
 from genkit.config import Config
 from genkit.evaluation.metrics import psnr, ssim
@@ -120,6 +120,11 @@ class GenerativeModel(TrainedModel):
         self._adaptive_grids: dict[tuple, AdaptiveGrid] = {}
         self.grids = GridBook()  # the grids fitted to this model (`fit_grid`), read from its directory by `load`
 
+    def interval_for(self, guidance_interval) -> tuple[float, ...]:
+        """`guidance_interval` checked (`genkit.arguments.check_guidance_interval`), None giving the config's."""
+        given = self.cfg.sample.guidance_interval if guidance_interval is None else guidance_interval
+        return check_guidance_interval(given, "sample.guidance_interval" if guidance_interval is None else "guidance_interval")
+
     def to(self, device: str | torch.device) -> "GenerativeModel":
         super().to(device)
         self._inference_nets.clear()  # copies for the old device; made again on use
@@ -150,40 +155,47 @@ class GenerativeModel(TrainedModel):
         return self._inference_nets[key]
 
     def denoiser(self, labels: torch.Tensor | None = None, guidance: float = 1.0, clip_x0: bool = False,
-                 precision: str = "no", compile: bool = False) -> Denoiser:
+                 precision: str = "no", compile: bool = False, guidance_interval: tuple[float, ...] = ()) -> Denoiser:
         """The net as samplers see it (see `genkit.samplers.Denoiser`), in `precision` (`PRECISIONS`)."""
         half = half_dtype(precision, self.device)
         return Denoiser(self.inference_net(half, compile), self.path, self.prediction, labels=labels,
-                        guidance=guidance, null_class=self.num_classes, clip_x0=clip_x0, half=half)
+                        guidance=guidance, null_class=self.num_classes, clip_x0=clip_x0, half=half,
+                        guidance_interval=guidance_interval)
 
-    def adaptive_grid(self, guidance: float = 1.0, clip_x0: bool = True, precision: str = "no") -> AdaptiveGrid:
+    def adaptive_grid(self, guidance: float = 1.0, clip_x0: bool = True, precision: str = "no",
+                      guidance_interval: tuple[float, ...] = ()) -> AdaptiveGrid:
         """The time grids fitted to this model (`genkit.samplers.AdaptiveGrid`): a pilot solve from
-        fixed noise draws (classes in turn), made once per guidance, clipping and precision; each
-        sampler and step count then gets the candidate grid it solves the pilot's draws best on."""
-        key = (guidance, clip_x0 and self.codec is None, precision)
+        fixed noise draws (classes in turn), made once per guidance (and its interval), clipping and
+        precision; each sampler and step count then gets the candidate grid it solves the pilot's
+        draws best on."""
+        key = (guidance, clip_x0 and self.codec is None, precision, guidance_interval)
         if key not in self._adaptive_grids:
             channels, size = input_shape(self.cfg)
             draws = pilot_draws(channels * size * size)
             labels = self.default_labels(draws)
-            denoiser = self.denoiser(None if labels is None else labels.to(self.device), *key)
+            denoiser = self.denoiser(None if labels is None else labels.to(self.device), *key[:3],
+                                     guidance_interval=guidance_interval)
             noise = SampleNoise(PILOT_SEED, range(draws), self.device).randn(channels, size, size)
             self._adaptive_grids[key] = AdaptiveGrid.calibrate(denoiser, noise)
         return self._adaptive_grids[key]
 
     @torch.no_grad()
     def fit_grid(self, steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
-                 progress: bool = True, **options) -> FittedGrid:
-        """Fit the time grid of `sampler` (default: the config's, with its options) at `steps` and
-        `guidance` (default: the config's) to this model by a pilot solve, and keep it in `grids`, where
-        `sample` reads it; returns it. Pays once for what `schedule="adaptive"` pays at every call
-        (`genkit.samplers.plan`); `save_grids` stores them with the model."""
+                 progress: bool = True, guidance_interval=None, **options) -> FittedGrid:
+        """Fit the time grid of `sampler` (default: the config's, with its options) at `steps`,
+        `guidance` and `guidance_interval` (default: the config's) to this model by a pilot solve, and
+        keep it in `grids`, where `sample` reads it; returns it. Pays once for what
+        `schedule="adaptive"` pays at every call (`genkit.samplers.plan`); `save_grids` stores them
+        with the model."""
         sc = self.cfg.sample
         if sampler is None:
             sampler, options = sc.sampler, {**sc.options, **options}
         _, _, _, steps, guidance = check_draw(1, 0, 1, sc.steps if steps is None else steps,
                                               sc.guidance if guidance is None else guidance)
+        interval = self.interval_for(guidance_interval)
         self.registered_sampler(sampler)
-        grid = fit(SAMPLERS, sampler, steps, guidance, options, self.adaptive_grid(guidance), progress)
+        grid = fit(SAMPLERS, sampler, steps, guidance, options, self.adaptive_grid(guidance, guidance_interval=interval),
+                   progress, interval)
         self.grids.add(grid)
         return grid
 
@@ -204,7 +216,7 @@ class GenerativeModel(TrainedModel):
     def sample(self, n: int, seed: int = 0, sampler=None, steps: int | None = None, guidance: float | None = None,
                labels=None, schedule=None, batch_size: int = 256, progress: bool = True, precision: str = "no",
                clip_x0: bool = True, start_index: int = 0, callback: Callback | None = None,
-               compile: bool = False, **options) -> Samples:
+               compile: bool = False, guidance_interval=None, **options) -> Samples:
         """Draw `n` images; returns `Samples` (images in [0, 1], starting noise, labels, NFE).
 
         `sampler`: a name in `genkit.samplers.SAMPLERS`, a function with the sampler signature, or a
@@ -214,7 +226,9 @@ class GenerativeModel(TrainedModel):
         -> times (default: the sampler's own on this path; for `fitted`, `dpmpp_2m` and
         `dpmpp_2m_pc` the grid stored in `grids` by `fit_grid`, else their fixed one:
         `genkit.samplers.plan`). `labels`: an int, a sequence of class ids, or None (class i mod K
-        for sample i). `precision`: no, bf16, fp16
+        for sample i). `guidance_interval`: the noise levels where guidance applies, bounds on
+        sigma/alpha (`genkit.arguments.check_guidance_interval`; default: the config's, `()` for all).
+        `precision`: no, bf16, fp16
         or auto (`hardware_precision`). `clip_x0` clamps every x0 estimate to [-1, 1];
         `callback(step, t, x, x0_hat)` sees every step of every batch; `options` go to the
         sampler. Sample i is drawn from noise stream (seed, start_index + i), whatever `batch_size`.
@@ -233,13 +247,14 @@ class GenerativeModel(TrainedModel):
         n, seed, batch_size, steps, guidance = check_draw(n, seed, batch_size, steps, guidance)
         if guidance != 1 and self.num_classes == 0:
             raise ArgumentError("guidance", "this model is unconditional (model.num_classes = 0): nothing to guide")
+        interval = self.interval_for(guidance_interval)
         if isinstance(sampler, str):
             self.registered_sampler(sampler)
         half_dtype(precision, self.device)  # checked before any work
         labels = self.labels_for(labels, n)
         clip_x0 = clip_x0 and self.codec is None  # normalised latents are not bounded by 1
         chosen = plan(SAMPLERS, sampler, options, schedule, self.path, steps, guidance, self.grids,
-                      lambda: self.adaptive_grid(guidance, clip_x0, precision), seed, progress)
+                      lambda: self.adaptive_grid(guidance, clip_x0, precision, interval), seed, progress, interval)
         fn, ts, options = chosen.sampler, chosen.times, chosen.options
         channels, size = input_shape(self.cfg)
         shape = (channels, size, size)
@@ -250,7 +265,7 @@ class GenerativeModel(TrainedModel):
             drawn = torch.arange(start, start + batch_size) if compile and n > batch_size else idx  # one shape compiled
             noise = SampleNoise(seed, (drawn + start_index).tolist(), self.device)
             denoiser = self.denoiser(None if labels is None else labels[drawn % n].to(self.device), guidance, clip_x0,
-                                     precision, compile)
+                                     precision, compile, interval)
             x = noise.randn(*shape) * prior_std  # [B, C, H, W]
             starts.append(x[:len(idx)].cpu())
             x = fn(denoiser, x, ts, noise, callback=callback, progress=progress and n <= batch_size, **options)

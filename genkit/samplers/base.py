@@ -8,6 +8,7 @@ signature, with the path carried by the denoiser).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Protocol
 
 import torch
@@ -71,14 +72,17 @@ class Denoiser:
 
     Applies classifier-free guidance (Ho & Salimans 2022) in the net's own prediction space:
     out = uncond + w * (cond - uncond), so w = 1 is the plain conditional net and w = 0 the
-    unconditional one. Counts network evaluations in `nfe` (a guided call counts once).
+    unconditional one; with `guidance_interval` (`genkit.arguments.check_guidance_interval`) only where
+    the noise-to-signal ratio sigma/alpha lies in it, the plain conditional net elsewhere
+    (Kynkäänniemi et al. 2024). Counts network evaluations in `nfe` (a guided call counts once).
     """
 
     def __init__(self, net, path: GaussianPath, prediction: str, labels: torch.Tensor | None = None,
                  guidance: float = 1.0, null_class: int | None = None, clip_x0: bool = False,
-                 half: torch.dtype | None = None):
+                 half: torch.dtype | None = None, guidance_interval: tuple[float, ...] = ()):
         self.net, self.path, self.prediction = net, path, prediction
         self.labels, self.guidance, self.null_class = labels, guidance, null_class
+        self.guidance_interval = guidance_interval  # () everywhere, (lo,) from lo up, (lo, hi)
         self.clip_x0, self.half = clip_x0, half  # half: the autocast dtype (bf16, fp16), or None
         self.nfe = 0
 
@@ -86,7 +90,15 @@ class Denoiser:
         """The same denoiser for a subset of the batch (its labels follow), counting its own NFE."""
         labels = None if self.labels is None else self.labels[index]
         return Denoiser(self.net, self.path, self.prediction, labels, self.guidance, self.null_class,
-                        self.clip_x0, self.half)
+                        self.clip_x0, self.half, self.guidance_interval)
+
+    def guided_at(self, t: torch.Tensor) -> torch.Tensor:
+        """[B] bool: whether guidance applies at times `t` [B] (inside `guidance_interval`)."""
+        if not self.guidance_interval:
+            return torch.ones_like(t, dtype=torch.bool)
+        ratio = self.path.sigma(t) / self.path.alpha(t)  # alpha = 0 (a flow's t = 1): inf, above every hi
+        lo, hi = (*self.guidance_interval, math.inf)[:2]
+        return (ratio >= lo) & (ratio <= hi)
 
     def raw(self, x: torch.Tensor, t, r=None) -> torch.Tensor:
         """The (guided) net output at time t (a float or [B] tensor), in x's dtype (float32 at
@@ -96,18 +108,20 @@ class Denoiser:
                                        .expand(x.shape[0]).float()}
         self.nfe += 1
         labels, w = self.labels, self.guidance
+        guided = self.guided_at(t) if labels is not None and w != 1 else None  # [B]
         dtype = torch.promote_types(x.dtype, torch.float32)
         x = self.path.net_input(x, t)
         with torch.autocast(x.device.type, dtype=self.half or torch.bfloat16, enabled=self.half is not None):
-            if labels is None or w == 1:
+            if guided is None or not guided.any():
                 return self.net(x, t.float(), labels, **second).to(dtype)
             null = torch.full_like(labels, self.null_class)
-            if w == 0:
+            if w == 0 and guided.all():
                 return self.net(x, t.float(), null, **second).to(dtype)
             second = {k: v.repeat(2) for k, v in second.items()}
             out = self.net(torch.cat([x, x]), t.float().repeat(2), torch.cat([labels, null]), **second).to(dtype)
         cond, uncond = out.chunk(2)
-        return uncond + w * (cond - uncond)
+        guided = guided.reshape(-1, *[1] * (cond.dim() - 1))  # [B] -> [B, 1, ...]
+        return torch.where(guided, uncond + w * (cond - uncond), cond)
 
     def __call__(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.as_tensor(t, dtype=torch.float64, device=x.device)

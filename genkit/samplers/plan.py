@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from genkit.arguments import check_guidance_interval
 from genkit.registry import ArgumentError, Registry
 from genkit.samplers.adaptive import AdaptiveGrid
 from genkit.samplers.diffusers import DiffusersSampler
@@ -39,9 +40,10 @@ class UnfittedGrid(UserWarning):
 @dataclass(frozen=True)
 class FittedGrid:
     """A grid fitted to one model for `sampler` (the name asked for) at `steps` steps, guidance
-    `guidance` and the caller's `options`: `runs` (a registered sampler: the contender chosen) runs
-    on `times` with `run_options`; `grid` names the candidate, `distance` is its sliced W2 to the
-    pilot's reference over `pilot_draws` draws."""
+    `guidance` (applied within `guidance_interval`: `genkit.arguments.check_guidance_interval`) and
+    the caller's `options`: `runs` (a registered sampler: the contender chosen) runs on `times` with
+    `run_options`; `grid` names the candidate, `distance` is its sliced W2 to the pilot's reference
+    over `pilot_draws` draws."""
 
     sampler: str
     steps: int
@@ -53,27 +55,29 @@ class FittedGrid:
     grid: str
     distance: float
     pilot_draws: int
+    guidance_interval: tuple = ()  # books written before intervals hold none: guidance at every level
 
     @property
     def key(self) -> tuple:
-        return grid_key(self.sampler, self.steps, self.guidance, self.options)
+        return grid_key(self.sampler, self.steps, self.guidance, self.options, self.guidance_interval)
 
 
-def grid_key(sampler: str, steps: int, guidance: float, options: dict) -> tuple:
-    return sampler, int(steps), round(float(guidance), 6), json.dumps(options, sort_keys=True)
+def grid_key(sampler: str, steps: int, guidance: float, options: dict, interval=()) -> tuple:
+    return (sampler, int(steps), round(float(guidance), 6), json.dumps(options, sort_keys=True),
+            tuple(round(float(b), 6) for b in interval))
 
 
 @dataclass
 class GridBook:
-    """The grids fitted to one model, by (sampler, steps, guidance, options); saved as JSON."""
+    """The grids fitted to one model, by (sampler, steps, guidance, options, guidance interval); saved as JSON."""
 
     grids: dict = field(default_factory=dict)  # grid_key -> FittedGrid
 
     def __len__(self) -> int:
         return len(self.grids)
 
-    def find(self, sampler: str, steps: int, guidance: float, options: dict) -> FittedGrid | None:
-        return self.grids.get(grid_key(sampler, steps, guidance, options))
+    def find(self, sampler: str, steps: int, guidance: float, options: dict, interval=()) -> FittedGrid | None:
+        return self.grids.get(grid_key(sampler, steps, guidance, options, interval))
 
     def add(self, grid: FittedGrid) -> None:
         self.grids[grid.key] = grid
@@ -137,6 +141,10 @@ def _check(grid: FittedGrid, samplers: Registry) -> None:
         raise ValueError(f"the {grid.sampler} grid of {grid.steps} steps does not descend from at most 1 to 0")
     if not all(isinstance(o, dict) for o in (grid.options, grid.run_options)):
         raise ValueError("options are not mappings")
+    try:
+        check_guidance_interval(grid.guidance_interval)
+    except ArgumentError as err:
+        raise ValueError(f"guidance_interval {err.problem}") from None
 
 
 def make_grid(schedule, path, steps: int) -> torch.Tensor:
@@ -152,16 +160,18 @@ def make_grid(schedule, path, steps: int) -> torch.Tensor:
 
 
 def fit(samplers: Registry, name: str, steps: int, guidance: float, options: dict, adaptive: AdaptiveGrid,
-        progress: bool = False) -> FittedGrid:
-    """The grid on which sampler `name` (with `options`) solves `adaptive`'s pilot nearest its reference:
-    for a sampler with `contenders`, the nearest of theirs, each on its own best grid."""
+        progress: bool = False, interval: tuple = ()) -> FittedGrid:
+    """The grid on which sampler `name` (with `options`) solves `adaptive`'s pilot (drawn at `guidance`
+    within `interval`) nearest its reference: for a sampler with `contenders`, the nearest of theirs,
+    each on its own best grid."""
     contenders = samplers[name].extra.get("contenders") or ((name, options),)
     best = None
     for runs, run_options in contenders:
         chosen, times, chosen_options, errors = adaptive.choice(samplers[runs].build, steps, progress, **run_options)
         if best is None or errors[chosen] < best.distance:
             best = FittedGrid(name, steps, float(guidance), dict(options), runs, dict(chosen_options),
-                              [float(t) for t in times.tolist()], chosen, float(errors[chosen]), len(adaptive.draws))
+                              [float(t) for t in times.tolist()], chosen, float(errors[chosen]), len(adaptive.draws),
+                              tuple(interval))
     return best
 
 
@@ -175,7 +185,8 @@ class Plan:
 
 
 def plan(samplers: Registry, sampler, options: dict, schedule, path, steps: int, guidance: float,
-         book: GridBook, pilot: Callable[[], AdaptiveGrid], seed: int = 0, progress: bool = False) -> Plan:
+         book: GridBook, pilot: Callable[[], AdaptiveGrid], seed: int = 0, progress: bool = False,
+         interval: tuple = ()) -> Plan:
     """The plan for sampling `path` in `steps` steps with `sampler` (a `samplers` name, a function, or a
     diffusers scheduler) and `options`, on `schedule` (a `SCHEDULES` name, `adaptive`, a function,
     or None: the grid fitted for the call in `book`, else the sampler's own). A sampler whose own grid
@@ -192,15 +203,16 @@ def plan(samplers: Registry, sampler, options: dict, schedule, path, steps: int,
         elif options:
             raise ArgumentError(next(iter(options)), f"{name} chooses its sampler's options; name a sampler to set them")
     if schedule is None and name is not None:
-        stored = book.find(name, steps, guidance, options)
+        stored = book.find(name, steps, guidance, options, interval)
         if stored is not None:
             return Plan(samplers[stored.runs].build, torch.tensor(stored.times, dtype=torch.float64),
                         dict(stored.run_options))
     own = path.default_schedule(extra.get("schedule", "uniform"))
     if schedule is None and own == ADAPTIVE:
         fixed = path.default_schedule(extra["fixed"])
-        warnings.warn(f"no grid fitted for {name} at {steps} steps, guidance {guidance:g}: it runs on the fixed "
-                      f"'{fixed}' grid; fit one once with `genkit fit-grid RUN --steps {steps}` (or "
+        within = f" within sigma/alpha {list(interval)}" if interval else ""
+        warnings.warn(f"no grid fitted for {name} at {steps} steps, guidance {guidance:g}{within}: it runs on the "
+                      f"fixed '{fixed}' grid; fit one once with `genkit fit-grid RUN --steps {steps}` (or "
                       f"`model.fit_grid`), or pass schedule='adaptive' to fit at every call", UnfittedGrid,
                       stacklevel=3)
         return Plan(fn, make_grid(fixed, path, steps), options)
@@ -213,7 +225,7 @@ def plan(samplers: Registry, sampler, options: dict, schedule, path, steps: int,
     if name is None:
         ts, options = adaptive.fitted(fn, steps, progress, **options)
         return Plan(fn, ts, options)
-    grid = fit(samplers, name, steps, guidance, options, adaptive, progress)
+    grid = fit(samplers, name, steps, guidance, options, adaptive, progress, interval)
     return Plan(samplers[grid.runs].build, torch.tensor(grid.times, dtype=torch.float64), dict(grid.run_options))
 
 
