@@ -491,8 +491,8 @@ def _fit_grid(args) -> None:
     for steps in args.steps or [None]:
         grid = model.fit_grid(steps, args.guidance, args.sampler, guidance_interval=args.guidance_interval)
         within = f" within sigma/alpha {list(grid.guidance_interval)}" if grid.guidance_interval else ""
-        print(f"{grid.sampler} at {grid.steps} steps, guidance {grid.guidance:g}{within}: {grid.runs} on the {grid.grid} "
-              f"grid (sliced W2 {grid.distance:.4g} to the pilot's reference, {grid.pilot_draws} draws)")
+        print(f"{grid.sampler} at {grid.steps} steps, guidance {grid.guidance:g}{within}: {grid.runs} on the "
+              f"{grid.grid} grid (sliced W2 {grid.distance:.4g} to the pilot's reference, {grid.pilot_draws} draws)")
     print(f"wrote {model.save_grids()}")
 
 

@@ -120,6 +120,12 @@ def test_eval_cli_writes_json_table(tmp_path, digits):
     assert set(report["metrics"]) >= {"fid", "precision", "recall", "class_entropy", "label_accuracy"}
     # real digits score far better than a net trained for 2 steps (FID is clamped at 0, so `>= 0` proves nothing)
     assert report["real_data_floor"]["fid"] < report["metrics"]["fid"] / 2
+    assert "guidance_interval" not in report  # guided at every level, if at all
+    code = eval_main(["--checkpoint", cfg.output_dir, "--num", "8", "--steps", "2", "--json", str(out),
+                      "--guidance", "2", "--guidance-interval", "0.28", "2.9"])
+    guided = json.loads(out.read_text())
+    assert code == 0 and guided["guidance"] == 2 and guided["guidance_interval"] == [0.28, 2.9]
+    assert guided["metrics"]["fid"] != report["metrics"]["fid"]
 
 
 def test_plot_loss_from_a_run(tmp_path, tiny_cfg):

@@ -18,7 +18,8 @@ from genkit.inference.distributed import sample_across_processes
 from genkit.registry import ArgumentError
 
 INCEPTION_CACHE = "inception_train.npz"  # beside a local data set: its training split's Inception features
-SAMPLING = ("sampler", "steps", "guidance", "guidance_interval", "labels", "schedule")  # what only a sampled model's report takes
+# what only a sampled model's report takes
+SAMPLING = ("sampler", "steps", "guidance", "guidance_interval", "labels", "schedule")
 MAX_PROBES = 1000
 
 
@@ -85,7 +86,7 @@ def evaluation_report(model, num: int = 10_000, seed: int = 0, batch_size: int =
     report = {**head, "num": num, "sampler": sampler if isinstance(sampler, str) else sc.sampler,
               "steps": steps or sc.steps, "guidance": sc.guidance if guidance is None else guidance,
               "nfe": drawn.nfe, "metrics": scores, "real_data_floor": evaluator.floor(num, seed=seed)}
-    interval = model.interval_for(guidance_interval)
+    interval = model.interval_for(guidance_interval, report["guidance"])
     if interval:  # guidance applied within these sigma/alpha only
         report["guidance_interval"] = list(interval)
     if inception_report is not None:

@@ -120,10 +120,13 @@ class GenerativeModel(TrainedModel):
         self._adaptive_grids: dict[tuple, AdaptiveGrid] = {}
         self.grids = GridBook()  # the grids fitted to this model (`fit_grid`), read from its directory by `load`
 
-    def interval_for(self, guidance_interval) -> tuple[float, ...]:
-        """`guidance_interval` checked (`genkit.arguments.check_guidance_interval`), None giving the config's."""
+    def interval_for(self, guidance_interval, guidance: float | None = None) -> tuple[float, ...]:
+        """`guidance_interval` checked (`genkit.arguments.check_guidance_interval`), None giving the
+        config's; `()` at `guidance` 1, where it changes nothing (so grids fitted unguided serve)."""
         given = self.cfg.sample.guidance_interval if guidance_interval is None else guidance_interval
-        return check_guidance_interval(given, "sample.guidance_interval" if guidance_interval is None else "guidance_interval")
+        name = "sample.guidance_interval" if guidance_interval is None else "guidance_interval"
+        interval = check_guidance_interval(given, name)
+        return () if guidance == 1 else interval
 
     def to(self, device: str | torch.device) -> "GenerativeModel":
         super().to(device)
@@ -192,10 +195,10 @@ class GenerativeModel(TrainedModel):
             sampler, options = sc.sampler, {**sc.options, **options}
         _, _, _, steps, guidance = check_draw(1, 0, 1, sc.steps if steps is None else steps,
                                               sc.guidance if guidance is None else guidance)
-        interval = self.interval_for(guidance_interval)
+        interval = self.interval_for(guidance_interval, guidance)
         self.registered_sampler(sampler)
-        grid = fit(SAMPLERS, sampler, steps, guidance, options, self.adaptive_grid(guidance, guidance_interval=interval),
-                   progress, interval)
+        adaptive = self.adaptive_grid(guidance, guidance_interval=interval)
+        grid = fit(SAMPLERS, sampler, steps, guidance, options, adaptive, progress, interval)
         self.grids.add(grid)
         return grid
 
@@ -247,7 +250,7 @@ class GenerativeModel(TrainedModel):
         n, seed, batch_size, steps, guidance = check_draw(n, seed, batch_size, steps, guidance)
         if guidance != 1 and self.num_classes == 0:
             raise ArgumentError("guidance", "this model is unconditional (model.num_classes = 0): nothing to guide")
-        interval = self.interval_for(guidance_interval)
+        interval = self.interval_for(guidance_interval, guidance)
         if isinstance(sampler, str):
             self.registered_sampler(sampler)
         half_dtype(precision, self.device)  # checked before any work

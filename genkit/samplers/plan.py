@@ -21,7 +21,6 @@ from typing import Callable
 
 import torch
 
-from genkit.arguments import check_guidance_interval
 from genkit.registry import ArgumentError, Registry
 from genkit.samplers.adaptive import AdaptiveGrid
 from genkit.samplers.diffusers import DiffusersSampler
@@ -141,10 +140,11 @@ def _check(grid: FittedGrid, samplers: Registry) -> None:
         raise ValueError(f"the {grid.sampler} grid of {grid.steps} steps does not descend from at most 1 to 0")
     if not all(isinstance(o, dict) for o in (grid.options, grid.run_options)):
         raise ValueError("options are not mappings")
-    try:
-        check_guidance_interval(grid.guidance_interval)
-    except ArgumentError as err:
-        raise ValueError(f"guidance_interval {err.problem}") from None
+    bounds = grid.guidance_interval
+    if not (isinstance(bounds, (list, tuple)) and len(bounds) <= 2
+            and all(isinstance(b, (int, float)) and not isinstance(b, bool) and b >= 0 for b in bounds)
+            and all(a < b for a, b in zip(bounds, bounds[1:]))):
+        raise ValueError(f"guidance_interval {bounds!r} is not [lo, hi], [lo] or [] with 0 <= lo < hi")
 
 
 def make_grid(schedule, path, steps: int) -> torch.Tensor:
