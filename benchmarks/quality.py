@@ -7,9 +7,9 @@ counted). The latent RF-DiT first needs an autoencoder: `vae_mnist` trains for `
 reported beside the budget, and the data set's encoding is not counted either. Then, for NFE
 5, 10 and 20, every candidate (sampler, grid) of `CANDIDATES` draws `--num` class-conditional
 samples (classes in turn) at the recipe's classifier-free guidance weight and interval (as its
-file gives them now: sampling settings do not change training), and the best FID in the data set's feature net
-(the MNIST classifier for MNIST) is reported with every candidate's, beside the real-data floor:
-as many real training images scored the same way. `--guidance` tries other weights as well (within
+file gives them now: sampling settings do not change training), and the best FID in the data
+set's feature net (the MNIST classifier for MNIST) is reported with every candidate's, beside the
+real-data floor: as many real training images scored the same way. `--guidance` tries other weights as well (within
 the recipe's interval): the best of them is reported beside the recipe's (`other_guidance`), not in
 its place, since the rows measure the recipes as they are.
 

@@ -1,7 +1,7 @@
 """One check of the arguments every way of drawing takes (the command line, `model.sample`, the
-diffusers pipeline, reflow): counts, seeds, steps, guidance, its interval and class labels. Each bad value is an
-`ArgumentError` named by its parameter, whatever its type; the command line maps the names to
-its flags."""
+diffusers pipeline, reflow): counts, seeds, steps, guidance, its interval and class labels. Each
+bad value is an `ArgumentError` named by its parameter, whatever its type; the command line maps
+the names to its flags."""
 from __future__ import annotations
 
 import math

@@ -126,6 +126,12 @@ def _precision_flags(p: Parser) -> None:
     p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="same as --precision bf16")
 
 
+def _guidance_interval_flag(p: Parser) -> None:
+    p.add_argument("--guidance-interval", type=float, nargs="+", metavar="SIGMA",
+                   help="LO [HI]: guide only where the noise-to-signal ratio sigma/alpha lies in [LO, HI] (from LO up "
+                        "without HI; 0 for every level) (default: the run's sample.guidance_interval)")
+
+
 def _sampling_flags(p: Parser) -> None:
     """Flags shared by `sample` and `eval`: which checkpoint, and how to draw from it."""
     p.add_argument("--checkpoint", required=True, help="run directory (newest checkpoint), checkpoint directory, "
@@ -140,9 +146,7 @@ def _sampling_flags(p: Parser) -> None:
                    help=f"time grid, one of: {', '.join(sorted(SCHEDULE_NAMES))} (default: the grid stored by "
                         f"genkit fit-grid, else the sampler's own; adaptive: fitted now, by a pilot solve)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight (1 = none)")
-    p.add_argument("--guidance-interval", type=float, nargs="+", metavar="SIGMA",
-                   help="LO [HI]: guide only where the noise-to-signal ratio sigma/alpha lies in [LO, HI] (from LO up "
-                        "without HI; 0 for every level) (default: the run's sample.guidance_interval)")
+    _guidance_interval_flag(p)
     p.add_argument("--class-label", type=int, help="draw only this class (default: classes in turn)")
     p.add_argument("--batch-size", type=int, default=256, help="images per network call (default: 256)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
@@ -250,9 +254,7 @@ def fit_grid_parser(prog: str = "genkit fit-grid") -> Parser:
     p.add_argument("--steps", type=int, nargs="+", help="step counts to fit (default: the run's sample.steps)")
     p.add_argument("--sampler", help="the sampler whose grid to fit (default: the run's sample.sampler)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight (default: the run's)")
-    p.add_argument("--guidance-interval", type=float, nargs="+", metavar="SIGMA",
-                   help="LO [HI]: guide only where the noise-to-signal ratio sigma/alpha lies in [LO, HI] (from LO up "
-                        "without HI; 0 for every level) (default: the run's sample.guidance_interval)")
+    _guidance_interval_flag(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     return p
 

@@ -25,9 +25,9 @@ MAX_PROBES = 1000
 
 def evaluation_report(model, num: int = 10_000, seed: int = 0, batch_size: int = 256, precision: str = "no",
                       progress: bool = True, sampler=None, steps: int | None = None, guidance: float | None = None,
-                      labels=None, schedule=None, compile: bool = False, guidance_interval=None, bpd: int = 0,
-                      bpd_estimator: str = "auto",
-                      bpd_probes: int = 4, bpd_tol: float = 1e-5, feature_net=None, inception_weights=None,
+                      labels=None, schedule=None, compile: bool = False, guidance_interval=None,
+                      bpd: int = 0, bpd_estimator: str = "auto", bpd_probes: int = 4, bpd_tol: float = 1e-5,
+                      feature_net=None, inception_weights=None,
                       inception_reference=None, data_path: str | None = None, **options) -> dict:
     """The report of `model` (`genkit.load(...)`), as a JSON-ready dict; see the module. Sampling
     arguments go to `model.sample`; `bpd` test images are scored through the probability-flow ODE with

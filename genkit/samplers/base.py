@@ -72,8 +72,8 @@ class Denoiser:
 
     Applies classifier-free guidance (Ho & Salimans 2022) in the net's own prediction space:
     out = uncond + w * (cond - uncond), so w = 1 is the plain conditional net and w = 0 the
-    unconditional one; with `guidance_interval` (`genkit.arguments.check_guidance_interval`) only where
-    the noise-to-signal ratio sigma/alpha lies in it, the plain conditional net elsewhere
+    unconditional one; with `guidance_interval` (`genkit.arguments.check_guidance_interval`) only
+    where the noise-to-signal ratio sigma/alpha lies in it, the plain conditional net elsewhere
     (Kynkäänniemi et al. 2024). Counts network evaluations in `nfe` (a guided call counts once).
     """
 
@@ -92,10 +92,11 @@ class Denoiser:
         return Denoiser(self.net, self.path, self.prediction, labels, self.guidance, self.null_class,
                         self.clip_x0, self.half, self.guidance_interval)
 
-    def guided_at(self, t: torch.Tensor) -> torch.Tensor:
-        """[B] bool: whether guidance applies at times `t` [B] (inside `guidance_interval`)."""
+    def guided_at(self, t: torch.Tensor) -> torch.Tensor | None:
+        """[B] bool: whether guidance applies at times `t` [B] (inside `guidance_interval`); None
+        where there is no interval (guidance at every time)."""
         if not self.guidance_interval:
-            return torch.ones_like(t, dtype=torch.bool)
+            return None
         ratio = self.path.sigma(t) / self.path.alpha(t)  # alpha = 0 (a flow's t = 1): inf, above every hi
         lo, hi = (*self.guidance_interval, math.inf)[:2]
         return (ratio >= lo) & (ratio <= hi)
@@ -108,20 +109,23 @@ class Denoiser:
                                        .expand(x.shape[0]).float()}
         self.nfe += 1
         labels, w = self.labels, self.guidance
-        guided = self.guided_at(t) if labels is not None and w != 1 else None  # [B]
+        guided = self.guided_at(t) if labels is not None and w != 1 else None  # [B], or None: every row
+        unguided = labels is None or w == 1 or (guided is not None and not guided.any())
         dtype = torch.promote_types(x.dtype, torch.float32)
         x = self.path.net_input(x, t)
         with torch.autocast(x.device.type, dtype=self.half or torch.bfloat16, enabled=self.half is not None):
-            if guided is None or not guided.any():
+            if unguided:
                 return self.net(x, t.float(), labels, **second).to(dtype)
             null = torch.full_like(labels, self.null_class)
-            if w == 0 and guided.all():
+            if w == 0 and (guided is None or guided.all()):
                 return self.net(x, t.float(), null, **second).to(dtype)
             second = {k: v.repeat(2) for k, v in second.items()}
             out = self.net(torch.cat([x, x]), t.float().repeat(2), torch.cat([labels, null]), **second).to(dtype)
         cond, uncond = out.chunk(2)
-        guided = guided.reshape(-1, *[1] * (cond.dim() - 1))  # [B] -> [B, 1, ...]
-        return torch.where(guided, uncond + w * (cond - uncond), cond)
+        mixed = uncond + w * (cond - uncond)
+        if guided is None:
+            return mixed
+        return torch.where(guided.reshape(-1, *[1] * (cond.dim() - 1)), mixed, cond)  # [B] -> [B, 1, ...]
 
     def __call__(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
