@@ -20,10 +20,16 @@ counted); the LR schedule's horizon is the number of steps the measured rate fit
 
 Sampling: for each NFE every candidate scheduler (DPM-Solver++ 2M and 3M, each plain, with Karras
 sigmas and with lu_lambdas; UniPC; DDIM; Euler; each with trailing and with leading timesteps)
-draws `--pilot` samples (classes in turn, the same noise for all); the `--finalists` best are drawn
-again at `--num` samples, and the best of those is diffusers' best. genkit's default sampler (the
-model's `sample.sampler` on its fitted grid) draws `--num` samples of the same model. FID in the
-MNIST feature net beside the real-data floor; `ratio_default_vs_diffusers_best` per NFE.
+draws `--pilot` samples (classes in turn); the `--finalists` best are drawn again at `--num`
+samples, and the best of those is diffusers' best. genkit's default sampler (the model's
+`sample.sampler` on its fitted grid) draws `--num` samples of the same model. Every draw starts
+from the same noise, genkit's streams of seed 0 (sample i from stream i). FID in the MNIST
+feature net beside the real-data floor; `ratio_default_vs_diffusers_best` per NFE.
+
+`ode_error`: how far each draw's first `REFERENCE` images lie from the ODE's own (root mean
+square per pixel, images in [0, 1]; the ODE's solved by `REFERENCE_STEPS` fp32 steps of genkit's
+DPM-Solver++(2M) without clipping, from the same noise), for every candidate and genkit's
+default: a sampler's accuracy, apart from whether its error happens to lower FID.
 
 `ode_limit`: the FID of the model's probability-flow ODE solved to convergence (`ODE_STEPS` steps
 of DPM-Solver++(2M), by diffusers' scheduler and by genkit's sampler without clipping, as
@@ -49,6 +55,7 @@ import genkit
 from genkit.config import DataConfig
 from genkit.data import batch_indices, load_images
 from genkit.evaluation import Evaluator
+from genkit.samplers import SampleNoise
 
 NFES = (5, 10, 20)
 TRAINING_FILE = "genkit_training.json"  # what training measured, beside the pipeline it saved
@@ -56,14 +63,17 @@ BATCH_SIZES = (32, 64, 128)
 LR = 2e-3  # genkit's DDPM-UNet recipe's
 SNR_GAMMA = 5.0
 ODE_STEPS = 40  # DPM-Solver++(2M) steps of the ODE limit: at 40 the two libraries' solves agree to about 1 FID
+REFERENCE, REFERENCE_STEPS = 100, 200  # the ODE's images for `ode_error`: 100 vs 200 steps differ by 0.002 RMS
 
 
 def diffusers_unet(classes: int = 10):
-    """About the size of genkit's recipe UNet (1.65M parameters): 1.6M."""
+    """The UNet2DModel layout `benchmarks/throughput.py` matches to genkit's recipe UNet (1.65M
+    parameters): 1.8M, one ResNet block per level on the way down, as genkit's recipe keeps one at
+    32x32, where a CPU step spends most of its time."""
     from diffusers import UNet2DModel
 
-    return UNet2DModel(sample_size=32, in_channels=1, out_channels=1, block_out_channels=(32, 64, 64),
-                       layers_per_block=2, norm_num_groups=32, num_class_embeds=classes,
+    return UNet2DModel(sample_size=32, in_channels=1, out_channels=1, block_out_channels=(32, 64, 96),
+                       layers_per_block=1, norm_num_groups=32, num_class_embeds=classes,
                        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
                        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
 
@@ -170,15 +180,21 @@ def candidates() -> dict[str, tuple[type, dict]]:
     return found
 
 
+def starting_noise(num: int) -> torch.Tensor:
+    """The unit noise [num, 1, 32, 32] genkit's `model.sample(num, seed=0)` starts from (a VP path's
+    prior is unit normal)."""
+    return SampleNoise(0, range(num)).randn(1, 32, 32)
+
+
 @torch.no_grad()
 def draw(unet, scheduler, nfe: int, num: int, batch_size: int = 250) -> torch.Tensor:
     """diffusers' pipeline loop with `scheduler` at `nfe` steps: `num` images in [0, 1], classes in
-    turn, the noise of seed 0 (the same for every scheduler)."""
-    images, generator = [], torch.Generator().manual_seed(0)
+    turn, from `starting_noise` (the same for every scheduler and for genkit)."""
+    images, noise = [], starting_noise(num)
     for start in range(0, num, batch_size):
         scheduler.set_timesteps(nfe)  # also resets a multistep scheduler's history
         n = min(batch_size, num - start)
-        x = torch.randn(n, 1, 32, 32, generator=generator) * scheduler.init_noise_sigma
+        x = noise[start:start + n] * scheduler.init_noise_sigma
         labels = torch.arange(start, start + n) % 10
         for t in scheduler.timesteps:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=has_bf16()):
@@ -188,45 +204,64 @@ def draw(unet, scheduler, nfe: int, num: int, batch_size: int = 250) -> torch.Te
     return torch.cat(images)
 
 
+def ode_reference(folder: Path, num: int) -> torch.Tensor:
+    """The first `num` images of the model's probability-flow ODE, solved to convergence."""
+    return genkit.from_diffusers(folder).sample(num, seed=0, sampler="dpmpp_2m", schedule="log_snr",
+                                                steps=REFERENCE_STEPS, labels=torch.arange(num) % 10,
+                                                clip_x0=False, progress=False).images
+
+
+def ode_error(images: torch.Tensor, reference: torch.Tensor) -> float:
+    """Root mean square per pixel between the first images drawn and the ODE's own."""
+    if not images.isfinite().all():
+        return math.inf
+    return round(float((images[:len(reference)] - reference).pow(2).mean().sqrt()), 5)
+
+
 def score(evaluator: Evaluator, images: torch.Tensor) -> float:
     if not images.isfinite().all():
         return math.inf
     return evaluator.score(images, torch.arange(len(images)) % 10)["fid"]
 
 
-def diffusers_best(folder: Path, evaluator: Evaluator, nfe: int, pilot: int, num: int, finalists: int) -> dict:
-    """Every candidate on `pilot` samples, the best `finalists` again on `num`: the best of those."""
+def diffusers_best(folder: Path, evaluator: Evaluator, nfe: int, pilot: int, num: int, finalists: int,
+                   reference: torch.Tensor) -> dict:
+    """Every candidate on `pilot` samples, the best `finalists` again on `num`: the best of those
+    (with every candidate's `ode_error` on the pilot)."""
     from diffusers import UNet2DModel
 
     unet = UNet2DModel.from_pretrained(folder, subfolder="unet").eval()
     config = training_scheduler().config
-    tried = {}
+    tried, errors = {}, {}
     for name, (kind, options) in candidates().items():
         try:
-            tried[name] = score(evaluator, draw(unet, kind.from_config(config, **options), nfe, pilot))
+            images = draw(unet, kind.from_config(config, **options), nfe, pilot)
+            tried[name], errors[name] = score(evaluator, images), ode_error(images, reference)
         except (ValueError, RuntimeError, IndexError, AssertionError) as err:  # a setting it refuses here
             tqdm.write(f"  {name}: refused ({str(err).splitlines()[0][:80]})")
-            tried[name] = math.inf
-        tqdm.write(f"diffusers NFE {nfe:3d} {name:24s} FID {tried[name]:8.2f} ({pilot} samples)")
+            tried[name] = errors[name] = math.inf
+        tqdm.write(f"diffusers NFE {nfe:3d} {name:24s} FID {tried[name]:8.2f} ({pilot} samples), "
+                   f"ODE error {errors[name]:.4f}")
     final = {}
     for name in sorted(tried, key=tried.get)[:finalists]:
         kind, options = candidates()[name]
         final[name] = score(evaluator, draw(unet, kind.from_config(config, **options), nfe, num))
         tqdm.write(f"diffusers NFE {nfe:3d} {name:24s} FID {final[name]:8.2f} ({num} samples)")
     best = min(final, key=final.get)
-    return {"library": "diffusers", "nfe": nfe, "scheduler": best, "fid": final[best], "finalists": final,
-            "pilot": tried}
+    return {"library": "diffusers", "nfe": nfe, "scheduler": best, "fid": final[best], "ode_error": errors[best],
+            "finalists": final, "pilot": tried, "pilot_ode_error": errors}
 
 
-def genkit_default(folder: Path, evaluator: Evaluator, nfe: int, num: int) -> dict:
+def genkit_default(folder: Path, evaluator: Evaluator, nfe: int, num: int, reference: torch.Tensor) -> dict:
     model = genkit.from_diffusers(folder)
     sampler = model.cfg.sample.sampler
     steps = steps_for_sampler(sampler, nfe)
     fit_grid(model, sampler, steps)
     drawn = model.sample(num, seed=0, steps=steps, labels=torch.arange(num) % 10, progress=False, precision="auto")
-    fid = score(evaluator, drawn.images)
-    tqdm.write(f"genkit    NFE {drawn.nfe:3d} {sampler:24s} FID {fid:8.2f} ({num} samples)")
-    return {"library": "genkit", "nfe": nfe, "nfe_used": drawn.nfe, "sampler": sampler, "fid": fid}
+    fid, error = score(evaluator, drawn.images), ode_error(drawn.images, reference)
+    tqdm.write(f"genkit    NFE {drawn.nfe:3d} {sampler:24s} FID {fid:8.2f} ({num} samples), ODE error {error:.4f}")
+    return {"library": "genkit", "nfe": nfe, "nfe_used": drawn.nfe, "sampler": sampler, "fid": fid,
+            "ode_error": error}
 
 
 def ode_limit(folder: Path, evaluator: Evaluator, num: int, steps: int) -> dict:
@@ -267,17 +302,26 @@ def main() -> None:
         return
     evaluator = Evaluator(DataConfig(path="data/mnist"), progress=False)
     floor = evaluator.floor(args.num)["fid"]
+    reference = ode_reference(folder, min(REFERENCE, args.pilot))
     rows = []
     for nfe in ((2,) if args.dry_run else NFES):
-        rows.append(diffusers_best(folder, evaluator, nfe, args.pilot, args.num, args.finalists))
-        rows.append(genkit_default(folder, evaluator, nfe, args.num))
-    ratio = {str(r["nfe"]): round(g["fid"] / r["fid"], 3) for r, g in zip(rows[::2], rows[1::2])}
+        rows.append(diffusers_best(folder, evaluator, nfe, args.pilot, args.num, args.finalists, reference))
+        rows.append(genkit_default(folder, evaluator, nfe, args.num, reference))
+    pairs = list(zip(rows[::2], rows[1::2]))
+    ratio = {str(r["nfe"]): round(g["fid"] / r["fid"], 3) for r, g in pairs}
+    error_ratio = {str(r["nfe"]): {"vs_diffusers_best": round(g["ode_error"] / r["ode_error"], 3),
+                                   "vs_diffusers_most_accurate":
+                                       round(g["ode_error"] / min(r["pilot_ode_error"].values()), 3)}
+                   for r, g in pairs}
     limit = ode_limit(folder, evaluator, args.num, 2 if args.dry_run else ODE_STEPS)
     write_results("diffusers_models", {"dry_run": args.dry_run, "minutes": args.minutes, "num_samples": args.num,
                                        "pilot_samples": args.pilot, "finalists": args.finalists,
                                        "training": training, "floor_fid": floor, "rows": rows, "ode_limit": limit,
-                                       "ratio_default_vs_diffusers_best": ratio}, args.json)
-    print(f"genkit's default over diffusers' best, by NFE: {ratio} (floor FID {floor:.2f})")
+                                       "ratio_default_vs_diffusers_best": ratio,
+                                       "ode_error_reference": {"samples": len(reference), "steps": REFERENCE_STEPS},
+                                       "ode_error_ratio_default": error_ratio}, args.json)
+    print(f"genkit's default over diffusers' best, by NFE: {ratio} (floor FID {floor:.2f}); "
+          f"ODE error over diffusers': {error_ratio}")
 
 
 if __name__ == "__main__":

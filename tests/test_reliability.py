@@ -231,7 +231,7 @@ def test_gpu_benchmark_runs_end_to_end_as_a_dry_run(tmp_path):
 def test_diffusers_baseline_benchmark_runs_end_to_end_as_a_dry_run(tmp_path):
     """`benchmarks/diffusers_models.py --dry-run` trains diffusers' UNet2DModel for two steps, scores
     its schedulers and genkit's default on it, and writes every part of its results: the ratio per
-    NFE and the ODE limit both libraries solve."""
+    NFE, each draw's distance from the ODE's images, and the ODE limit both libraries solve."""
     out = tmp_path / "diffusers_models.json"
     done = subprocess.run([sys.executable, "benchmarks/diffusers_models.py", "--dry-run", "--json", str(out),
                            "--workdir", str(tmp_path / "runs")], cwd=ROOT, capture_output=True, text=True, timeout=1200)
@@ -242,3 +242,5 @@ def test_diffusers_baseline_benchmark_runs_end_to_end_as_a_dry_run(tmp_path):
     assert set(result["ratio_default_vs_diffusers_best"]) == {"2"}
     limit = result["ode_limit"]
     assert limit["steps"] == 2 and limit["diffusers dpmpp_2m trailing"] > 0 and limit["genkit dpmpp_2m log_snr"] > 0
+    assert all(0 < row["ode_error"] < 1 for row in result["rows"])
+    assert set(result["ode_error_ratio_default"]["2"]) == {"vs_diffusers_best", "vs_diffusers_most_accurate"}
