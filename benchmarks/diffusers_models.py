@@ -26,10 +26,12 @@ samples, and the best of those is diffusers' best. genkit's default sampler (the
 from the same noise, genkit's streams of seed 0 (sample i from stream i). FID in the MNIST
 feature net beside the real-data floor; `ratio_default_vs_diffusers_best` per NFE.
 
-`ode_error`: how far each draw's first `REFERENCE` images lie from the ODE's own (root mean
-square per pixel, images in [0, 1]; the ODE's solved by `REFERENCE_STEPS` fp32 steps of genkit's
-DPM-Solver++(2M) without clipping, from the same noise), for every candidate and genkit's
-default: a sampler's accuracy, apart from whether its error happens to lower FID.
+`ode_error`: how far each draw's first 100 images (`REFERENCE`) lie from the ODE's own (root mean
+square per pixel, images in [0, 1]; the ODE solved by 200 fp32 steps, `REFERENCE_STEPS`, of
+genkit's DPM-Solver++(2M) without clipping, from the same noise), for every candidate and for
+genkit's default: a sampler's accuracy, apart from whether its error happens to lower FID.
+`ode_error_ratio_default` per NFE: genkit's default's over diffusers' best's, and over the
+smallest of any candidate's.
 
 `ode_limit`: the FID of the model's probability-flow ODE solved to convergence (`ODE_STEPS` steps
 of DPM-Solver++(2M), by diffusers' scheduler and by genkit's sampler without clipping, as
