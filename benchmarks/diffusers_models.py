@@ -206,11 +206,12 @@ def draw(unet, scheduler, nfe: int, num: int, batch_size: int = 250) -> torch.Te
     return torch.cat(images)
 
 
-def ode_reference(folder: Path, num: int) -> torch.Tensor:
-    """The first `num` images of the model's probability-flow ODE, solved to convergence."""
-    return genkit.from_diffusers(folder).sample(num, seed=0, sampler="dpmpp_2m", schedule="log_snr",
-                                                steps=REFERENCE_STEPS, labels=torch.arange(num) % 10,
-                                                clip_x0=False, progress=False).images
+def genkit_ode(folder: Path, num: int, steps: int, precision: str = "no") -> torch.Tensor:
+    """The first `num` images of the model's probability-flow ODE by genkit's DPM-Solver++(2M) in
+    `steps` log-SNR steps, without clipping (as diffusers solves it)."""
+    return genkit.from_diffusers(folder).sample(num, seed=0, sampler="dpmpp_2m", schedule="log_snr", steps=steps,
+                                                labels=torch.arange(num) % 10, clip_x0=False, progress=False,
+                                                precision=precision).images
 
 
 def ode_error(images: torch.Tensor, reference: torch.Tensor) -> float:
@@ -274,10 +275,7 @@ def ode_limit(folder: Path, evaluator: Evaluator, num: int, steps: int) -> dict:
     kind, options = candidates()["dpmpp_2m trailing"]
     scheduler = kind.from_config(training_scheduler().config, **options)
     found = {"steps": steps, "diffusers dpmpp_2m trailing": score(evaluator, draw(unet, scheduler, steps, num))}
-    drawn = genkit.from_diffusers(folder).sample(num, seed=0, sampler="dpmpp_2m", schedule="log_snr", steps=steps,
-                                                 labels=torch.arange(num) % 10, clip_x0=False, progress=False,
-                                                 precision="auto")
-    found["genkit dpmpp_2m log_snr"] = score(evaluator, drawn.images)
+    found["genkit dpmpp_2m log_snr"] = score(evaluator, genkit_ode(folder, num, steps, precision="auto"))
     tqdm.write(f"ODE limit ({steps} steps): {found}")
     return found
 
@@ -304,7 +302,7 @@ def main() -> None:
         return
     evaluator = Evaluator(DataConfig(path="data/mnist"), progress=False)
     floor = evaluator.floor(args.num)["fid"]
-    reference = ode_reference(folder, min(REFERENCE, args.pilot))
+    reference = genkit_ode(folder, min(REFERENCE, args.pilot), REFERENCE_STEPS)  # fp32: the ODE's own images
     rows = []
     for nfe in ((2,) if args.dry_run else NFES):
         rows.append(diffusers_best(folder, evaluator, nfe, args.pilot, args.num, args.finalists, reference))
