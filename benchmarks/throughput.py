@@ -1,8 +1,10 @@
 """Throughput on this machine: genkit against diffusers at equal parameters, training and sampling.
 
 Training: one step = forward + backward + AdamW on a batch of 64 32x32x1 images, in fp32 and in
-bf16 autocast. Every diffusers UNet2DModel layout tried that lies within 10% of the genkit UNet's
-parameters is timed, and the ratio is taken against the fastest. Also reports achieved GFLOP/s
+bf16 autocast; in bf16 every UNet is also timed in channels-last (rows `+channels_last`: how
+genkit's trainer runs its UNet in half precision on a CPU). Every diffusers UNet2DModel layout
+tried that lies within 10% of the genkit UNet's parameters is timed, and the ratio is taken
+against the fastest, in whichever precision and layout. Also reports achieved GFLOP/s
 (FLOPs counted by torch's FlopCounterMode) against a plain matmul timed in the same run.
 
 Sampling: `model.sample(B, steps)` of the RF-UNet recipe (DPM-Solver++(2M) with its corrector,
@@ -28,6 +30,7 @@ Every entry is timed in turn, block by block, so that the machine's slow spells 
 """
 from __future__ import annotations
 
+import copy
 import json
 import re
 import statistics
@@ -86,6 +89,8 @@ def n_params(net: torch.nn.Module) -> int:
 
 
 def make_step(net: torch.nn.Module, bf16: bool):
+    """One training step of `net` (in the memory format its weights are in; the batch as a data
+    loader gives it, contiguous)."""
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     x, t, y = torch.randn(BATCH, 1, SIZE, SIZE, generator=g), torch.rand(BATCH, generator=g), torch.randint(0, 10, (BATCH,), generator=g)
@@ -149,8 +154,6 @@ def sampling(batch: int, steps: int, repeats: int, compiled: bool = False) -> di
     genkit samples with bf16 weights under autocast (what `precision="bf16"` does), and diffusers runs
     both ways it offers, autocast over fp32 weights and the pipeline cast to bf16 (its
     `torch_dtype`), the faster counting."""
-    import copy
-
     from diffusers import DDIMPipeline, DDIMScheduler
 
     torch.manual_seed(0)
@@ -290,6 +293,10 @@ def training(args) -> dict:
         flops["genkit-unet+compile"] = flops["genkit-unet"]
     steps = {(name, precision): make_step(net, precision == "bf16")
              for name, net in nets.items() for precision in ("fp32", "bf16")}
+    for name in [n for n in nets if "unet" in n and not n.endswith("+compile")]:
+        nets[f"{name}+channels_last"] = copy.deepcopy(nets[name]).to(memory_format=torch.channels_last)
+        flops[f"{name}+channels_last"] = flops[name]
+        steps[(f"{name}+channels_last", "bf16")] = make_step(nets[f"{name}+channels_last"], True)
     seconds = time_round_robin(steps, args.seconds)
     rows = []
     for (name, precision), sec in seconds.items():

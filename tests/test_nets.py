@@ -121,6 +121,25 @@ def test_group_norm_gives_the_contiguous_kernels_values_in_the_inputs_layout(dty
                                **({} if dtype == torch.float32 else dict(rtol=0, atol=0.04)))
 
 
+
+@pytest.mark.parametrize("size", [8, 32])
+def test_group_norm_in_training_gives_the_contiguous_kernels_gradients(size):
+    """A recorded call takes the contiguous kernel at every map size: same values and gradients."""
+    norm = GroupNorm(4, 8).to(torch.bfloat16)
+    torch.nn.init.normal_(norm.weight), torch.nn.init.normal_(norm.bias)
+    x = torch.randn(3, 8, size, size).to(torch.bfloat16)
+    cotangent = torch.randn_like(x)
+    x_last = x.to(memory_format=torch.channels_last).requires_grad_(True)
+    out = norm(x_last)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    grads = torch.autograd.grad(out, (x_last, norm.weight, norm.bias), cotangent)
+    x_ref = x.clone().requires_grad_(True)
+    ref = torch.nn.functional.group_norm(x_ref, 4, norm.weight, norm.bias)
+    ref_grads = torch.autograd.grad(ref, (x_ref, norm.weight, norm.bias), cotangent)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    for grad, ref_grad in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
+
 def test_position_embedding_closed_form():
     dim, gh, gw = 16, 3, 5
     emb = sincos_2d(gh, gw, dim)

@@ -51,21 +51,25 @@ class ConditionEmbedding(nn.Module):
 
 
 class GroupNorm(nn.GroupNorm):
-    """`nn.GroupNorm` that normalises a small channels-last half-precision map on a CPU in the
-    contiguous layout. PyTorch's channels-last CPU kernel is many times slower in bf16 than the
-    contiguous one on maps below 32x32 pixels (seen here on 16x16 and 8x8 maps, not on 32x32),
-    more than the two layout copies cost; with this, bf16 sampling runs faster in channels-last
-    than contiguous (benchmarks/throughput.py). fp32 maps gain nothing from the copies and are
-    left alone."""
+    """`nn.GroupNorm` that normalises a channels-last half-precision map on a CPU in the contiguous
+    layout where that is faster: on maps below 32x32 pixels, and on any map autograd records (in
+    training). PyTorch's channels-last CPU kernels are many times slower in bf16 than the
+    contiguous ones there, more than the two layout copies cost (the backward pass 4x at 32x32,
+    2x at 64x64); only the forward pass on larger maps is faster in place. fp32 maps gain nothing
+    from the copies and are left alone."""
 
     SMALL_MAP = 32 * 32  # pixels; smaller maps take the contiguous kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and x.dim() == 4
-                and x.shape[-2] * x.shape[-1] < self.SMALL_MAP
+                and (x.shape[-2] * x.shape[-1] < self.SMALL_MAP or self._recorded(x))
                 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
             return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
         return super().forward(x)
+
+    def _recorded(self, x: torch.Tensor) -> bool:
+        """Whether autograd records this call (its backward pass will run)."""
+        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
 
 
 class RMSNorm(nn.Module):

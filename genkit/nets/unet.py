@@ -152,7 +152,9 @@ class UNet(nn.Module):
     -> [B,C,H,W]`; r, a second time, only with `interval` (see `ConditionEmbedding`). Feature-map
     sizes (`attention_resolutions`) count patches when `patch_size` > 1."""
 
-    cpu_channels_last = True  # CPU inference runs faster so, fp32 and bf16 (see `GroupNorm`; benchmarks/throughput.py)
+    # CPU inference (fp32 and bf16) and CPU training in half precision run faster so
+    # (see `GroupNorm`; benchmarks/throughput.py)
+    cpu_channels_last = True
 
     def __init__(self, cfg: UNetConfig, in_channels: int, image_size: int, num_classes: int, interval: bool = False):
         super().__init__()

@@ -105,7 +105,7 @@ class Trainer:
         self.data = self._load_data()
         self.method = build_method(cfg, **parts)
         net = build_net(cfg)
-        if getattr(net, "channels_last", False):  # faster convolutions on CPU for nets that say so
+        if self._trains_channels_last(net):
             net = net.to(memory_format=torch.channels_last)
         if tc.init_from:
             self._init_weights(net, tc.init_from)
@@ -126,6 +126,15 @@ class Trainer:
             self.accelerator.register_for_checkpointing(ShardedState(self.net, self.optimizer))
         self.step, self.bad_steps_total = 0, 0
         self.seconds_before, self.fit_started = 0.0, time.perf_counter()  # training time of earlier sessions; this one's start
+
+    def _trains_channels_last(self, net: torch.nn.Module) -> bool:
+        """Whether `net` trains faster in channels-last here: nets that always do (`channels_last`: the
+        PixelCNN), and on a CPU in half precision those whose convolutions do (`cpu_channels_last`:
+        the UNet, its normalisations in the contiguous layout; benchmarks/throughput.py)."""
+        acc = self.accelerator
+        half_on_cpu = acc.device.type == "cpu" and acc.mixed_precision in ("bf16", "fp16")
+        return getattr(net, "channels_last", False) or (
+            half_on_cpu and not self.cfg.train.fsdp and getattr(net, "cpu_channels_last", False))
 
     @staticmethod
     def _init_weights(net: torch.nn.Module, source: str) -> None:
