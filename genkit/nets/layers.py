@@ -53,10 +53,9 @@ class ConditionEmbedding(nn.Module):
 class GroupNorm(nn.GroupNorm):
     """`nn.GroupNorm` that normalises a channels-last half-precision map on a CPU in the contiguous
     layout where that is faster: on maps below 32x32 pixels, and on any map autograd records (in
-    training). PyTorch's channels-last CPU kernels are many times slower in bf16 than the
-    contiguous ones there, more than the two layout copies cost (the backward pass 4x at 32x32,
-    2x at 64x64); only the forward pass on larger maps is faster in place. fp32 maps gain nothing
-    from the copies and are left alone."""
+    training). PyTorch's channels-last CPU kernels are slower in bf16 than the contiguous ones
+    there, the backward pass most, by more than the two layout copies cost; only the forward pass
+    on larger maps is faster in place. fp32 maps gain nothing from the copies and are left alone."""
 
     SMALL_MAP = 32 * 32  # pixels; smaller maps take the contiguous kernel
 
