@@ -32,6 +32,8 @@ def main() -> None:
                    help="multiples of the MNIST run's steps to train for (default: %(default)s)")
     p.add_argument("--steps-from", metavar="JSON", default="benchmarks/results/quality.json",
                    help="the results file whose MNIST training entry gives the recipe's steps (default: %(default)s)")
+    p.add_argument("--vae-minutes", type=float, default=20.0,
+                   help="training wall time of the latent recipe's autoencoder (default: %(default)s)")
     p.add_argument("--num", type=int, default=1000, help="samples per FID (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="for sampling (default: %(default)s)")
     args = p.parse_args()
@@ -46,7 +48,8 @@ def main() -> None:
     for scale in args.scales:
         workdir = Path(args.workdir) / f"{Path(args.data).name}-x{scale:g}"
         started = time.perf_counter()
-        trained = train_recipe(args.recipe, workdir, 0, 0, args.data, steps=round(base * scale))
+        trained = train_recipe(args.recipe, workdir, 0, args.vae_minutes, args.data,  # no budget: steps
+                               steps=round(base * scale))
         rows = eval_recipe(args.recipe, workdir, evaluator, args.num, args.device)
         best = min(rows, key=lambda r: r["fid"])
         runs[f"{scale:g}"] = {"scale": scale, "steps": trained["steps"], "mnist_steps": base,
