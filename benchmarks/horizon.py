@@ -17,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from harness import STARTED_AT, benchmark_parser, machine, write_results
+from harness import STARTED_AT, benchmark_parser, device, machine, write_results
 from quality import BUNDLED_DATA, RECIPES, data_path, eval_recipe, steps_taken, train_recipe
 
 from genkit.config import DataConfig
@@ -35,7 +35,7 @@ def main() -> None:
     p.add_argument("--vae-minutes", type=float, default=20.0,
                    help="training wall time of the latent recipe's autoencoder (default: %(default)s)")
     p.add_argument("--num", type=int, default=1000, help="samples per FID (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="for sampling (default: %(default)s)")
+    p.add_argument("--device", default=device(), help="for sampling (default: %(default)s)")
     args = p.parse_args()
     if min(args.scales) <= 0 or args.num < 10:
         p.error("need --scales > 0 and --num >= 10")
