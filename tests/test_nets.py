@@ -121,7 +121,6 @@ def test_group_norm_gives_the_contiguous_kernels_values_in_the_inputs_layout(dty
                                **({} if dtype == torch.float32 else dict(rtol=0, atol=0.04)))
 
 
-
 @pytest.mark.parametrize("size", [8, 32])
 def test_group_norm_in_training_gives_the_contiguous_kernels_gradients(size):
     """A recorded call takes the contiguous kernel at every map size: same values and gradients."""
@@ -139,6 +138,7 @@ def test_group_norm_in_training_gives_the_contiguous_kernels_gradients(size):
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     for grad, ref_grad in zip(grads, ref_grads):
         torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
+
 
 def test_position_embedding_closed_form():
     dim, gh, gw = 16, 3, 5
