@@ -24,9 +24,15 @@ against the time of its own network evaluations (the same net on the same batch,
 the command reports): `ratio` (goal <= 1.3). `ratio_fitting_at_the_call` is the same command with
 `--schedule adaptive`, which fits the grid at every call as the default did before grids were stored.
 
+Allocator (`--part allocator`): what `keep_freed_memory` (glibc's malloc keeping freed blocks for
+the next tensors, which genkit's trainer and models set on a CPU) buys, against glibc's defaults
+(`GENKIT_KEEP_FREED_MEMORY=0`), each in processes of its own, in turn: the RF-UNet recipe's
+training steps per second (batch 128, from its log), and its `model.sample(256)` with the recipe's
+sampler, steps and guidance, in images per second; `ratio_*` is kept over defaults.
+
 Every entry is timed in turn, block by block, so that the machine's slow spells fall on all alike.
 
-    python benchmarks/throughput.py [--part training|sampling|defaults]
+    python benchmarks/throughput.py [--part training|sampling|defaults|allocator]
 """
 from __future__ import annotations
 
@@ -41,7 +47,7 @@ import time
 from pathlib import Path
 
 import torch
-from harness import PATCH_2_UNET, ROOT, benchmark_parser, recipe_path, train, write_results
+from harness import PATCH_2_UNET, ROOT, benchmark_parser, recipe_path, steps_per_second, train, write_results
 from torch.utils.flop_counter import FlopCounterMode
 
 from genkit.config import load_config
@@ -49,6 +55,7 @@ from genkit.nets import build_net
 from genkit.inference import build_model
 
 BATCH, SIZE = 64, 32
+PARTS = ("training", "sampling", "defaults", "allocator")
 
 
 class DiffusersUNet(torch.nn.Module):
@@ -247,7 +254,7 @@ def sampling(batch: int, steps: int, repeats: int, compiled: bool = False) -> di
 
 def main() -> None:
     parser = benchmark_parser("throughput", __doc__)
-    parser.add_argument("--part", choices=["all", "training", "sampling", "defaults"], default="all",
+    parser.add_argument("--part", choices=["all", *PARTS], default="all",
                         help="measure one part only; the other stays in the JSON, stamped with the commit it was measured at")
     parser.add_argument("--seconds", type=float, default=15.0, help="timed training seconds per net and precision")
     parser.add_argument("--compile", action="store_true",
@@ -260,10 +267,10 @@ def main() -> None:
 
     result = {}
     path = Path(args.json)
-    measured = ["training", "sampling", "defaults"] if args.part == "all" else [args.part]
+    measured = list(PARTS) if args.part == "all" else [args.part]
     if args.part != "all" and path.exists():  # the parts not re-measured stay, stamped with their own commit
         kept = json.loads(path.read_text())
-        for other in {"training", "sampling", "defaults"} - set(measured):
+        for other in set(PARTS) - set(measured):
             if other in kept:
                 result[other] = {**kept[other], "commit": kept[other].get("commit", kept["commit"]),
                                  "machine": kept[other].get("machine", kept["machine"])}
@@ -273,6 +280,8 @@ def main() -> None:
         result["sampling"] = sampling(args.sampling_batch, args.sampling_steps, args.sampling_repeats, args.compile)
     if "defaults" in measured:
         result["defaults"] = defaults(args.sampling_repeats + 1)
+    if "allocator" in measured:
+        result["allocator"] = allocator(args.sampling_repeats + 1)
     print(json.dumps({part: {k: v for k, v in result[part].items() if k != "rows"} for part in measured}, indent=2))
     write_results("throughput", result, path)
 
@@ -348,6 +357,45 @@ def defaults(repeats: int, num: int = 64) -> dict:
     return {"num": num, "nfe": nfe, "repeats": repeats, "seconds": {k: round(v, 3) for k, v in median.items()},
             "ratio": round((median["sample"] - median["start_and_load"]) / median["network"], 3),
             "ratio_fitting_at_the_call": round((median["adaptive"] - median["start_and_load"]) / median["network"], 3)}
+
+
+def allocator(repeats: int, train_steps: int = 40, num: int = 256) -> dict:
+    """Training and sampling throughput with malloc's freed memory kept and with glibc's defaults
+    (see the module), each measurement a process of its own."""
+    import os
+
+    settings = {"kept": None, "defaults": "0"}
+    figures = {(name, part): [] for name in settings for part in ("train_steps_per_s", "sample_img_per_s")}
+    with tempfile.TemporaryDirectory() as tmp:
+        run = train("rf_unet_mnist", Path(tmp) / "run", "train.max_steps=2", "train.sample_every=0")
+        for _ in range(repeats):  # in turn, so that slow spells fall on both alike
+            for name, value in settings.items():
+                os.environ.pop("GENKIT_KEEP_FREED_MEMORY", None)
+                if value is not None:
+                    os.environ["GENKIT_KEEP_FREED_MEMORY"] = value
+                figures[name, "train_steps_per_s"].append(
+                    steps_per_second("rf_unet_mnist", Path(tmp) / name, "train.overwrite=true", steps=train_steps))
+                done = subprocess.run([sys.executable, "-c", SAMPLING_ONLY.format(run=str(run), num=num)],
+                                      cwd=ROOT, capture_output=True, text=True, check=True)
+                figures[name, "sample_img_per_s"].append(num / float(done.stdout.strip().splitlines()[-1]))
+        os.environ.pop("GENKIT_KEEP_FREED_MEMORY", None)
+    median = {f"{part}_{name}": round(statistics.median(v), 3) for (name, part), v in figures.items()}
+    return {"repeats": repeats, "train_steps": train_steps, "sampling_num": num, **median,
+            "ratio_training": round(median["train_steps_per_s_kept"] / median["train_steps_per_s_defaults"], 3),
+            "ratio_sampling": round(median["sample_img_per_s_kept"] / median["sample_img_per_s_defaults"], 3)}
+
+
+# A process that loads a run and times one `model.sample` call of `num` images with the recipe's
+# settings (after a warm-up call), printing its seconds.
+SAMPLING_ONLY = """
+import time
+import genkit
+model = genkit.load({run!r})
+model.sample({num}, progress=False)
+started = time.perf_counter()
+model.sample({num}, progress=False)
+print(time.perf_counter() - started)
+"""
 
 
 # A process that starts and loads as sample.py does, then makes the command's network evaluations

@@ -1,5 +1,10 @@
 """Devices: `--device` and `model.to()` pick what the machine has, refuse what it lacks in one
 line, and draw the same samples for the same (seed, i) wherever they run."""
+import os
+import platform
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -50,3 +55,30 @@ def test_a_model_moves_and_samples_alike_wherever_it_runs(tiny_run):
     there = model.sample(3, steps=2, progress=False)
     assert torch.equal(here.noise, there.noise)  # the starting noise is a function of (seed, i) alone
     assert (here.images - there.images).abs().max() < 1e-3
+
+
+FAULTS_OF_REPEATED_TENSORS = """
+import resource, sys, torch
+from genkit.inference.devices import keep_freed_memory
+print(keep_freed_memory())
+torch.ones(8 << 20).sum()  # 32 MiB, allocated, touched and freed once
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    torch.ones(8 << 20).sum()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+@pytest.mark.parametrize("env, kept", [({}, True), ({"GENKIT_KEEP_FREED_MEMORY": "0"}, False),
+                                       ({"MALLOC_TRIM_THRESHOLD_": "131072"}, False)])
+def test_kept_freed_memory_spares_the_page_faults_of_each_large_tensor(env, kept):
+    """32 MiB tensors, allocated ten times: by default glibc maps each afresh (8,192 pages, each
+    faulted in on first touch); kept, the first block is reused. The environment's choice wins."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LD_PRELOAD")
+           and not k.startswith("MALLOC_")} | env
+    out = subprocess.run([sys.executable, "-c", FAULTS_OF_REPEATED_TENSORS], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out[0] == str(kept)
+    faults = int(out[1])
+    assert faults < 1000 if kept else faults > 10 * 8192 * 0.9

@@ -1,7 +1,9 @@
 """Devices and precisions for inference: which device `auto` means, and which half precision it computes fast."""
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 
 import torch
 
@@ -58,3 +60,29 @@ def launched_on_cpus() -> bool:
     """Whether this process is one of several launched (`accelerate launch`, `torchrun`: WORLD_SIZE > 1)
     on a machine without CUDA: accelerate then sets up gloo only when told it is on CPUs."""
     return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+# malloc settings a user may have chosen (glibc's variables; a preloaded jemalloc or tcmalloc)
+_MALLOC_CHOICES = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES", "LD_PRELOAD")
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt's parameter numbers (glibc's malloc.h)
+_kept_freed_memory = False
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep the memory tensors free for the next ones, for this process:
+    blocks no longer mapped afresh from the kernel (`mmap`) nor the heap trimmed. glibc maps each
+    block above 128 KiB-32 MiB anew and returns it when freed, so every large tensor of a CPU
+    forward or backward pass is zero-filled page by page on first touch (about 10^5 page faults
+    per call of a small UNet at batch 256); kept, the next pass reuses them. The resident memory
+    then stays at its peak. Returns whether the settings are in force: never off glibc, nor where
+    the environment chooses the allocator (GLIBC_TUNABLES, MALLOC_*_, LD_PRELOAD) or
+    GENKIT_KEEP_FREED_MEMORY=0; benchmarks/throughput.py (`--part allocator`) measures what it buys."""
+    global _kept_freed_memory
+    if _kept_freed_memory:
+        return True
+    if (os.environ.get("GENKIT_KEEP_FREED_MEMORY", "1") == "0" or any(os.environ.get(v) for v in _MALLOC_CHOICES)
+            or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc"):
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    _kept_freed_memory = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _kept_freed_memory

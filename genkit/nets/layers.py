@@ -50,12 +50,28 @@ class ConditionEmbedding(nn.Module):
         return emb
 
 
+class _Relayout(torch.autograd.Function):
+    """`x` copied into the memory layout `layout`, its gradient copied back into `grad_layout`
+    (`Tensor.contiguous` hands the gradient on in whatever layout it came, and PyTorch's CPU
+    kernels run several times slower on operands of mixed layouts than on either layout alone)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layout: torch.memory_format, grad_layout: torch.memory_format) -> torch.Tensor:
+        ctx.grad_layout = grad_layout
+        return x.contiguous(memory_format=layout)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return grad.contiguous(memory_format=ctx.grad_layout), None, None
+
+
 class GroupNorm(nn.GroupNorm):
     """`nn.GroupNorm` that normalises a channels-last half-precision map on a CPU in the contiguous
     layout where that is faster: on maps below 32x32 pixels, and on any map autograd records (in
     training). PyTorch's channels-last CPU kernels are slower in bf16 than the contiguous ones
-    there, the backward pass most, by more than the two layout copies cost; only the forward pass
-    on larger maps is faster in place. fp32 maps gain nothing from the copies and are left alone."""
+    there, the backward pass most, by more than the layout copies cost; only the forward pass
+    on larger maps is faster in place. Values and gradients leave in the layout they came in.
+    fp32 maps gain nothing from the copies and are left alone."""
 
     SMALL_MAP = 32 * 32  # pixels; smaller maps take the contiguous kernel
 
@@ -63,7 +79,9 @@ class GroupNorm(nn.GroupNorm):
         if (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and x.dim() == 4
                 and (x.shape[-2] * x.shape[-1] < self.SMALL_MAP or self._recorded(x))
                 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
-            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
+            nchw, nhwc = torch.contiguous_format, torch.channels_last
+            out = super().forward(_Relayout.apply(x, nchw, nhwc))
+            return _Relayout.apply(out, nhwc, nchw)
         return super().forward(x)
 
     def _recorded(self, x: torch.Tensor) -> bool:

@@ -24,7 +24,7 @@ from genkit.config import Config, ConfigError, flat_dict, load_config, validate
 from genkit.data import DiskImageData, RandomCrops, StepIndices, load_images, open_images, resolve_data_path
 from genkit.images import make_grid, save_grid, to_uint8
 from genkit.inference import GenerativeModel, build_model
-from genkit.inference.devices import launched_on_cpus
+from genkit.inference.devices import keep_freed_memory, launched_on_cpus
 from genkit.latents import AUTOENCODER_DIR, LatentCodec, LatentData, encode_dataset
 from genkit.loading import diffusers_model_folder, load
 from genkit.methods import METHODS, build_method
@@ -79,6 +79,9 @@ class Trainer:
             # `accelerate launch` defaults to one thread per process, which halves CPU throughput
             local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
             torch.set_num_threads(tc.cpu_threads or max(1, (os.cpu_count() or 1) // local))
+            if keep_freed_memory():
+                log.info("CPU: freed memory kept for the next tensors (glibc malloc without mmap or trimming; "
+                         "GENKIT_KEEP_FREED_MEMORY=0 leaves malloc as it is)")
         if tc.batch_size % (world * tc.grad_accum):
             raise ConfigError(f"train.batch_size: {tc.batch_size} is not divisible by processes x "
                               f"train.grad_accum = {world} x {tc.grad_accum}")
