@@ -55,6 +55,7 @@ RECIPES = {  # name -> (recipe, overrides)
     "VP-SDE-UNet (uniform t)": ("sde_vp_unet_mnist", ("method.sde.time_density=uniform",)),
     "RF-UNet": ("rf_unet_mnist", ()), "RF-UNet (patch 2)": ("rf_unet_mnist", ("model.unet.patch_size=2",)),
     "RF-UNet (batch 64)": ("rf_unet_mnist", ("train.batch_size=64",)),
+    "RF-UNet (Adam beta2 0.99)": ("rf_unet_mnist", ("train.adam_betas=[0.9,0.99]",)),
     "RF-UNet (patch 2, 64-64)": ("rf_unet_mnist", ("model.unet.patch_size=2", "model.unet.channels=64",
                                                    "model.unet.channel_mult=[1,1]", "model.unet.num_res_blocks=[1,2]")),
     "RF-UNet (patch 2, 64-64-64)": ("rf_unet_mnist", PATCH_2_UNET),

@@ -109,6 +109,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 1e-3
     weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # AdamW's (beta1, beta2)
     warmup_steps: int = 200
     lr_schedule: str = "warmup_cosine"  # warmup_cosine (genkit's) or a diffusers.optimization schedule name
     grad_clip: float = 1.0  # 0 disables clipping
@@ -256,6 +257,9 @@ def validate(cfg: Config) -> None:
     if cfg.train.fsdp and (cfg.train.compile or cfg.train.mixed_precision == "fp16"):
         raise ConfigError("train.fsdp: sharded training runs without train.compile and in bf16 or fp32 (fp16's loss "
                           "scaling is not sharded here); set train.compile=false, train.mixed_precision=bf16 or no")
+    betas = cfg.train.adam_betas
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        raise ConfigError(f"train.adam_betas: give two numbers in [0, 1), e.g. [0.9, 0.999]; got {list(betas)}")
     if not 0 <= cfg.train.seed < 2**32:  # accelerate seeds numpy too, whose seeds are 32-bit
         raise ConfigError(f"train.seed: must lie in 0..2**32-1, got {cfg.train.seed}")
     require(cfg.data, "data", positive=["image_size"])

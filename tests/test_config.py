@@ -60,6 +60,8 @@ def test_unknown_key_suggests_the_closest():
     ("train.batch_size=0", "train.batch_size: must be positive"),
     ("model.name=gan", "model.name: unknown net 'gan'; choose from unet, dit"),
     ("train.ema_decay=1.5", "train.ema_decay: must lie in [0, 1)"),
+    ("train.adam_betas=[0.9,1]", "train.adam_betas: give two numbers in [0, 1)"),
+    ("train.adam_betas=[0.99]", "train.adam_betas: give two numbers in [0, 1)"),
     ("train.seed=-1", "train.seed: must lie in 0..2**32-1"),  # regression: numpy's seeding raised mid-setup
     (f"train.seed={2**32}", "train.seed: must lie in 0..2**32-1"),
     ("train.lr=.nan", "train.lr: expected a finite number"),

@@ -119,6 +119,25 @@ def test_gradient_accumulation_gives_the_full_batch_gradient(tiny_cfg):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_adam_betas_set_the_optimizers_moments(tiny_cfg):
+    """After one step AdamW's moments are (1 - beta1) g and (1 - beta2) g^2 of the step's gradient g."""
+    trainer = Trainer(tiny_cfg("train.adam_betas=[0.5,0.9]", "train.grad_clip=0"))
+    trainer.method = FixedTimeLoss()
+    grads, step = [], trainer.optimizer.step
+
+    def recorded_step(*args, **kwargs):
+        grads.extend(p.grad.clone() for p in trainer.net.parameters())
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recorded_step
+    trainer.train_step()
+    moments = [trainer.optimizer.state[p] for p in trainer.net.parameters()]
+    assert len(grads) == len(moments) > 0 and any(g.abs().max() > 0 for g in grads)
+    for g, m in zip(grads, moments):
+        torch.testing.assert_close(m["exp_avg"], 0.5 * g)
+        torch.testing.assert_close(m["exp_avg_sq"], 0.1 * g * g)
+
+
 def test_mixed_precision_auto_defers_to_accelerate_and_otherwise_fits_the_hardware(monkeypatch):
     from genkit.training import mixed_precision
 

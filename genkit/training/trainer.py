@@ -120,7 +120,8 @@ class Trainer:
             net = net.to(self.accelerator.device)
             if self.sharded:
                 shard(net)
-        optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, betas=tuple(tc.adam_betas),
+                                      weight_decay=tc.weight_decay)
         self.scheduler = lr_schedule(optimizer, tc)
         self.net, self.optimizer = (net, optimizer) if tc.fsdp else self.accelerator.prepare(net, optimizer)
         self.ema = EMA(self.accelerator.unwrap_model(self.net), tc.ema_decay)
