@@ -124,7 +124,7 @@ def test_group_norm_gives_the_contiguous_kernels_values_in_the_inputs_layout(dty
 @pytest.mark.parametrize("size", [8, 32])
 def test_group_norm_in_training_gives_the_contiguous_kernels_gradients(size):
     """A recorded call takes the contiguous kernel at every map size: same values and gradients,
-    the input's gradient in the input's layout (mixed layouts slow the next kernels several-fold)."""
+    the input's gradient in the input's layout (mixed layouts slow the next kernels)."""
     norm = GroupNorm(4, 8).to(torch.bfloat16)
     torch.nn.init.normal_(norm.weight), torch.nn.init.normal_(norm.bias)
     x = torch.randn(3, 8, size, size).to(torch.bfloat16)

@@ -1,4 +1,5 @@
-"""Devices and precisions for inference: which device `auto` means, and which half precision it computes fast."""
+"""Devices and precisions: which device `auto` means, which half precision it computes fast, and
+how a CPU process keeps its freed memory."""
 from __future__ import annotations
 
 import ctypes
@@ -69,12 +70,12 @@ _kept_freed_memory = False
 
 
 def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep the memory tensors free for the next ones, for this process:
-    blocks no longer mapped afresh from the kernel (`mmap`) nor the heap trimmed. glibc maps each
-    block above 128 KiB-32 MiB anew and returns it when freed, so every large tensor of a CPU
-    forward or backward pass is zero-filled page by page on first touch (about 10^5 page faults
-    per call of a small UNet at batch 256); kept, the next pass reuses them. The resident memory
-    then stays at its peak. Returns whether the settings are in force: never off glibc, nor where
+    """Have glibc's malloc keep the memory that freed tensors held, for the next ones, in this
+    process: no block mapped afresh from the kernel (`mmap`), the heap never trimmed. By default
+    glibc maps each block above its threshold (128 KiB, rising up to 32 MiB) anew and unmaps it
+    when freed, so every large tensor of a CPU forward or backward pass is zero-filled page by page
+    on first touch; kept, the next pass reuses the same memory. The resident memory then stays at
+    its peak. Returns whether the settings are in force: never off glibc, nor where
     the environment chooses the allocator (GLIBC_TUNABLES, MALLOC_*_, LD_PRELOAD) or
     GENKIT_KEEP_FREED_MEMORY=0; benchmarks/throughput.py (`--part allocator`) measures what it buys."""
     global _kept_freed_memory

@@ -53,7 +53,7 @@ class ConditionEmbedding(nn.Module):
 class _Relayout(torch.autograd.Function):
     """`x` copied into the memory layout `layout`, its gradient copied back into `grad_layout`
     (`Tensor.contiguous` hands the gradient on in whatever layout it came, and PyTorch's CPU
-    kernels run several times slower on operands of mixed layouts than on either layout alone)."""
+    kernels run slower on operands of mixed layouts than on either layout alone)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, layout: torch.memory_format, grad_layout: torch.memory_format) -> torch.Tensor:
