@@ -61,9 +61,10 @@ FAULTS_OF_REPEATED_TENSORS = """
 import resource, sys, torch
 from genkit.inference.devices import keep_freed_memory
 print(keep_freed_memory())
-torch.ones(8 << 20).sum()  # 32 MiB, allocated, touched and freed once
+for _ in range(3):  # 32 MiB, allocated, touched and freed: the heap grows to hold it
+    torch.ones(8 << 20).sum()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
+for _ in range(20):
     torch.ones(8 << 20).sum()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -73,12 +74,13 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 @pytest.mark.parametrize("env, kept", [({}, True), ({"GENKIT_KEEP_FREED_MEMORY": "0"}, False),
                                        ({"MALLOC_TRIM_THRESHOLD_": "131072"}, False)])
 def test_kept_freed_memory_spares_the_page_faults_of_each_large_tensor(env, kept):
-    """32 MiB tensors, allocated ten times: by default glibc maps each afresh (8,192 pages, each
-    faulted in on first touch); kept, the first block is reused. The environment's choice wins."""
+    """32 MiB tensors, allocated twenty times: by default glibc maps each afresh (8,192 pages, each
+    faulted in on first touch); kept, the heap's block is reused (at most one more growth of the
+    heap allowed for). The environment's choice wins."""
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LD_PRELOAD")
            and not k.startswith("MALLOC_")} | env
     out = subprocess.run([sys.executable, "-c", FAULTS_OF_REPEATED_TENSORS], env=env, capture_output=True,
                          text=True, check=True).stdout.split()
     assert out[0] == str(kept)
     faults = int(out[1])
-    assert faults < 1000 if kept else faults > 10 * 8192 * 0.9
+    assert faults < 8192 + 1000 if kept else faults > 20 * 8192 * 0.9, out
