@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -362,8 +363,6 @@ def defaults(repeats: int, num: int = 64) -> dict:
 def allocator(repeats: int, train_steps: int = 40, num: int = 256) -> dict:
     """Training and sampling throughput with malloc's freed memory kept and with glibc's defaults
     (see the module), each measurement a process of its own."""
-    import os
-
     settings = {"kept": None, "defaults": "0"}
     figures = {(name, part): [] for name in settings for part in ("train_steps_per_s", "sample_img_per_s")}
     with tempfile.TemporaryDirectory() as tmp:
