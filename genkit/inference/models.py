@@ -51,20 +51,21 @@ class TrainedModel:
     described = "models on a Gaussian path"  # for messages: "does not apply to ..."
 
     def __init__(self, cfg: Config, net: torch.nn.Module, device: str | torch.device = "cpu"):
-        self.cfg, self.device = cfg, pick_device(device)
+        self.cfg = cfg
         self.directory: Path | None = None  # the checkpoint it was loaded from, if any
         self.training: dict = {}  # its checkpoint's step and train_seconds, when known
         self.metrics: dict | None = None  # a `genkit eval` report, when one came with it
-        self.net = net.to(self.device).eval()
+        self._place(net.eval(), device)
+
+    def _place(self, net: torch.nn.Module, device: str | torch.device) -> None:
+        self.device = pick_device(device)
+        self.net = net.to(self.device)
         if self.device.type == "cpu":
             keep_freed_memory()  # faster CPU passes (benchmarks/throughput.py --part allocator)
 
     def to(self, device: str | torch.device) -> "TrainedModel":
         """Move the model to `device` (see `pick_device`); samples stay a function of (seed, i)."""
-        self.device = pick_device(device)
-        self.net = self.net.to(self.device)
-        if self.device.type == "cpu":
-            keep_freed_memory()
+        self._place(self.net, device)
         return self
 
     def refuse(self, **given) -> None:
